@@ -1,0 +1,47 @@
+# Two entry points do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+# CPU build by default (an unpinned torch pulls several GB of CUDA packages); override for GPU hosts.
+TORCH_SPEC ?= torch==2.13.0
+PEERS := dcmtk orthanc dicom3tools
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test peers venv bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q "$(TORCH_SPEC)"
+	echo "$(TORCH_SPEC)" > $(VENV)/constraints.txt
+	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
+	touch $@
+
+# The real DICOM peers (dcmtk storescu/echoscu/dsrdump, Orthanc, dciodvfy) from Debian.
+peers:
+	@missing=""; \
+	for t in storescu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${t%%:*} ] || missing="$$missing $${t##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else \
+	    echo "missing Debian packages:$$missing (run as root: apt-get install$$missing)"; exit 1; \
+	  fi; \
+	fi
+
+demo: $(STAMP) peers
+	$(VENV)/bin/dicom-node demo
+
+test: $(STAMP) peers
+	$(VENV)/bin/python -m pytest -q
+
+bench: $(STAMP) peers
+	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/e2e.py
+	$(VENV)/bin/python bench/inference.py
+
+clean:
+	rm -rf $(VENV) var build *.egg-info

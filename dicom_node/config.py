@@ -1,0 +1,226 @@
+"""Settings: one YAML file, validated at start with messages that name the offending key.
+
+The node reads nothing else: the environment may only say *which* file (``DICOM_NODE_CONFIG``).
+Relative paths in the file are resolved against the file's own folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_ENV = "DICOM_NODE_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or of the wrong type; the message names the key."""
+
+
+@dataclass
+class NodeSettings:
+    ae_title: str = "SPINE_NODE"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    max_pdu: int = 262144
+    max_associations: int = 16
+    network_timeout_s: float = 60.0
+    acse_timeout_s: float = 30.0
+    dimse_timeout_s: float = 60.0
+
+
+@dataclass
+class StorageSettings:
+    data_dir: str = "var"  # instances/, results/, catalog.sqlite live below it
+    fsync: bool = True
+
+
+@dataclass
+class CompletionSettings:
+    idle_seconds: float = 30.0
+    poll_interval_s: float = 1.0
+
+
+@dataclass
+class WorkerSettings:
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    torch_threads: int = 0  # 0: torch's default
+    poll_interval_s: float = 1.0
+    max_attempts: int = 2  # a job that fails this often on its own (not dispatch) is failed
+
+
+@dataclass
+class ModelSettings:
+    path: str = "builtin:spinecord-t2"  # builtin:NAME or a folder path
+
+
+@dataclass
+class PipelineSettings:
+    model: str = "default"  # key in `models`
+
+
+@dataclass
+class DestinationSettings:
+    ae_title: str = "ORTHANC"
+    host: str = "127.0.0.1"
+    port: int = 4242
+    send_seg: bool = True
+    send_sr: bool = True
+    seg_omit_empty_frames: bool = False
+    seg_fractional: bool = False
+    secondary_capture: bool = False
+
+
+@dataclass
+class DispatchSettings:
+    max_attempts: int = 6
+    backoff_initial_s: float = 2.0
+    backoff_factor: float = 2.0
+    backoff_max_s: float = 300.0
+    timeout_s: float = 30.0
+
+
+@dataclass
+class LoggingSettings:
+    level: str = "INFO"
+
+
+@dataclass
+class Config:
+    node: NodeSettings = field(default_factory=NodeSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    completion: CompletionSettings = field(default_factory=CompletionSettings)
+    worker: WorkerSettings = field(default_factory=WorkerSettings)
+    models: dict[str, ModelSettings] = field(default_factory=lambda: {"default": ModelSettings()})
+    pipelines: dict[str, PipelineSettings] = field(default_factory=lambda: {"spinal_cord": PipelineSettings()})
+    destinations: dict[str, DestinationSettings] = field(default_factory=dict)
+    dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    routing: list[dict[str, Any]] = field(default_factory=list)  # validated by dicom_node.routing
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    source: Path | None = None  # the file it came from
+
+    @property
+    def data_dir(self) -> Path:
+        return self._resolve(self.storage.data_dir)
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.data_dir / "catalog.sqlite"
+
+    def _resolve(self, p: str) -> Path:
+        path = Path(p).expanduser()
+        if not path.is_absolute() and self.source is not None:
+            path = self.source.parent / path
+        return path.resolve()
+
+    def model_path(self, key: str) -> str:
+        """The model folder (or builtin:NAME) of a `models` entry, relative paths resolved."""
+        spec = self.models[key].path
+        return spec if spec.startswith("builtin:") else str(self._resolve(spec))
+
+
+def _check(value: Any, tp: Any, key: str) -> Any:
+    """Convert/validate one YAML value against a type hint; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _check(v if v is not None else {}, vt, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (it,) = typing.get_args(tp)
+        return [_check(v, it, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown setting {where}{unknown[0]} (known: {', '.join(sorted(names))})")
+    kwargs = {k: _check(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    n = cfg.node
+    if not 1 <= len(n.ae_title) <= 16 or "\\" in n.ae_title:
+        raise ConfigError("node.ae_title: 1 to 16 characters, no backslash")
+    if not 0 <= n.port <= 65535:
+        raise ConfigError(f"node.port: {n.port} is not a TCP port")
+    if n.max_associations < 1:
+        raise ConfigError("node.max_associations: must be at least 1")
+    if cfg.worker.device != "auto" and cfg.worker.device != "cpu" and not cfg.worker.device.startswith("cuda"):
+        raise ConfigError(f"worker.device: {cfg.worker.device!r} is not auto, cpu, cuda or cuda:N")
+    for name, p in cfg.pipelines.items():
+        if p.model not in cfg.models:
+            raise ConfigError(f"pipelines.{name}.model: {p.model!r} is not a key of models ({', '.join(cfg.models)})")
+    for name, d in cfg.destinations.items():
+        if not 1 <= len(d.ae_title) <= 16:
+            raise ConfigError(f"destinations.{name}.ae_title: 1 to 16 characters")
+    if cfg.dispatch.max_attempts < 1:
+        raise ConfigError("dispatch.max_attempts: must be at least 1")
+    if cfg.completion.idle_seconds <= 0:
+        raise ConfigError("completion.idle_seconds: must be positive")
+    if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
+    from dicom_node.routing import parse_rules  # routing owns the rule grammar
+
+    rules = parse_rules(cfg.routing)
+    for rule in rules:
+        if rule.pipeline is not None and rule.pipeline not in cfg.pipelines:
+            raise ConfigError(f"routing rule {rule.name!r}: pipeline {rule.pipeline!r} is not a key of pipelines")
+        for dest in rule.destinations:
+            if dest not in cfg.destinations:
+                raise ConfigError(f"routing rule {rule.name!r}: destination {dest!r} is not a key of destinations")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the YAML config: explicit path, else $DICOM_NODE_CONFIG, else the default."""
+    chosen = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG)
+    try:
+        raw = yaml.safe_load(chosen.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {chosen} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {chosen} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {chosen}: top level must be a mapping")
+    cfg = _build(Config, raw, "")
+    cfg.source = chosen.resolve()
+    _validate(cfg)
+    return cfg
