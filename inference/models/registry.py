@@ -1,0 +1,169 @@
+"""Model registry: a model is a folder with ``model.json`` (metadata) and its weights.
+
+``model.json`` keys (all required unless marked optional):
+  name, version              identity shown in SEG/SR and logs
+  architecture               {"type": "DynUNet", ...MONAI DynUNet keyword arguments...}
+  spacing_mm                 [sx, sy, sz] voxel size the network works at (model space, RAS axes)
+  orientation                "RAS": model space is the input reoriented by axis flips/permutations
+                             only (nibabel's closest canonical), never rotated
+  normalization              "zscore" (over voxels > 0 of the resampled image)
+  patch_size                 [px, py, pz] sliding-window tile
+  regions                    ["cord", "lesion"]: channel 0 = cord incl. lesion, 1 = lesion
+  activation                 "sigmoid" (region-based, as SCIseg)
+  thresholds                 [t_cord, t_lesion]
+  weights                    file name of the torch state_dict, relative to the folder
+  trained                    true for real trained weights; the segment CLI refuses false
+  description (optional), training (optional: recipe and metrics summary)
+
+``builtin:NAME`` names a folder shipped in ``inference/models/NAME``.
+Weights load once per process (``load_model`` caches by resolved folder and device).
+"""
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BUILTIN_DIR = Path(__file__).resolve().parent
+REQUIRED_KEYS = (
+    "name", "version", "architecture", "spacing_mm", "orientation", "normalization",
+    "patch_size", "regions", "activation", "thresholds", "weights",
+)
+
+
+class ModelError(ValueError):
+    """The model folder is missing, malformed, or not usable for this request."""
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    folder: Path
+    name: str
+    version: str
+    architecture: dict[str, Any]
+    spacing_mm: tuple[float, float, float]
+    orientation: str
+    normalization: str
+    patch_size: tuple[int, int, int]
+    regions: tuple[str, ...]
+    activation: str
+    thresholds: tuple[float, ...]
+    weights: str
+    trained: bool = False
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "version": self.version, "architecture": self.architecture,
+            "spacing_mm": list(self.spacing_mm), "orientation": self.orientation,
+            "normalization": self.normalization, "patch_size": list(self.patch_size),
+            "regions": list(self.regions), "activation": self.activation,
+            "thresholds": list(self.thresholds), "weights": self.weights, "trained": self.trained,
+            "description": self.description, **self.extra,
+        }
+
+
+def resolve_folder(spec: str | Path) -> Path:
+    """`builtin:NAME` -> the shipped folder; anything else is a path."""
+    s = str(spec)
+    folder = BUILTIN_DIR / s.split(":", 1)[1] if s.startswith("builtin:") else Path(s).expanduser()
+    if not (folder / "model.json").is_file():
+        raise ModelError(f"model {spec!r}: no model.json in {folder}")
+    return folder.resolve()
+
+
+def read_meta(spec: str | Path) -> ModelMeta:
+    folder = resolve_folder(spec)
+    try:
+        raw = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{folder / 'model.json'}: not valid JSON ({exc})") from None
+    missing = [k for k in REQUIRED_KEYS if k not in raw]
+    if missing:
+        raise ModelError(f"{folder / 'model.json'}: missing keys {', '.join(missing)}")
+    if raw["orientation"] != "RAS":
+        raise ModelError(f"{folder / 'model.json'}: orientation {raw['orientation']!r} unsupported (RAS)")
+    if raw["normalization"] != "zscore":
+        raise ModelError(f"{folder / 'model.json'}: normalization {raw['normalization']!r} unsupported (zscore)")
+    known = set(REQUIRED_KEYS) | {"trained", "description"}
+    return ModelMeta(
+        folder=folder, name=str(raw["name"]), version=str(raw["version"]),
+        architecture=dict(raw["architecture"]),
+        spacing_mm=tuple(float(v) for v in raw["spacing_mm"]),  # type: ignore[arg-type]
+        orientation=raw["orientation"], normalization=raw["normalization"],
+        patch_size=tuple(int(v) for v in raw["patch_size"]),  # type: ignore[arg-type]
+        regions=tuple(raw["regions"]), activation=raw["activation"],
+        thresholds=tuple(float(v) for v in raw["thresholds"]), weights=str(raw["weights"]),
+        trained=bool(raw.get("trained", False)), description=str(raw.get("description", "")),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate the network described by model.json's `architecture` block."""
+    arch = dict(architecture)
+    kind = arch.pop("type", None)
+    if kind != "DynUNet":
+        raise ModelError(f"architecture type {kind!r} unsupported (DynUNet)")
+    from monai.networks.nets import DynUNet
+
+    return DynUNet(spatial_dims=3, **arch)
+
+
+@dataclass
+class LoadedModel:
+    meta: ModelMeta
+    network: torch.nn.Module
+    device: torch.device
+
+
+_CACHE: dict[tuple[str, str], LoadedModel] = {}
+_LOCK = threading.Lock()
+
+
+def pick_device(setting: str = "auto") -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError(f"device {setting!r} requested but CUDA is not available")
+    return torch.device(setting)
+
+
+def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:
+    """Load (once per process) the model's network with its weights, in eval mode."""
+    meta = read_meta(spec)
+    dev = pick_device(device)
+    key = (str(meta.folder), str(dev))
+    with _LOCK:
+        cached = _CACHE.get(key)
+        if cached is not None:
+            return cached
+        net = build_network(meta.architecture)
+        weights = meta.folder / meta.weights
+        if not weights.is_file():
+            raise ModelError(f"model {meta.name}: weights file {weights} is missing")
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state)
+        net.to(dev).eval()
+        loaded = LoadedModel(meta=meta, network=net, device=dev)
+        _CACHE[key] = loaded
+        return loaded
+
+
+def save_model(folder: Path, meta: dict[str, Any], network: torch.nn.Module) -> Path:
+    """Write the weights (a state_dict, written to a temp name then renamed) and model.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights_name = meta.get("weights", "weights.pt")
+    state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+    tmp = folder / (weights_name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(folder / weights_name)
+    meta = {**meta, "weights": weights_name}
+    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return folder
