@@ -1,0 +1,46 @@
+"""The `dicom-node` console script: node operation and the offline tools, one entry point."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+# command -> (module, add-arguments function, run function, help)
+COMMANDS: dict[str, tuple[str, str, str, str]] = {
+    "serve": ("dicom_node.service", "add_serve_arguments", "run_serve", "run the node (listener, completion, worker, dispatch)"),
+    "status": ("dicom_node.service", "add_status_arguments", "run_status", "list series and jobs with their states"),
+    "retry": ("dicom_node.service", "add_retry_arguments", "run_retry", "queue a failed job's results for sending again"),
+    "demo": ("dicom_node.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
+    "rules": ("dicom_node.routing", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
+    "segment": ("inference.cli", "add_segment_arguments", "run_segment", "segment cord and lesions in a NIfTI file or DICOM folder"),
+    "analyze-lesion": ("inference.cli", "add_analyze_lesion_arguments", "run_analyze_lesion", "lesion metrics from lesion and cord masks"),
+    "make-series": ("inference.nifti_to_dicom", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),
+    "evaluate": ("inference.train.evaluate", "add_arguments", "run", "evaluate a model on the validation subjects"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, add_fn, _run, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            getattr(importlib.import_module(module), add_fn)(p)
+        except (ImportError, AttributeError, NotImplementedError):
+            p.set_defaults(_unavailable=f"{name}: not available in this build ({module})")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "_unavailable", None):
+        print(args._unavailable, file=sys.stderr)
+        return 2
+    module, _add, run_fn, _help = COMMANDS[args.command]
+    runner: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), run_fn)
+    return int(runner(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
