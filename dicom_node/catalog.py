@@ -105,8 +105,8 @@ class Catalog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self.transaction() as con:
-            con.executescript(SCHEMA)
+        # executescript() commits on its own: it cannot run inside transaction()
+        self._con().executescript(SCHEMA)
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -134,6 +134,110 @@ class Catalog:
 
     def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
         return self._con().execute(sql, params).fetchall()
+
+    # -- instances and series (receiving side: store.py, completion.py) -----------------
+
+    def record_instance(self, inst: dict[str, Any], series: dict[str, Any]) -> tuple[bool, bool, int]:
+        """Upsert one stored instance and its series row in ONE transaction.
+
+        `inst` has the columns of `instances`; `series` has study_uid, patient_id, modality,
+        description, calling_ae, expected_count. A re-sent instance (same SOP Instance UID) does
+        not count twice. A new or changed instance for a series that is no longer 'receiving'
+        re-opens it with generation+1, so the worker knows earlier results are superseded.
+        Returns (new_instance, reopened, generation).
+        """
+        at = inst["received_at"]
+        with self.transaction() as con:
+            old = con.execute(
+                "SELECT series_uid, sha256 FROM instances WHERE sop_instance_uid=?", (inst["sop_instance_uid"],)
+            ).fetchone()
+            moved = old is not None and old["series_uid"] != inst["series_uid"]
+            new = old is None or moved
+            changed = new or old["sha256"] != inst["sha256"]
+            if moved:  # same SOP UID re-sent under another series: count it there, not here
+                con.execute(
+                    "UPDATE series SET received_count=MAX(received_count-1, 0) WHERE series_uid=?",
+                    (old["series_uid"],),
+                )
+            cols = list(inst)
+            con.execute(
+                f"INSERT INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+                f"ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+                + ", ".join(f"{c}=excluded.{c}" for c in cols if c != "sop_instance_uid"),
+                [inst[c] for c in cols],
+            )
+            row = con.execute(
+                "SELECT state, generation FROM series WHERE series_uid=?", (inst["series_uid"],)
+            ).fetchone()
+            if row is None:
+                con.execute(
+                    "INSERT INTO series (series_uid, study_uid, patient_id, modality, description, calling_ae,"
+                    " state, generation, expected_count, received_count, first_received, last_received)"
+                    " VALUES (?, ?, ?, ?, ?, ?, 'receiving', 1, ?, 1, ?, ?)",
+                    (inst["series_uid"], series["study_uid"], series["patient_id"], series["modality"],
+                     series["description"], series["calling_ae"], series["expected_count"], at, at),
+                )
+                return True, False, 1
+            reopen = changed and row["state"] != "receiving"
+            generation = row["generation"] + 1 if reopen else row["generation"]
+            con.execute(
+                "UPDATE series SET received_count=received_count+?, last_received=MAX(last_received, ?),"
+                " expected_count=CASE WHEN ? IS NULL THEN expected_count"
+                "   ELSE MAX(COALESCE(expected_count, 0), ?) END,"
+                " state=CASE WHEN ? THEN 'receiving' ELSE state END, generation=?,"
+                " completed_at=CASE WHEN ? THEN NULL ELSE completed_at END,"
+                " completion_reason=CASE WHEN ? THEN NULL ELSE completion_reason END"
+                " WHERE series_uid=?",
+                (int(new), at, series["expected_count"], series["expected_count"], reopen, generation,
+                 reopen, reopen, inst["series_uid"]),
+            )
+            return new, reopen, generation
+
+    def series_row(self, series_uid: str) -> sqlite3.Row | None:
+        """The catalog row of one series, or None."""
+        rows = self.query("SELECT * FROM series WHERE series_uid=?", (series_uid,))
+        return rows[0] if rows else None
+
+    def instance_paths(self, series_uid: str) -> list[str]:
+        """Paths (relative to data_dir) of a series' instances, in arrival-independent order."""
+        rows = self.query("SELECT path FROM instances WHERE series_uid=? ORDER BY path", (series_uid,))
+        return [r["path"] for r in rows]
+
+    def complete_series(self, now: float, idle_seconds: float) -> list[tuple[str, str]]:
+        """Mark 'receiving' series complete (expected count reached, or idle); return (uid, reason)."""
+        done: list[tuple[str, str]] = []
+        with self.transaction() as con:
+            for reason, where, params in (
+                ("expected-count", "expected_count IS NOT NULL AND received_count >= expected_count", ()),
+                ("idle", "last_received <= ?", (now - idle_seconds,)),
+            ):
+                uids = [r[0] for r in con.execute(
+                    f"SELECT series_uid FROM series WHERE state='receiving' AND {where}", params)]
+                for uid in uids:
+                    con.execute(
+                        "UPDATE series SET state='complete', completed_at=?, completion_reason=? WHERE series_uid=?",
+                        (now, reason, uid),
+                    )
+                    done.append((uid, reason))
+        return done
+
+    def set_series_routing(
+        self, series_uid: str, generation: int, state: str, rule: str | None, reason: str
+    ) -> bool:
+        """Record the routing decision of a complete series (state 'routed' or 'ignored').
+
+        Only applies to the given generation still in state 'complete': if late instances
+        re-opened the series meanwhile, this returns False and the caller drops its decision.
+        """
+        if state not in ("routed", "ignored"):
+            raise ValueError(f"series state after routing is 'routed' or 'ignored', not {state!r}")
+        with self.transaction() as con:
+            cur = con.execute(
+                "UPDATE series SET state=?, routing_rule=?, routing_reason=?"
+                " WHERE series_uid=? AND generation=? AND state='complete'",
+                (state, rule, reason, series_uid, generation),
+            )
+            return cur.rowcount == 1
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
