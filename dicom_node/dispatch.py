@@ -1,0 +1,163 @@
+"""Send results to their destinations: C-STORE SCU, retries with exponential backoff.
+
+Every attempt is a row in `dispatch_attempts`; the `dispatches` row says what is still due.
+Delivery is at-least-once; because a re-send reuses the same SOP Instance UIDs (stored with
+the job), the PACS de-duplicates and the effect is exactly once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+
+from dicom_node.catalog import Catalog, now
+from dicom_node.config import Config, DestinationSettings, DispatchSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    ok: bool
+    status: str  # DIMSE status as 0xNNNN, or why no status came back
+    seconds: float
+
+
+def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: float) -> SendOutcome:
+    """One association, one C-STORE of the file at `path` to `dest`."""
+    from pynetdicom import AE
+
+    t0 = time.monotonic()
+    ds = dcmread(path)
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted else "no association"
+        return SendOutcome(False, f"{why} by {dest.ae_title}@{dest.host}:{dest.port}", time.monotonic() - t0)
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code is None:
+        return SendOutcome(False, "no C-STORE response (connection lost or timed out)", time.monotonic() - t0)
+    # 0x0000 success; 0xB000/0xB007/0xB006 are warnings: stored, coerced or elements discarded
+    ok = code == 0x0000 or (code & 0xF000) == 0xB000
+    return SendOutcome(ok, f"0x{code:04X}", time.monotonic() - t0)
+
+
+def backoff_seconds(settings: DispatchSettings, attempts: int) -> float:
+    """Wait before attempt `attempts + 1`: initial * factor^(attempts-1), capped."""
+    return min(settings.backoff_max_s, settings.backoff_initial_s * settings.backoff_factor ** max(0, attempts - 1))
+
+
+class Dispatcher:
+    """Works through due `dispatches` rows; updates job state when all of a job's rows are sent."""
+
+    def __init__(self, config: Config, catalog: Catalog) -> None:
+        self.config = config
+        self.catalog = catalog
+
+    def due(self, at: float | None = None) -> list[int]:
+        rows = self.catalog.query(
+            "SELECT id FROM dispatches WHERE state='pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id",
+            (at if at is not None else now(),),
+        )
+        return [r["id"] for r in rows]
+
+    def run_due(self) -> int:
+        """Attempt every due dispatch once; returns how many were attempted."""
+        ids = self.due()
+        for dispatch_id in ids:
+            self.attempt(dispatch_id)
+        return len(ids)
+
+    def attempt(self, dispatch_id: int) -> SendOutcome:
+        row = self.catalog.query("SELECT * FROM dispatches WHERE id=?", (dispatch_id,))[0]
+        dest = self.config.destinations.get(row["destination"])
+        path = self.config.data_dir / row["path"]
+        if dest is None:
+            outcome = SendOutcome(False, f"destination {row['destination']!r} is no longer configured", 0.0)
+        elif not path.is_file():
+            outcome = SendOutcome(False, f"result file {row['path']} is missing", 0.0)
+        else:
+            try:
+                outcome = c_store(path, dest, self.config.node.ae_title, self.config.dispatch.timeout_s)
+            except Exception as exc:  # network errors must not kill the dispatch thread
+                outcome = SendOutcome(False, f"{type(exc).__name__}: {exc}", 0.0)
+        self._record(row, outcome)
+        return outcome
+
+    def _record(self, row, outcome: SendOutcome) -> None:
+        settings = self.config.dispatch
+        attempts = row["attempts"] + 1
+        t = now()
+        with self.catalog.transaction() as con:
+            con.execute(
+                "INSERT INTO dispatch_attempts (dispatch_id, at, ok, status, seconds) VALUES (?,?,?,?,?)",
+                (row["id"], t, int(outcome.ok), outcome.status, outcome.seconds),
+            )
+            if outcome.ok:
+                con.execute("UPDATE dispatches SET state='sent', attempts=?, sent_at=?, last_error=NULL WHERE id=?",
+                            (attempts, t, row["id"]))
+            elif attempts >= settings.max_attempts:
+                con.execute("UPDATE dispatches SET state='failed', attempts=?, last_error=? WHERE id=?",
+                            (attempts, outcome.status, row["id"]))
+            else:
+                con.execute(
+                    "UPDATE dispatches SET attempts=?, last_error=?, next_attempt_at=? WHERE id=?",
+                    (attempts, outcome.status, t + backoff_seconds(settings, attempts), row["id"]),
+                )
+            self._settle_job(con, row["job_id"], t)
+        level = logging.INFO if outcome.ok else logging.WARNING
+        log.log(level, "dispatch %s of job %s to %s (attempt %d): %s", row["kind"], row["job_id"],
+                row["destination"], attempts, "sent" if outcome.ok else outcome.status)
+
+    @staticmethod
+    def _settle_job(con, job_id: int, t: float) -> None:
+        """A job is done when every dispatch is sent, failed when one has given up."""
+        states = [r[0] for r in con.execute("SELECT state FROM dispatches WHERE job_id=?", (job_id,))]
+        job_state = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+        if job_state not in ("dispatching", "retrying"):
+            return
+        if states and all(s == "sent" for s in states):
+            con.execute("UPDATE jobs SET state='done', reason=NULL, finished_at=?, updated_at=? WHERE id=?", (t, t, job_id))
+        elif "failed" in states and "pending" not in states:
+            errors = [r[0] for r in con.execute(
+                "SELECT destination || ' ' || kind || ': ' || COALESCE(last_error, '?') FROM dispatches "
+                "WHERE job_id=? AND state='failed'", (job_id,))]
+            con.execute("UPDATE jobs SET state='failed', reason=?, finished_at=?, updated_at=? WHERE id=?",
+                        ("dispatch failed: " + "; ".join(errors), t, t, job_id))
+        elif any(s != "sent" for s in states):
+            any_retry = con.execute("SELECT 1 FROM dispatches WHERE job_id=? AND attempts > 0 AND state='pending'",
+                                    (job_id,)).fetchone()
+            con.execute("UPDATE jobs SET state=?, updated_at=? WHERE id=?",
+                        ("retrying" if any_retry else "dispatching", t, job_id))
+
+
+def retry_job(catalog: Catalog, job_id: int) -> str:
+    """Queue a failed job again: re-send its results if they exist, else re-run it. Returns what was done."""
+    t = now()
+    with catalog.transaction() as con:
+        row = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
+        if row is None:
+            raise ValueError(f"no job {job_id}")
+        if row[0] not in ("failed", "done"):
+            raise ValueError(f"job {job_id} is {row[0]}; only failed or done jobs can be retried")
+        n = con.execute("SELECT COUNT(*) FROM dispatches WHERE job_id=?", (job_id,)).fetchone()[0]
+        if n:
+            con.execute("UPDATE dispatches SET state='pending', attempts=0, next_attempt_at=?, last_error=NULL "
+                        "WHERE job_id=? AND state != 'sent'" if row[0] == "failed" else
+                        "UPDATE dispatches SET state='pending', attempts=0, next_attempt_at=?, last_error=NULL "
+                        "WHERE job_id=?", (t, job_id))
+            con.execute("UPDATE jobs SET state='dispatching', reason=NULL, finished_at=NULL, updated_at=? WHERE id=?",
+                        (t, job_id))
+            return "results queued for sending again"
+        con.execute("UPDATE jobs SET state='queued', attempts=0, reason=NULL, finished_at=NULL, updated_at=? WHERE id=?",
+                    (t, job_id))
+        return "job queued to run again"

@@ -1,0 +1,188 @@
+"""`dicom-node serve`, `status` and `retry`: the running node and the operator's view of it.
+
+The node is four loops over one catalog: the listener (pynetdicom threads), completion +
+routing, the inference worker, and dispatch. Each loop is a thread that survives errors in
+one item; on start, unfinished work in the catalog is resumed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Callable
+
+from dicom_node.catalog import Catalog
+from dicom_node.config import Config, ConfigError, load_config
+
+log = logging.getLogger("dicom_node")
+
+
+class Node:
+    """The whole node in one process. `start()` returns once the listener accepts associations."""
+
+    def __init__(self, config: Config) -> None:
+        from dicom_node.completion import CompletionTracker
+        from dicom_node.dispatch import Dispatcher
+        from dicom_node.scp import StorageSCP
+        from dicom_node.store import InstanceStore
+        from dicom_node.worker import Worker
+
+        self.config = config
+        self.catalog = Catalog(config.catalog_path)
+        self.store = InstanceStore(config.data_dir, self.catalog, fsync=config.storage.fsync)
+        self.scp = StorageSCP(config, self.store)
+        self.tracker = CompletionTracker(self.catalog, config.completion.idle_seconds)
+        self.worker = Worker(config, self.catalog)
+        self.dispatcher = Dispatcher(config, self.catalog)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    def start(self) -> None:
+        resumed = self.worker.recover()
+        if resumed:
+            log.info("resumed %d job(s) interrupted by the last stop", resumed)
+        self.scp.start()
+        loops: list[tuple[str, Callable[[], object], float]] = [
+            ("completion", self._completion_step, self.config.completion.poll_interval_s),
+            ("worker", self.worker.run_next, self.config.worker.poll_interval_s),
+            ("dispatch", self.dispatcher.run_due, 0.5),
+        ]
+        for name, step, interval in loops:
+            t = threading.Thread(target=self._loop, args=(name, step, interval), name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        log.info("node %s listening on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
+
+    def _completion_step(self) -> None:
+        for series_uid in self.tracker.check():
+            log.info("series %s complete", series_uid)
+        self.worker.route_complete_series()
+
+    def _loop(self, name: str, step: Callable[[], object], interval: float) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = step()
+            except Exception:
+                log.exception("%s loop: step failed; continuing", name)
+                busy = None
+            if not busy:  # a step that did work runs again at once
+                self._stop.wait(interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.scp.stop()
+        for t in self._threads:
+            t.join(timeout=30)
+        self.catalog.close()
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+
+def _config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (default: $DICOM_NODE_CONFIG or config/default.yaml)")
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    setup_logging(config.logging.level)
+    node = Node(config)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    node.start()
+    print(f"READY {config.node.ae_title} {config.node.host}:{node.port}", flush=True)
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping")
+    node.stop()
+    return 0
+
+
+def add_status_arguments(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--limit", type=int, default=20, help="most recent series and jobs to list")
+
+
+def run_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    if not config.catalog_path.exists():
+        print(f"no catalog yet at {config.catalog_path} (the node has not run with this config)")
+        return 0
+    cat = Catalog(config.catalog_path)
+    series = [dict(r) for r in cat.query(
+        "SELECT series_uid, description, calling_ae, state, generation, received_count, expected_count, "
+        "routing_rule FROM series ORDER BY last_received DESC LIMIT ?", (args.limit,))]
+    jobs = [dict(r) for r in cat.query(
+        "SELECT id, series_uid, state, attempts, reason, created_at, finished_at, measurements FROM jobs "
+        "ORDER BY id DESC LIMIT ?", (args.limit,))]
+    counts = {r[0]: r[1] for r in cat.query("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
+    if args.json:
+        print(json.dumps({"series": series, "jobs": jobs, "job_counts": counts}, indent=2, default=str))
+        return 0
+    print(f"catalog {config.catalog_path}")
+    print("jobs by state: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    print("\nSERIES (newest first)")
+    for s in series:
+        exp = s["expected_count"] if s["expected_count"] is not None else "?"
+        print(f"  {s['state']:<9} {s['received_count']:>4}/{exp:<4} gen {s['generation']} "
+              f"{(s['description'] or '')[:28]:<28} rule={s['routing_rule'] or '-'} from {s['calling_ae']} "
+              f"{s['series_uid']}")
+    print("\nJOBS (newest first)")
+    for j in jobs:
+        summary = ""
+        if j["measurements"]:
+            m = json.loads(j["measurements"])
+            summary = (f"lesions={len(m.get('lesions', []))} vol={m.get('total_volume_mm3', 0):.1f}mm3 "
+                       f"CSA={m.get('cord_csa_mm2_mean') or float('nan'):.1f}mm2")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created_at"]))
+        print(f"  #{j['id']:<4} {j['state']:<11} tries {j['attempts']} {when} {summary}"
+              + (f"\n        reason: {j['reason']}" if j["reason"] else ""))
+    return 0
+
+
+def add_retry_arguments(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
+    p.add_argument("job", type=int, help="job id (see dicom-node status)")
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    from dicom_node.dispatch import retry_job
+
+    config = _load(args)
+    if config is None:
+        return 2
+    try:
+        print(f"job {args.job}: {retry_job(Catalog(config.catalog_path), args.job)}")
+    except ValueError as exc:
+        print(f"retry: {exc}", file=sys.stderr)
+        return 1
+    return 0

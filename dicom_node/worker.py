@@ -1,0 +1,255 @@
+"""From a complete series to results waiting for dispatch.
+
+Steps, each recorded in the catalog so a restart resumes where it stopped:
+  complete series --route--> job (queued) --run--> volume -> analysis -> SEG + SR files
+  (validated) --> dispatches (pending), job 'dispatching'.
+The model is loaded once per process by the inference registry and stays loaded between jobs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from dicom_node.catalog import Catalog, dumps, now
+from dicom_node.config import Config
+from dicom_node.routing import parse_rules, route
+
+log = logging.getLogger(__name__)
+
+# An analyzer turns (volume, model spec, device) into an inference Analysis; in-process by default.
+Analyzer = Callable[[Any, str, str], Any]
+
+
+def analyze_in_process(volume: Any, model: str, device: str) -> Any:
+    from inference.pipeline import analyze
+
+    return analyze(volume, model=model, device=device)
+
+
+class JobError(Exception):
+    """A job cannot succeed on this input (bad series, no cord...): fail it, do not retry."""
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    seg: Path | None
+    sr: Path | None
+
+
+class Worker:
+    def __init__(self, config: Config, catalog: Catalog, analyzer: Analyzer = analyze_in_process) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.analyzer = analyzer
+        self.rules = parse_rules(config.routing)
+
+    # ---- recovery -------------------------------------------------------------------------
+    def recover(self) -> int:
+        """On start: a job left 'running' by a crash goes back to the queue. Returns how many."""
+        t = now()
+        with self.catalog.transaction() as con:
+            cur = con.execute("UPDATE jobs SET state='queued', updated_at=?, reason='resumed after restart' "
+                              "WHERE state='running'", (t,))
+            return cur.rowcount
+
+    # ---- routing --------------------------------------------------------------------------
+    def route_complete_series(self) -> list[int]:
+        """Route every series in state 'complete'; returns ids of jobs created."""
+        created: list[int] = []
+        for row in self.catalog.query("SELECT series_uid FROM series WHERE state='complete'"):
+            job = self.route_series(row["series_uid"])
+            if job is not None:
+                created.append(job)
+        return created
+
+    def route_series(self, series_uid: str) -> int | None:
+        first = self.catalog.query(
+            "SELECT path, calling_ae FROM instances WHERE series_uid=? ORDER BY received_at LIMIT 1", (series_uid,))
+        if not first:
+            return None
+        ds = dcmread(self.config.data_dir / first[0]["path"], stop_before_pixels=True)
+        decision = route(self.rules, ds, first[0]["calling_ae"])
+        reason = "\n".join(decision.explanation)
+        t = now()
+        with self.catalog.transaction() as con:
+            series = con.execute("SELECT state, generation FROM series WHERE series_uid=?", (series_uid,)).fetchone()
+            if series is None or series[0] != "complete":
+                return None  # re-opened by a late instance meanwhile
+            generation = series[1]
+            rule = decision.rule
+            if rule is None or rule.pipeline is None:
+                con.execute("UPDATE series SET state='ignored', routing_rule=?, routing_reason=? WHERE series_uid=?",
+                            (rule.name if rule else None, reason, series_uid))
+                log.info("series %s: no pipeline (%s)", series_uid, rule.name if rule else "no rule matched")
+                return None
+            con.execute("UPDATE series SET state='routed', routing_rule=?, routing_reason=? WHERE series_uid=?",
+                        (rule.name, reason, series_uid))
+            previous = con.execute(
+                "SELECT id, state FROM jobs WHERE series_uid=? ORDER BY id DESC LIMIT 1", (series_uid,)).fetchone()
+            # earlier generations that have not produced results yet are pointless now
+            con.execute("UPDATE jobs SET state='superseded', updated_at=? WHERE series_uid=? AND generation < ? "
+                        "AND state IN ('queued', 'running')", (t, series_uid, generation))
+            supersedes = None
+            done = con.execute("SELECT id FROM jobs WHERE series_uid=? AND state IN ('done', 'dispatching', "
+                               "'retrying', 'failed') AND result_uids IS NOT NULL ORDER BY id DESC LIMIT 1",
+                               (series_uid,)).fetchone()
+            if done is not None:
+                supersedes = done[0]
+            cur = con.execute(
+                "INSERT INTO jobs (series_uid, generation, pipeline, rule, destinations, state, created_at, "
+                "updated_at, supersedes_job) VALUES (?,?,?,?,?,?,?,?,?)",
+                (series_uid, generation, rule.pipeline, rule.name, json.dumps(rule.destinations), "queued", t, t,
+                 supersedes),
+            )
+            job_id = int(cur.lastrowid)
+        log.info("series %s: rule %s -> pipeline %s, job %d%s", series_uid, rule.name, rule.pipeline, job_id,
+                 f" (supersedes job {supersedes})" if supersedes else "" if previous is None else "")
+        return job_id
+
+    # ---- running jobs ---------------------------------------------------------------------
+    def claim_next(self) -> int | None:
+        """Atomically move the oldest queued job to 'running'."""
+        t = now()
+        with self.catalog.transaction() as con:
+            row = con.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            con.execute("UPDATE jobs SET state='running', attempts=attempts+1, started_at=?, updated_at=? "
+                        "WHERE id=?", (t, t, row[0]))
+            return int(row[0])
+
+    def run_next(self) -> int | None:
+        job_id = self.claim_next()
+        if job_id is not None:
+            self.run_job(job_id)
+        return job_id
+
+    def run_job(self, job_id: int) -> None:
+        job = self.catalog.query("SELECT * FROM jobs WHERE id=?", (job_id,))[0]
+        try:
+            self._run(job)
+        except JobError as exc:
+            self._fail(job_id, str(exc), retry=False)
+        except Exception as exc:  # anything else may be transient (memory, disk): retry up to max_attempts
+            log.error("job %d crashed: %s\n%s", job_id, exc, traceback.format_exc())
+            self._fail(job_id, f"{type(exc).__name__}: {exc}", retry=True)
+
+    def _fail(self, job_id: int, reason: str, retry: bool) -> None:
+        t = now()
+        with self.catalog.transaction() as con:
+            attempts = con.execute("SELECT attempts FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+            if retry and attempts < self.config.worker.max_attempts:
+                con.execute("UPDATE jobs SET state='queued', reason=?, updated_at=? WHERE id=?",
+                            (f"attempt {attempts} failed: {reason}", t, job_id))
+                log.warning("job %d: attempt %d failed, queued again: %s", job_id, attempts, reason)
+                return
+            con.execute("UPDATE jobs SET state='failed', reason=?, finished_at=?, updated_at=? WHERE id=?",
+                        (reason, t, t, job_id))
+        log.error("job %d failed: %s", job_id, reason)
+
+    def _run(self, job: Any) -> None:
+        from inference.volume import VolumeError, volume_from_datasets
+
+        from dicom_node.results.seg import build_seg
+        from dicom_node.results.sr import build_sr
+        from dicom_node.results.validate import validate_dicom, write_result
+
+        job_id, series_uid = job["id"], job["series_uid"]
+        timings: dict[str, float] = {}
+        series = self.catalog.query("SELECT generation, last_received, completed_at FROM series WHERE series_uid=?",
+                                    (series_uid,))[0]
+        if series["generation"] > job["generation"]:
+            self._set(job_id, state="superseded")
+            return
+        t0 = time.monotonic()
+        paths = [self.config.data_dir / r["path"] for r in self.catalog.query(
+            "SELECT path FROM instances WHERE series_uid=?", (series_uid,))]
+        datasets = [dcmread(p) for p in paths]
+        try:
+            volume = volume_from_datasets(datasets)
+        except VolumeError as exc:
+            raise JobError(f"series cannot be made into a volume: {exc}") from None
+        timings["load_s"] = time.monotonic() - t0
+
+        pipeline = self.config.pipelines[job["pipeline"]]
+        model_spec = self.config.model_path(pipeline.model)
+        t1 = time.monotonic()
+        analysis = self.analyzer(volume, model_spec, self.config.worker.device)
+        timings["inference_s"] = time.monotonic() - t1
+        timings.update({f"inference.{k}": v for k, v in getattr(analysis, "timings", {}).items()})
+
+        t2 = time.monotonic()
+        uids = self._result_uids(job)
+        by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
+        source = [by_uid[f.sop_instance_uid] for f in dict.fromkeys(volume.frames)]
+        destinations = [self.config.destinations[d] for d in json.loads(job["destinations"])]
+        omit_empty = any(d.seg_omit_empty_frames for d in destinations)
+        seg = build_seg(source, volume.frames, analysis, series_uid=uids["seg_series"],
+                        sop_instance_uid=uids["seg_sop"], omit_empty_frames=omit_empty)
+        previous = self._previous_sr(job)
+        sr = build_sr(source, analysis, seg, series_uid=uids["sr_series"], sop_instance_uid=uids["sr_sop"],
+                      previous_sr=previous)
+        out_dir = self.config.data_dir / "results" / f"job-{job_id}"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = ResultFiles(out_dir / "seg.dcm", out_dir / "sr.dcm")
+        for ds, path in ((seg, files.seg), (sr, files.sr)):
+            write_result(ds, path)
+            report = validate_dicom(path)
+            if report.errors:
+                raise JobError(f"{path.name} failed validation (not sent): {'; '.join(report.errors[:5])}")
+        timings["encode_s"] = time.monotonic() - t2
+        timings["completion_wait_s"] = max(0.0, (series["completed_at"] or 0) - (series["last_received"] or 0))
+
+        t = now()
+        with self.catalog.transaction() as con:
+            state = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
+            if state != "running":
+                return  # superseded meanwhile
+            for dest_key in json.loads(job["destinations"]):
+                dest = self.config.destinations[dest_key]
+                for kind, path, uid, wanted in (("seg", files.seg, uids["seg_sop"], dest.send_seg),
+                                                ("sr", files.sr, uids["sr_sop"], dest.send_sr)):
+                    if not wanted:
+                        continue
+                    con.execute(
+                        "INSERT OR REPLACE INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
+                        "attempts, next_attempt_at) VALUES (?,?,?,?,?,'pending',0,?)",
+                        (job_id, dest_key, kind, uid, str(path.relative_to(self.config.data_dir)), t))
+            has_dispatch = con.execute("SELECT COUNT(*) FROM dispatches WHERE job_id=?", (job_id,)).fetchone()[0]
+            con.execute("UPDATE jobs SET state=?, reason=NULL, measurements=?, timings=?, updated_at=?, "
+                        "finished_at=? WHERE id=?",
+                        ("dispatching" if has_dispatch else "done", dumps(analysis.measurements), dumps(timings), t,
+                         None if has_dispatch else t, job_id))
+        log.info("job %d: results ready (%d lesion(s)), %.1f s inference", job_id,
+                 len(analysis.measurements.get("lesions", [])), timings["inference_s"])
+
+    def _result_uids(self, job: Any) -> dict[str, str]:
+        """UIDs of this job's SEG and SR, made once and kept: a re-run or re-send reuses them."""
+        if job["result_uids"]:
+            return json.loads(job["result_uids"])
+        uids = {k: generate_uid() for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")}
+        self._set(job["id"], result_uids=json.dumps(uids))
+        return uids
+
+    def _previous_sr(self, job: Any) -> dict[str, str] | None:
+        """The SR this job's SR supersedes (same series, earlier generation), for the predecessor reference."""
+        if not job["supersedes_job"]:
+            return None
+        row = self.catalog.query("SELECT result_uids FROM jobs WHERE id=?", (job["supersedes_job"],))
+        if not row or not row[0]["result_uids"]:
+            return None
+        uids = json.loads(row[0]["result_uids"])
+        return {"series_uid": uids["sr_series"], "sop_instance_uid": uids["sr_sop"]}
+
+    def _set(self, job_id: int, **values: Any) -> None:
+        cols = ", ".join(f"{k}=?" for k in values)
+        with self.catalog.transaction() as con:
+            con.execute(f"UPDATE jobs SET {cols}, updated_at=? WHERE id=?", (*values.values(), now(), job_id))
