@@ -1,0 +1,300 @@
+"""Per-lesion and per-study measurements with exactly sct_analyze_lesion's definitions.
+
+Why exact: studies that already report SCT numbers must be able to switch to this node
+without a break in their series, so every definition (frame, labelling, angle correction,
+interpolated midsagittal slice, tissue bridges) follows /shared/LESION_METRICS.md to the
+letter, including its rounding and tie rules. Everything is computed in the RPI frame
+(see inference.rpi); only the label map, x* and centroids are mapped back to the input.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from skimage.measure import label as label_components
+
+from inference.rpi import RpiFrame, centerline_derivatives
+
+# Smoothing of the centerline spline used for angle correction (sct_analyze_lesion's default).
+ANGLE_SMOOTHING = 20.0
+MIDSAGITTAL_HALF_WINDOW = 2  # x* averages the cord's x centre over z_c-2 .. z_c+2
+
+
+class MetricsError(ValueError):
+    """The masks cannot be measured (non-binary lesion, shape mismatch, bad affine)."""
+
+
+@dataclass(frozen=True)
+class LesionMetrics:
+    """One lesion's measurements; None where a value is undefined (no midsagittal slice)."""
+
+    label: int
+    volume_mm3: float
+    length_mm: float
+    width_mm: float
+    max_equivalent_diameter_mm: float
+    max_axial_damage_ratio: float
+    midsagittal_length_mm: float | None
+    midsagittal_width_mm: float | None
+    dorsal_bridge_mm: float | None
+    ventral_bridge_mm: float | None
+    total_bridge_mm: float | None
+    dorsal_bridge_ratio_pct: float | None
+    ventral_bridge_ratio_pct: float | None
+    centroid_ras_mm: tuple[float, float, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": int(self.label),
+            "volume_mm3": _num(self.volume_mm3),
+            "length_mm": _num(self.length_mm),
+            "width_mm": _num(self.width_mm),
+            "max_equivalent_diameter_mm": _num(self.max_equivalent_diameter_mm),
+            "max_axial_damage_ratio": _num(self.max_axial_damage_ratio),
+            "midsagittal_length_mm": _num(self.midsagittal_length_mm),
+            "midsagittal_width_mm": _num(self.midsagittal_width_mm),
+            "dorsal_bridge_mm": _num(self.dorsal_bridge_mm),
+            "ventral_bridge_mm": _num(self.ventral_bridge_mm),
+            "total_bridge_mm": _num(self.total_bridge_mm),
+            "dorsal_bridge_ratio_pct": _num(self.dorsal_bridge_ratio_pct),
+            "ventral_bridge_ratio_pct": _num(self.ventral_bridge_ratio_pct),
+            "centroid_ras_mm": [float(v) for v in self.centroid_ras_mm],
+        }
+
+
+@dataclass
+class LesionReport:
+    """All lesions of one study plus the study totals; label_map is in the INPUT grid."""
+
+    lesions: list[LesionMetrics]
+    label_map: np.ndarray  # int32, input grid, n = lesion with label n (after cord masking)
+    interpolated_midsagittal_slice: float | None  # x*, index along the input axis that is R-L
+    total_volume_mm3: float = 0.0
+    total_length_mm: float = 0.0
+    max_axial_damage_ratio: float = 0.0
+    spacing_rpi_mm: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON types only (the SR writer and measurements.json use this schema)."""
+        return {
+            "lesions": [lesion.to_json() for lesion in self.lesions],
+            "interpolated_midsagittal_slice": _num(self.interpolated_midsagittal_slice),
+            "total_volume_mm3": float(self.total_volume_mm3),
+            "total_length_mm": float(self.total_length_mm),
+            "max_axial_damage_ratio": float(self.max_axial_damage_ratio),
+        }
+
+
+def _num(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class _Angles:
+    """Per axial slice: 3D angle of the centerline to z, and its antero-posterior tilt only."""
+
+    theta_3d: np.ndarray
+    theta_sag: np.ndarray
+
+
+def _cord_angles(cord: np.ndarray, spacing: tuple[float, float, float]) -> _Angles:
+    """Angles from the spline-smoothed centerline, evaluated at every z (extrapolated outside the cord)."""
+    px, py, pz = spacing
+    nz = cord.shape[2]
+    dx, dy = centerline_derivatives(cord, ANGLE_SMOOTHING, pz, np.arange(nz))
+    tx, ty = dx * px, dy * py
+    norm = np.sqrt(tx**2 + ty**2 + pz**2)
+    theta_3d = np.arccos(pz / norm)
+    theta_sag = np.arccos(pz / np.sqrt(ty**2 + pz**2))
+    return _Angles(theta_3d, theta_sag)
+
+
+def _validate(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) -> None:
+    if lesion.ndim != 3:
+        raise MetricsError(f"lesion mask must be 3D, got shape {lesion.shape}")
+    if lesion.shape != cord.shape:
+        raise MetricsError(f"lesion mask shape {lesion.shape} differs from cord mask shape {cord.shape}; resample one onto the other's grid")
+    if np.asarray(affine).shape != (4, 4):
+        raise MetricsError(f"affine must be 4x4, got {np.asarray(affine).shape}")
+    values = np.unique(lesion)
+    bad = values[(values != 0) & (values != 1)]
+    if bad.size:
+        shown = ", ".join(f"{v:g}" for v in bad[:5])
+        raise MetricsError(f"lesion mask must hold only 0 and 1, found {shown}; binarise it (e.g. threshold at 0.5)")
+
+
+def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) -> LesionReport:
+    """Measure every lesion of a binary lesion mask inside a cord mask (same grid, voxel->RAS affine).
+
+    The cord mask is binarised at 0.5 so a soft cord probability may be passed too.
+    """
+    lesion = np.asarray(lesion)
+    cord = np.asarray(cord)
+    _validate(lesion, cord, affine)
+    try:
+        frame = RpiFrame.from_affine(np.asarray(affine, dtype=np.float64), lesion.shape)
+    except ValueError as exc:
+        raise MetricsError(str(exc)) from None
+
+    lesion_rpi = np.ascontiguousarray(frame.to_rpi(lesion == 1))
+    cord_rpi = np.ascontiguousarray(frame.to_rpi(cord >= 0.5))
+    # Label before masking (connectivity in the unmasked mask), then keep only voxels in the cord.
+    labels_rpi = label_components(lesion_rpi, connectivity=2).astype(np.int32)
+    labels_rpi[~cord_rpi] = 0
+    labels_rpi = _renumber(labels_rpi)
+    n_lesions = int(labels_rpi.max())
+    label_map = np.ascontiguousarray(frame.from_rpi(labels_rpi)).astype(np.int32)
+    if n_lesions == 0:
+        return LesionReport([], label_map, None, spacing_rpi_mm=frame.spacing)
+
+    angles = _cord_angles(cord_rpi, frame.spacing)
+    px, py, pz = frame.spacing
+    masks = [labels_rpi == n for n in range(1, n_lesions + 1)]
+    x_star = _midsagittal_x(masks, cord_rpi)
+    cord_per_slice = cord_rpi.sum(axis=(0, 1))
+
+    centroids = ndimage.center_of_mass(np.ones_like(label_map), label_map, range(1, n_lesions + 1))
+    lesions = []
+    for n, mask in enumerate(masks, start=1):
+        per_slice = mask.sum(axis=(0, 1))
+        zs = np.nonzero(per_slice)[0]
+        volume = float(mask.sum()) * px * py * pz
+        length = float(np.sum([pz / np.cos(angles.theta_3d[z]) for z in zs]))
+        width = max(_ap_extent(mask[:, :, z]) * py * np.cos(angles.theta_sag[z]) for z in zs)
+        areas = per_slice * np.cos(angles.theta_3d) * px * py
+        diameter = 2.0 * math.sqrt(float(areas.max()) / math.pi)
+        damage = max((per_slice[z] * px * py) / (cord_per_slice[z] * px * py) for z in zs)
+        mid = _midsagittal_measures(mask, cord_rpi, x_star, angles, (px, py, pz))
+        centroid = np.asarray(affine, dtype=np.float64) @ np.array([*centroids[n - 1], 1.0])
+        lesions.append(LesionMetrics(
+            label=n,
+            volume_mm3=volume,
+            length_mm=length,
+            width_mm=float(width),
+            max_equivalent_diameter_mm=diameter,
+            max_axial_damage_ratio=float(damage),
+            centroid_ras_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+            **mid,
+        ))
+    return LesionReport(
+        lesions=lesions,
+        label_map=label_map,
+        interpolated_midsagittal_slice=None if x_star is None else float(frame.rpi_index_to_input(0, x_star)),
+        total_volume_mm3=float(sum(les.volume_mm3 for les in lesions)),
+        total_length_mm=float(sum(les.length_mm for les in lesions)),
+        max_axial_damage_ratio=float(max(les.max_axial_damage_ratio for les in lesions)),
+        spacing_rpi_mm=frame.spacing,
+    )
+
+
+def _renumber(labels: np.ndarray) -> np.ndarray:
+    """Consecutive labels 1..N keeping RPI raster order (a lesion wholly outside the cord vanishes)."""
+    present = np.unique(labels)
+    present = present[present > 0]
+    if present.size == 0 or present[-1] == present.size:
+        return labels
+    lut = np.zeros(int(labels.max()) + 1, dtype=np.int32)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def _ap_extent(axial: np.ndarray) -> int:
+    """y_max - y_min + 1 of the nonzero voxels of one axial slice (voxels)."""
+    ys = np.nonzero(axial.any(axis=0))[0]
+    return int(ys[-1] - ys[0] + 1)
+
+
+def _midsagittal_x(masks: list[np.ndarray], cord: np.ndarray) -> float | None:
+    """x*: mean cord x centre over the 5 slices around the largest lesion's z centre of mass."""
+    volumes = [int(m.sum()) for m in masks]
+    largest = masks[int(np.argmax(volumes))]  # argmax: first lesion on ties
+    z_center = int(round(float(ndimage.center_of_mass(largest)[2])))
+    xs = []
+    for z in range(z_center - MIDSAGITTAL_HALF_WINDOW, z_center + MIDSAGITTAL_HALF_WINDOW + 1):
+        if 0 <= z < cord.shape[2] and cord[:, :, z].any():
+            xs.append(float(ndimage.center_of_mass(cord[:, :, z])[0]))
+    return float(np.mean(xs)) if xs else None
+
+
+def _bridges(lesion_col: np.ndarray, cord_col: np.ndarray) -> tuple[int, int]:
+    """Dorsal and ventral tissue bridge (voxels) in one antero-posterior column (y)."""
+    ly = np.nonzero(lesion_col)[0]
+    cy = np.nonzero(cord_col)[0]
+    return max(0, int(ly[0] - cy[0])), max(0, int(cy[-1] - ly[-1]))
+
+
+def _midsagittal_measures(
+    mask: np.ndarray, cord: np.ndarray, x_star: float | None, angles: _Angles, spacing: tuple[float, float, float]
+) -> dict[str, float | None]:
+    """Length, width and tissue bridges in the sagittal slice interpolated at x*."""
+    keys = ("midsagittal_length_mm", "midsagittal_width_mm", "dorsal_bridge_mm", "ventral_bridge_mm",
+            "total_bridge_mm", "dorsal_bridge_ratio_pct", "ventral_bridge_ratio_pct")
+    if x_star is None:
+        return dict.fromkeys(keys)
+    _px, py, pz = spacing
+    s1, s2 = int(math.floor(x_star)), int(math.ceil(x_star))
+    f = x_star - math.floor(x_star)
+    interp = (1.0 - f) * mask[s1].astype(np.float64) + f * mask[s2].astype(np.float64)  # (y, z)
+    cos_sag = np.cos(angles.theta_sag)
+
+    length = 0.0
+    width = 0.0
+    for z in np.nonzero(interp.any(axis=0))[0]:
+        column = interp[:, z]
+        values = column[column > 0]
+        length += float(np.mean(values)) * pz / cos_sag[z]
+        width = max(width, float(np.sum(values)) * py * cos_sag[z])
+
+    dorsal, ventral = _interpolated_bridges(mask, cord, (s1, s2), f, py * cos_sag)
+    total = dorsal + ventral
+    return {
+        "midsagittal_length_mm": length,
+        "midsagittal_width_mm": width,
+        "dorsal_bridge_mm": dorsal,
+        "ventral_bridge_mm": ventral,
+        "total_bridge_mm": total,
+        "dorsal_bridge_ratio_pct": dorsal / total * 100.0 if total > 0 else 0.0,
+        "ventral_bridge_ratio_pct": ventral / total * 100.0 if total > 0 else 0.0,
+    }
+
+
+def _interpolated_bridges(
+    mask: np.ndarray, cord: np.ndarray, slices: tuple[int, int], f: float, mm_per_voxel: np.ndarray
+) -> tuple[float, float]:
+    """Minimum dorsal and ventral bridges (mm) in the interpolated midsagittal slice.
+
+    Per axial slice z present in s1 or s2, the two slices' bridge widths are interpolated
+    (a slice without lesion at z borrows the other's width). A lesion absent from both
+    slices leaves the whole cord thickness as bridge, split half dorsal, half ventral.
+    """
+    per_slice: list[dict[int, tuple[int, int]]] = []
+    for s in slices:
+        found = {}
+        for z in np.nonzero(mask[s].any(axis=0))[0]:
+            found[int(z)] = _bridges(mask[s, :, z], cord[s, :, z])
+        per_slice.append(found)
+    zs = sorted(set(per_slice[0]) | set(per_slice[1]))
+    if zs:
+        dorsal, ventral = [], []
+        for z in zs:
+            b1 = per_slice[0].get(z, per_slice[1].get(z))
+            b2 = per_slice[1].get(z, per_slice[0].get(z))
+            dorsal.append(((1.0 - f) * b1[0] + f * b2[0]) * mm_per_voxel[z])
+            ventral.append(((1.0 - f) * b1[1] + f * b2[1]) * mm_per_voxel[z])
+        return float(min(dorsal)), float(min(ventral))
+    thickness = []
+    for z in np.nonzero(mask.any(axis=(0, 1)))[0]:
+        t = [_ap_extent_or_zero(cord[s, :, z]) for s in slices]
+        thickness.append(((1.0 - f) * t[0] + f * t[1]) * mm_per_voxel[z])
+    half = float(min(thickness)) / 2.0
+    return half, half
+
+
+def _ap_extent_or_zero(column: np.ndarray) -> int:
+    ys = np.nonzero(column)[0]
+    return int(ys[-1] - ys[0] + 1) if ys.size else 0
