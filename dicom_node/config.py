@@ -136,7 +136,10 @@ def _check(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         _, vt = typing.get_args(tp)
-        return {str(k): _check(v if v is not None else {}, vt, f"{key}.{k}") for k, v in value.items()}
+        # `name:` with nothing under it means an all-defaults section, but only for settings
+        # sections: a free-form null (a routing rule's `pipeline: null`) stays None
+        fill = dataclasses.is_dataclass(vt)
+        return {str(k): _check({} if v is None and fill else v, vt, f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
