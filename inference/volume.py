@@ -166,7 +166,8 @@ def _slices_of(ds: Any, index: int) -> list[_Slice]:
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     if not enhanced:
         if n_frames > 1:
-            raise VolumeError(f"{source}: {n_frames} frames but no functional groups: frame positions are unknown")
+            raise VolumeError(f"{source}: {n_frames} frames but no Per-frame/Shared Functional Groups "
+                              "(PlanePositionSequence etc.): the frames cannot be placed in patient space")
         for key in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
             if key not in ds or ds.get(key) in (None, ""):
                 raise VolumeError(f"{source}: {key} is missing; the slice cannot be placed in patient space")
