@@ -1,0 +1,127 @@
+"""Every coded concept the SR uses, in one place, with the private scheme declared once.
+
+Standard SNOMED CT / DICOM / UCUM codes where one exists with the right meaning; the private
+scheme ``99SPINE`` for the spinal-cord-specific metrics that have none (see CODES.md).
+A private scheme must be declared in CodingSchemeIdentificationSequence, or dciodvfy warns
+and receivers cannot tell who defined it: ``coding_scheme_identification()`` gives that item.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import highdicom as hd
+import pydicom
+from pydicom.sr.codedict import codes
+
+PRIVATE_SCHEME = "99SPINE"
+PRIVATE_SCHEME_NAME = "Spine DICOM node spinal cord lesion metrics"
+PRIVATE_SCHEME_RESPONSIBLE = "spine-dicom-node project"
+PRIVATE_SCHEME_VERSION = "1"
+
+
+def private(value: str, meaning: str) -> hd.sr.CodedConcept:
+    """A concept of the 99SPINE private scheme."""
+    return hd.sr.CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=meaning)
+
+
+def ucum(value: str, meaning: str) -> hd.sr.CodedConcept:
+    return hd.sr.CodedConcept(value=value, scheme_designator="UCUM", meaning=meaning)
+
+
+MM = ucum("mm", "millimeter")
+MM2 = ucum("mm2", "square millimeter")
+MM3 = ucum("mm3", "cubic millimeter")
+RATIO = ucum("{ratio}", "ratio")
+PERCENT = ucum("%", "percent")
+LESIONS = ucum("{lesions}", "lesions")
+
+# private concepts (documented in CODES.md; keep the two in step)
+MAX_EQUIVALENT_DIAMETER = private("SPN001", "Maximum axial equivalent diameter")
+MAX_AXIAL_DAMAGE_RATIO = private("SPN002", "Maximum axial damage ratio")
+DORSAL_BRIDGE = private("SPN003", "Dorsal tissue bridge width")
+VENTRAL_BRIDGE = private("SPN004", "Ventral tissue bridge width")
+TOTAL_BRIDGE = private("SPN005", "Total tissue bridge width")
+DORSAL_BRIDGE_RATIO = private("SPN006", "Dorsal tissue bridge ratio")
+VENTRAL_BRIDGE_RATIO = private("SPN007", "Ventral tissue bridge ratio")
+MIDSAGITTAL_METHOD = private("SPN010", "Interpolated midsagittal slice measurement")
+CSA_METHOD = private("SPN011", "Angle-corrected axial cord cross-sectional area")
+
+# standard concepts
+VOLUME = codes.SCT.Volume  # 118565006
+LENGTH = codes.SCT.Length  # 410668003
+WIDTH = codes.SCT.Width  # 103355008
+AREA = codes.SCT.Area  # 42798000
+NUMBER_OF_LESIONS = codes.SCT.NumberOfLesions  # 246206008
+MEAN = codes.SCT.Mean  # 373098007
+MAXIMUM = codes.SCT.Maximum  # 56851009
+TOTAL = codes.SCT.Total  # 255619001
+VOXEL_SUM_VOLUME = codes.DCM.SumOfSegmentedVoxelMethodForVolume  # 126030
+LESION = codes.SCT.Lesion  # 52988006
+SPINAL_CORD = codes.SCT.SpinalCord  # 2748008
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure  # 91723000
+ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # 49755003
+PRESENT = codes.SCT.Present  # 52101004
+ABSENT = codes.SCT.Absent  # 272519000
+MRI_PROCEDURE = codes.LN.MRIUnspecifiedBodyRegion  # 25056-3
+
+
+@dataclass(frozen=True)
+class MetricCode:
+    """How one measurements.json key is written as a TID 300 NUM item."""
+
+    key: str
+    name: hd.sr.CodedConcept | pydicom.sr.coding.Code
+    unit: hd.sr.CodedConcept
+    method: hd.sr.CodedConcept | pydicom.sr.coding.Code | None = None
+    derivation: hd.sr.CodedConcept | pydicom.sr.coding.Code | None = None
+
+
+LESION_METRICS: tuple[MetricCode, ...] = (
+    MetricCode("volume_mm3", VOLUME, MM3, method=VOXEL_SUM_VOLUME),
+    MetricCode("length_mm", LENGTH, MM),
+    MetricCode("width_mm", WIDTH, MM),
+    MetricCode("max_equivalent_diameter_mm", MAX_EQUIVALENT_DIAMETER, MM),
+    MetricCode("max_axial_damage_ratio", MAX_AXIAL_DAMAGE_RATIO, RATIO),
+    MetricCode("midsagittal_length_mm", LENGTH, MM, method=MIDSAGITTAL_METHOD),
+    MetricCode("midsagittal_width_mm", WIDTH, MM, method=MIDSAGITTAL_METHOD),
+    MetricCode("dorsal_bridge_mm", DORSAL_BRIDGE, MM, method=MIDSAGITTAL_METHOD),
+    MetricCode("ventral_bridge_mm", VENTRAL_BRIDGE, MM, method=MIDSAGITTAL_METHOD),
+    MetricCode("total_bridge_mm", TOTAL_BRIDGE, MM, method=MIDSAGITTAL_METHOD),
+    MetricCode("dorsal_bridge_ratio_pct", DORSAL_BRIDGE_RATIO, PERCENT, method=MIDSAGITTAL_METHOD),
+    MetricCode("ventral_bridge_ratio_pct", VENTRAL_BRIDGE_RATIO, PERCENT, method=MIDSAGITTAL_METHOD),
+)
+
+CORD_METRICS: tuple[MetricCode, ...] = (
+    MetricCode("cord_csa_mm2_mean", AREA, MM2, method=CSA_METHOD, derivation=MEAN),
+    MetricCode("cord_volume_mm3", VOLUME, MM3, method=VOXEL_SUM_VOLUME),
+)
+
+TOTAL_METRICS: tuple[MetricCode, ...] = (
+    MetricCode("total_volume_mm3", VOLUME, MM3, method=VOXEL_SUM_VOLUME, derivation=TOTAL),
+    MetricCode("total_length_mm", LENGTH, MM, derivation=TOTAL),
+    MetricCode("max_axial_damage_ratio", MAX_AXIAL_DAMAGE_RATIO, RATIO, derivation=MAXIMUM),
+    MetricCode("lesion_count", NUMBER_OF_LESIONS, LESIONS),
+)
+
+
+def metric_key(
+    name: object, method: object | None = None, derivation: object | None = None
+) -> tuple[str, str, str]:
+    """(name, method, derivation) as 'value^scheme' strings: how a reader tells NUMs apart."""
+
+    def one(code: object | None) -> str:
+        if code is None:
+            return ""
+        return f"{code.value}^{code.scheme_designator}"
+
+    return one(name), one(method), one(derivation)
+
+
+def coding_scheme_identification() -> pydicom.Dataset:
+    """The CodingSchemeIdentificationSequence item that declares 99SPINE."""
+    item = pydicom.Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = PRIVATE_SCHEME_NAME
+    item.CodingSchemeVersion = PRIVATE_SCHEME_VERSION
+    item.CodingSchemeResponsibleOrganization = PRIVATE_SCHEME_RESPONSIBLE
+    return item

@@ -1,0 +1,148 @@
+"""Read written SEG/SR back the way a receiver would, to prove they say what we meant.
+
+``seg_masks_on_source`` decodes a SEG onto the source grid by walking each frame's own
+references (ReferencedSOPInstanceUID / ReferencedFrameNumber / ReferencedSegmentNumber),
+not by trusting positions: it is the independent check of the SEG builder's geometry.
+``sr_measurements`` walks the SR content tree and returns every group's numbers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+
+from inference.volume import FrameRef
+
+
+class ResultValidationError(RuntimeError):
+    """A result failed validation or read-back; it must not be sent."""
+
+
+def _dataset(ds_or_path: pydicom.Dataset | str | Path) -> pydicom.Dataset:
+    if isinstance(ds_or_path, pydicom.Dataset):
+        return ds_or_path
+    return pydicom.dcmread(str(ds_or_path))
+
+
+def readback_seg(path: str | Path) -> hd.seg.Segmentation:
+    """The file parsed by highdicom as a Segmentation (raises ResultValidationError if not)."""
+    try:
+        return hd.seg.segread(str(path))
+    except Exception as exc:  # highdicom raises many types for malformed objects
+        raise ResultValidationError(f"{path}: highdicom cannot read it as a SEG: {exc}") from exc
+
+
+def readback_sr(path: str | Path) -> hd.sr.Comprehensive3DSR:
+    """The file parsed by highdicom as a Comprehensive 3D SR (raises ResultValidationError if not)."""
+    try:
+        sr = hd.sr.srread(str(path))
+    except Exception as exc:
+        raise ResultValidationError(f"{path}: highdicom cannot read it as an SR: {exc}") from exc
+    if not isinstance(sr, hd.sr.Comprehensive3DSR):
+        raise ResultValidationError(f"{path}: expected a Comprehensive 3D SR, got {type(sr).__name__}")
+    return sr
+
+
+def seg_masks_on_source(
+    seg: pydicom.Dataset | str | Path, frames: list[FrameRef], shape: tuple[int, int, int]
+) -> dict[int, np.ndarray]:
+    """Segment number -> mask in the volume grid [i, j, k] (float for FRACTIONAL, scaled to 0..1).
+
+    Every SEG frame names its source instance and frame; slice k is the one whose FrameRef
+    matches. Source frames without a SEG frame stay empty (omitted empty frames).
+    """
+    ds = _dataset(seg)
+    where = {(f.sop_instance_uid, int(f.frame_number)): k for k, f in enumerate(frames)}
+    fractional = str(ds.SegmentationType) == "FRACTIONAL"
+    scale = float(getattr(ds, "MaximumFractionalValue", 1)) if fractional else 1.0
+    pixels = ds.pixel_array
+    if int(ds.NumberOfFrames) == 1:
+        pixels = pixels[np.newaxis]
+    out: dict[int, np.ndarray] = {
+        int(item.SegmentNumber): np.zeros(shape, dtype=np.float32 if fractional else np.uint8)
+        for item in ds.SegmentSequence
+    }
+    for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        src = group.DerivationImageSequence[0].SourceImageSequence[0]
+        frame_no = int(getattr(src, "ReferencedFrameNumber", 1) or 1)
+        key = (str(src.ReferencedSOPInstanceUID), frame_no)
+        if key not in where:
+            raise ResultValidationError(f"SEG frame {index + 1} references {key}, not a frame of the source")
+        plane = pixels[index].T  # (Rows, Columns) -> [i, j]
+        out[number][:, :, where[key]] = plane / scale if fractional else plane
+    return out
+
+
+@dataclass
+class SRGroup:
+    """One measurement group as read back: identity, references and numbers."""
+
+    tracking_id: str
+    tracking_uid: str
+    finding: tuple[str, str] | None  # (value, scheme)
+    referenced_segment: int | None
+    referenced_seg_uid: str | None
+    numbers: dict[tuple[str, str, str], float] = field(default_factory=dict)  # codes.metric_key
+    units: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    qualitative: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (value, scheme)
+
+
+def _code(item: Any) -> str:
+    return f"{item.CodeValue}^{item.CodingSchemeDesignator}"
+
+
+def _walk_group(group: pydicom.Dataset) -> SRGroup:
+    out = SRGroup("", "", None, None, None)
+    for item in group.ContentSequence:
+        name = _code(item.ConceptNameCodeSequence[0])
+        vtype = item.ValueType
+        if name == "112039^DCM":
+            out.tracking_id = str(item.TextValue)
+        elif name == "112040^DCM":
+            out.tracking_uid = str(item.UID)
+        elif name == "121071^DCM" and vtype == "CODE":
+            concept = item.ConceptCodeSequence[0]
+            out.finding = (str(concept.CodeValue), str(concept.CodingSchemeDesignator))
+        elif vtype == "IMAGE" and name == "121191^DCM":
+            ref = item.ReferencedSOPSequence[0]
+            out.referenced_segment = int(ref.ReferencedSegmentNumber[0]
+                                         if isinstance(ref.ReferencedSegmentNumber, list)
+                                         else ref.ReferencedSegmentNumber)
+            out.referenced_seg_uid = str(ref.ReferencedSOPInstanceUID)
+        elif vtype == "NUM":
+            method = derivation = ""
+            for mod in getattr(item, "ContentSequence", []):
+                mod_name = _code(mod.ConceptNameCodeSequence[0])
+                if mod_name == "370129005^SCT":
+                    method = _code(mod.ConceptCodeSequence[0])
+                elif mod_name == "121401^DCM":
+                    derivation = _code(mod.ConceptCodeSequence[0])
+            mv = item.MeasuredValueSequence[0]
+            value = float(mv.FloatingPointValue) if "FloatingPointValue" in mv else float(mv.NumericValue)
+            key = (name, method, derivation)
+            if key in out.numbers:
+                raise ResultValidationError(f"group {out.tracking_id!r}: measurement {key} given twice")
+            out.numbers[key] = value
+            out.units[key] = str(mv.MeasurementUnitsCodeSequence[0].CodeValue)
+        elif vtype == "CODE":
+            concept = item.ConceptCodeSequence[0]
+            out.qualitative[name] = (str(concept.CodeValue), str(concept.CodingSchemeDesignator))
+    return out
+
+
+def sr_measurements(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
+    """All measurement groups under "Imaging Measurements" (126010 DCM), in document order."""
+    ds = _dataset(sr)
+    groups: list[SRGroup] = []
+    for container in ds.ContentSequence:
+        if _code(container.ConceptNameCodeSequence[0]) != "126010^DCM":
+            continue
+        for group in container.ContentSequence:
+            if _code(group.ConceptNameCodeSequence[0]) == "125007^DCM":
+                groups.append(_walk_group(group))
+    return groups

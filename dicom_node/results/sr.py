@@ -1,0 +1,233 @@
+"""Analysis measurements -> TID 1500 Measurement Report (Comprehensive 3D SR), linked to the SEG.
+
+Content tree (the shape of the dcmqi and highdicom examples):
+- "Imaging Measurement Report", observer = this device (name, manufacturer, model+version, UID)
+- "Imaging Measurements" with
+  - one TID 1411 volumetric group per lesion: tracking id "Lesion n" + the SEG segment's
+    tracking UID, finding category/type Lesion, finding site Spinal cord, ReferencedSegment
+    n + 1, and its NUM measurements (CODES.md says which code is which);
+  - one TID 1411 group for the cord (segment 1): mean CSA and cord volume;
+  - one TID 1501 group "All intramedullary lesions": totals, lesion count, and the explicit
+    qualitative evaluation Lesion = Present / Absent (so "no lesion found" is stated, not implied).
+A value that is undefined (None/NaN in measurements) is left out rather than written as 0.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+import pydicom
+from pydicom.sr.codedict import codes
+from pydicom.uid import Comprehensive3DSRStorage
+
+from dicom_node.results import codes as C
+from dicom_node.results.seg import (
+    CORD_SEGMENT,
+    DEFAULT_MANUFACTURER,
+    ResultBuildError,
+    cord_tracking_id,
+    lesion_numbers,
+    lesion_tracking_id,
+    segment_number_for_lesion,
+    series_description,
+    tracking_uid,
+)
+from inference.pipeline import Analysis
+
+SR_SERIES_NUMBER = 9902
+TOTALS_TRACKING_ID = "All intramedullary lesions"
+
+
+@dataclass(frozen=True)
+class PreviousSR:
+    """The SR this one supersedes (Predecessor Documents Sequence); study defaults to the source's."""
+
+    series_uid: str
+    sop_instance_uid: str
+    study_uid: str | None = None
+    sop_class_uid: str = str(Comprehensive3DSRStorage)
+
+
+def _as_previous(previous: PreviousSR | Mapping[str, str] | pydicom.Dataset) -> PreviousSR:
+    if isinstance(previous, PreviousSR):
+        return previous
+    if isinstance(previous, pydicom.Dataset):
+        return PreviousSR(str(previous.SeriesInstanceUID), str(previous.SOPInstanceUID),
+                          str(previous.StudyInstanceUID), str(previous.SOPClassUID))
+    try:
+        return PreviousSR(**dict(previous))
+    except TypeError as exc:
+        raise ResultBuildError(
+            f"previous_sr needs keys series_uid, sop_instance_uid (optional study_uid, "
+            f"sop_class_uid); got {sorted(previous)}"
+        ) from exc
+
+
+def _predecessor_dataset(prev: PreviousSR, study_uid: str) -> pydicom.Dataset:
+    ds = pydicom.Dataset()
+    ds.StudyInstanceUID = prev.study_uid or study_uid
+    ds.SeriesInstanceUID = prev.series_uid
+    ds.SOPInstanceUID = prev.sop_instance_uid
+    ds.SOPClassUID = prev.sop_class_uid
+    return ds
+
+
+def _value(values: Mapping[str, Any], key: str) -> float | int | None:
+    """The number to write, or None when undefined; counts stay int (NUM "2", not "2.0")."""
+    raw = values.get(key)
+    if raw is None or isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, np.integer)):
+        return int(raw)
+    value = float(raw)
+    return value if math.isfinite(value) else None
+
+
+def _measurements(values: Mapping[str, Any], specs: Sequence[C.MetricCode]) -> list[hd.sr.Measurement]:
+    out = []
+    for spec in specs:
+        value = _value(values, spec.key)
+        if value is None:
+            continue
+        out.append(hd.sr.Measurement(
+            name=spec.name, value=value, unit=spec.unit, method=spec.method,
+            derivation=spec.derivation,
+        ))
+    return out
+
+
+def _segment_tracking_uid(seg: pydicom.Dataset, number: int, fallback: str) -> str:
+    """The tracking UID the SEG gave this segment (so SR and SEG agree), else ``fallback``."""
+    for item in seg.SegmentSequence:
+        if int(item.SegmentNumber) == number:
+            return str(getattr(item, "TrackingUID", "") or fallback)
+    raise ResultBuildError(f"SEG {seg.SOPInstanceUID} has no segment {number}: build it from the same analysis")
+
+
+def _check_seg(seg: pydicom.Dataset, source: Sequence[pydicom.Dataset], labels: list[int]) -> None:
+    if str(seg.StudyInstanceUID) != str(source[0].StudyInstanceUID):
+        raise ResultBuildError("the SEG belongs to another study than the source series")
+    have = sorted(int(item.SegmentNumber) for item in seg.SegmentSequence)
+    want = [CORD_SEGMENT] + [segment_number_for_lesion(label) for label in labels]
+    if have != sorted(want):
+        raise ResultBuildError(f"SEG segments {have} do not match the analysis (expected {want})")
+
+
+def build_sr(
+    source: Sequence[pydicom.Dataset],
+    analysis: Analysis,
+    seg: pydicom.Dataset,
+    *,
+    series_uid: str,
+    sop_instance_uid: str,
+    series_number: int = SR_SERIES_NUMBER,
+    instance_number: int = 1,
+    previous_sr: PreviousSR | Mapping[str, str] | pydicom.Dataset | None = None,
+    manufacturer: str = DEFAULT_MANUFACTURER,
+    device_name: str = "spine-dicom-node",
+    device_uid: str | None = None,
+    institution_name: str | None = None,
+    image_library: bool = True,
+) -> pydicom.Dataset:
+    """Build the TID 1500 SR of ``analysis``; every lesion group references its ``seg`` segment.
+
+    ``image_library``: list the source images in TID 1600 (as dcmqi does); turn it off for very
+    long series if SR size matters (about 1.5 kB per image).
+    """
+    if not source:
+        raise ResultBuildError("build_sr needs the source series datasets (evidence, patient, study)")
+    first = source[0]
+    study_uid, source_series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    labels = lesion_numbers(analysis)
+    _check_seg(seg, source, labels)
+    meas = analysis.measurements
+    by_label = {int(les["label"]): les for les in meas.get("lesions", [])}
+    model = analysis.model
+    algo = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+    site = [hd.sr.FindingSite(anatomic_location=C.SPINAL_CORD)]
+
+    def segment_ref(number: int) -> hd.sr.ReferencedSegment:
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
+            segment_number=number,
+            source_series=hd.sr.SourceSeriesForSegmentation(source_series),
+        )
+
+    groups: list[Any] = []
+    for label in labels:
+        number = segment_number_for_lesion(label)
+        uid = _segment_tracking_uid(seg, number, tracking_uid(study_uid, source_series, f"lesion-{label}"))
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=lesion_tracking_id(label)),
+            referenced_segment=segment_ref(number),
+            finding_category=C.ABNORMAL_STRUCTURE,
+            finding_type=C.LESION,
+            finding_sites=site,
+            algorithm_id=algo,
+            measurements=_measurements(by_label.get(label, {}), C.LESION_METRICS),
+        ))
+
+    cord_uid = _segment_tracking_uid(seg, CORD_SEGMENT, tracking_uid(study_uid, source_series, "cord"))
+    groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=cord_uid, identifier=cord_tracking_id()),
+        referenced_segment=segment_ref(CORD_SEGMENT),
+        finding_category=C.ANATOMICAL_STRUCTURE,
+        finding_type=C.SPINAL_CORD,
+        algorithm_id=algo,
+        measurements=_measurements(meas, C.CORD_METRICS),
+    ))
+
+    totals = dict(meas) | {"lesion_count": len(labels)}
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid(study_uid, source_series, "lesion-totals"), identifier=TOTALS_TRACKING_ID
+        ),
+        finding_category=C.ABNORMAL_STRUCTURE,
+        finding_type=C.LESION,
+        finding_sites=site,
+        algorithm_id=algo,
+        measurements=_measurements(totals, C.TOTAL_METRICS),
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(
+            name=C.LESION, value=C.PRESENT if labels else C.ABSENT
+        )],
+    ))
+
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_uid or tracking_uid(manufacturer, device_name, "device"),
+            name=device_name,
+            manufacturer_name=manufacturer,
+            model_name=f"{model.name} {model.version}"[:64],
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=C.MRI_PROCEDURE,
+        imaging_measurements=groups,
+        referenced_images=list(source) if image_library else None,
+    )
+    previous = None
+    if previous_sr is not None:
+        previous = [_predecessor_dataset(_as_previous(previous_sr), study_uid)]
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[*source, seg],
+        content=report,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=manufacturer,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        institution_name=institution_name,
+        previous_versions=previous,
+    )
+    sr.SeriesDescription = series_description(analysis, "SR")
+    sr.CodingSchemeIdentificationSequence = [C.coding_scheme_identification()]
+    return sr
