@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -22,7 +23,8 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import dcmwrite, write_file_meta_info
-from pydicom.uid import UID, ExplicitVRLittleEndian
+from pydicom.multival import MultiValue
+from pydicom.uid import RE_VALID_UID, ExplicitVRLittleEndian
 
 from dicom_node.catalog import Catalog
 
@@ -57,7 +59,7 @@ def path_component(value: str) -> str:
     pydicom's UID validity (digits and dots, no leading zeros, at most 64 characters) rules
     out '/', '..' and every other hostile spelling.
     """
-    if value and UID(value).is_valid:
+    if len(value) <= 64 and re.fullmatch(RE_VALID_UID, value):
         return value
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 
@@ -93,6 +95,8 @@ def _text(ds: Dataset, keyword: str) -> str:
         value = ds.get(keyword, "")
     except Exception:  # a malformed optional value must not stop storage
         return ""
+    if isinstance(value, MultiValue):  # a backslash in a single-valued slot: keep the raw text
+        return "\\".join(str(v) for v in value)
     return "" if value is None else str(value)
 
 
