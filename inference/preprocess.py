@@ -62,14 +62,68 @@ def resample_to_shape(arr: np.ndarray, shape: tuple[int, ...], order: int = 1) -
     return out
 
 
-def zscore(arr: np.ndarray) -> np.ndarray:
-    """Z-score over voxels > 0 (the body), as nnU-Net does for MR; background keeps its value mapped."""
+def zscore_params(arr: np.ndarray) -> tuple[float, float]:
+    """Mean and std over voxels > 0 (the body): split from `zscore` so a crop of the image can be
+    normalised with the statistics of the whole image (the engine tiles crops)."""
     fg = arr[arr > 0]
     if fg.size < 10:
         fg = arr.ravel()
-    mean, std = float(fg.mean()), float(fg.std())
-    return ((arr - mean) / max(std, 1e-8)).astype(np.float32)
+    mean, std = float(fg.mean(dtype=np.float64)), float(fg.std(dtype=np.float64))
+    return mean, max(std, 1e-8)
+
+
+def zscore(arr: np.ndarray) -> np.ndarray:
+    """Z-score over voxels > 0 (the body), as nnU-Net does for MR; background keeps its value mapped."""
+    mean, std = zscore_params(arr)
+    return ((arr - mean) / std).astype(np.float32)
 
 
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(v) for v in nib.affines.voxel_sizes(affine))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """Everything needed to map model-space arrays back onto the input grid exactly.
+
+    ``affine`` is model voxel -> RAS mm. Resampling aligns the outer edges of the grids
+    (scipy ``grid_mode=True``), so model voxel m sits at RAS-grid index (m + 0.5) * f - 0.5 with
+    f = ras_shape / model_shape; the effective spacing may differ from the target by < 1 voxel
+    over the whole extent.
+    """
+
+    reorientation: Reorientation
+    ras_shape: tuple[int, int, int]
+    model_shape: tuple[int, int, int]
+    affine: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return voxel_sizes(self.affine)
+
+
+def to_model_space(array: np.ndarray, affine: np.ndarray, spacing_mm: tuple[float, ...],
+                   order: int = 1) -> tuple[np.ndarray, ModelGrid]:
+    """Input grid -> model space (RAS axes by flips/permutations, then `spacing_mm`); not normalised."""
+    if array.ndim != 3:
+        raise ValueError(f"expected a 3D array, got shape {array.shape}")
+    reo = reorient_to_ras(affine, array.shape)
+    ras = reo.forward(np.asarray(array, dtype=np.float32))
+    out = resample_to_spacing(ras, voxel_sizes(reo.affine_ras), tuple(spacing_mm), order=order)
+    f = np.array(ras.shape, float) / np.array(out.shape, float)
+    scale = np.eye(4)
+    scale[:3, :3] = np.diag(f)
+    scale[:3, 3] = (f - 1.0) / 2.0
+    grid = ModelGrid(reorientation=reo, ras_shape=tuple(ras.shape), model_shape=tuple(out.shape),
+                     affine=reo.affine_ras @ scale)
+    return out, grid
+
+
+def from_model_space(arr: np.ndarray, grid: ModelGrid, order: int = 1) -> np.ndarray:
+    """Model space -> the input grid, exact input shape; `arr` is (X, Y, Z) or (C, X, Y, Z)."""
+    if arr.ndim == 4:
+        return np.stack([from_model_space(a, grid, order) for a in arr])
+    if tuple(arr.shape) != grid.model_shape:
+        raise ValueError(f"array shape {arr.shape} is not the model grid {grid.model_shape}")
+    ras = resample_to_shape(arr, grid.ras_shape, order=order)
+    return grid.reorientation.backward(ras)
