@@ -66,9 +66,18 @@ def seg_masks_on_source(
         int(item.SegmentNumber): np.zeros(shape, dtype=np.float32 if fractional else np.uint8)
         for item in ds.SegmentSequence
     }
+    shared = ds.SharedFunctionalGroupsSequence[0]
+
+    def item(group: pydicom.Dataset, keyword: str) -> pydicom.Dataset:
+        """A functional group macro, per-frame first, else shared (one segment -> shared)."""
+        for where in (group, shared):
+            if keyword in where:
+                return getattr(where, keyword)[0]
+        raise ResultValidationError(f"SEG frame lacks {keyword} (neither per-frame nor shared)")
+
     for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        number = int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
-        src = group.DerivationImageSequence[0].SourceImageSequence[0]
+        number = int(item(group, "SegmentIdentificationSequence").ReferencedSegmentNumber)
+        src = item(group, "DerivationImageSequence").SourceImageSequence[0]
         frame_no = int(getattr(src, "ReferencedFrameNumber", 1) or 1)
         key = (str(src.ReferencedSOPInstanceUID), frame_no)
         if key not in where:
