@@ -6,12 +6,20 @@ and the model identity. No networking, no catalog, no DICOM encoding here.
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inference.volume import Volume
+
+if TYPE_CHECKING:  # torch is imported only when a model is actually loaded
+    from inference.engine import Progress
+    from inference.models.registry import LoadedModel, ModelMeta
+
+DEFAULT_MODEL = "builtin:spinecord-t2"
 
 
 @dataclass(frozen=True)
@@ -35,3 +43,79 @@ class Analysis:
     measurements: dict[str, Any]  # schema of measurements.json (lesions list, totals, CSA)
     model: ModelIdentity
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def model_identity(meta: "ModelMeta") -> ModelIdentity:
+    return ModelIdentity(name=meta.name, version=meta.version, description=meta.description)
+
+
+def resolve_model(model: "str | LoadedModel", device: str = "auto",
+                  require_trained: bool = True) -> "LoadedModel":
+    """Load (cached) and vet a model: an untrained one would emit plausible-looking garbage."""
+    from inference.models.registry import LoadedModel, ModelError, load_model, read_meta
+
+    if isinstance(model, LoadedModel):
+        meta = model.meta
+    else:
+        try:
+            meta = read_meta(model)
+        except ModelError as exc:
+            if str(model) == DEFAULT_MODEL:
+                raise ModelError(f"the shipped model {DEFAULT_MODEL} is not installed ({exc}); "
+                                 f"train it or pass a model folder") from None
+            raise
+    if require_trained and not meta.trained:
+        raise ModelError(f"model {meta.name} ({meta.folder}) is not trained (model.json has "
+                         f"trained: false); refusing to segment with placeholder weights")
+    return model if isinstance(model, LoadedModel) else load_model(meta.folder, device=device)
+
+
+def _json_safe(value: Any) -> Any:
+    """measurements must be valid JSON: NaN/inf become null, numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def measure(cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
+    """measurements.json content and the lesion label map, from masks in one grid."""
+    from inference.biomarkers import analyze_lesions
+    from inference.csa import cord_csa
+
+    report = analyze_lesions(lesion, cord, affine)
+    csa = cord_csa(cord, affine)
+    labels = np.asarray(report.label_map, dtype=np.int32)
+    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3])))
+    measurements = dict(report.to_json())
+    measurements.update(
+        cord_csa_mm2_mean=csa.mean_mm2,
+        cord_csa_mm2_per_slice=list(csa.per_slice_mm2),
+        cord_volume_mm3=float(np.count_nonzero(cord)) * voxel_mm3,
+        lesion_count=int(len(np.unique(labels[labels > 0]))),
+    )
+    return _json_safe(measurements), labels
+
+
+def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: str = "auto",
+            require_trained: bool = True, progress: "Progress | None" = None) -> Analysis:
+    """Segment cord and lesions and measure them; everything comes back in the input grid."""
+    from inference.engine import segment
+
+    loaded = resolve_model(model, device=device, require_trained=require_trained)
+    seg = segment(volume, loaded, progress=progress)
+    t0 = time.perf_counter()
+    if progress:
+        progress("metrics", 0, 1)
+    measurements, labels = measure(seg.cord_mask, seg.lesion_mask, volume.affine)
+    timings = {**seg.timings, "metrics": time.perf_counter() - t0}
+    return Analysis(
+        cord_mask=seg.cord_mask, lesion_mask=seg.lesion_mask, lesion_labels=labels,
+        cord_prob=seg.cord_prob, affine=np.asarray(volume.affine, dtype=np.float64).copy(),
+        measurements=measurements, model=model_identity(loaded.meta), timings=timings,
+    )
