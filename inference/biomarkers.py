@@ -154,25 +154,25 @@ def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) ->
 
     angles = _cord_angles(cord_rpi, frame.spacing)
     px, py, pz = frame.spacing
-    masks = [labels_rpi == n for n in range(1, n_lesions + 1)]
-    x_star = _midsagittal_x(masks, cord_rpi)
+    found = [_Lesion(labels_rpi, n, box) for n, box in enumerate(ndimage.find_objects(labels_rpi), start=1)]
+    x_star = _midsagittal_x(found, cord_rpi)
     cord_per_slice = cord_rpi.sum(axis=(0, 1))
 
     centroids = ndimage.center_of_mass(np.ones_like(label_map), label_map, range(1, n_lesions + 1))
     lesions = []
-    for n, mask in enumerate(masks, start=1):
-        per_slice = mask.sum(axis=(0, 1))
-        zs = np.nonzero(per_slice)[0]
-        volume = float(mask.sum()) * px * py * pz
+    for les in found:
+        per_slice = les.per_slice(cord_rpi.shape[2])
+        zs = les.zs
+        volume = float(les.voxels) * px * py * pz
         length = float(np.sum([pz / np.cos(angles.theta_3d[z]) for z in zs]))
-        width = max(_ap_extent(mask[:, :, z]) * py * np.cos(angles.theta_sag[z]) for z in zs)
+        width = max(les.ap_extent(z) * py * np.cos(angles.theta_sag[z]) for z in zs)
         areas = per_slice * np.cos(angles.theta_3d) * px * py
         diameter = 2.0 * math.sqrt(float(areas.max()) / math.pi)
         damage = max((per_slice[z] * px * py) / (cord_per_slice[z] * px * py) for z in zs)
-        mid = _midsagittal_measures(mask, cord_rpi, x_star, angles, (px, py, pz))
-        centroid = np.asarray(affine, dtype=np.float64) @ np.array([*centroids[n - 1], 1.0])
+        mid = _midsagittal_measures(les, cord_rpi, x_star, angles, (px, py, pz))
+        centroid = np.asarray(affine, dtype=np.float64) @ np.array([*centroids[les.label - 1], 1.0])
         lesions.append(LesionMetrics(
-            label=n,
+            label=les.label,
             volume_mm3=volume,
             length_mm=length,
             width_mm=float(width),
@@ -204,16 +204,50 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
 
 
 def _ap_extent(axial: np.ndarray) -> int:
-    """y_max - y_min + 1 of the nonzero voxels of one axial slice (voxels)."""
-    ys = np.nonzero(axial.any(axis=0))[0]
-    return int(ys[-1] - ys[0] + 1)
+    """y_max - y_min + 1 of the nonzero voxels of one axial slice (x, y) or one y column; 0 if empty."""
+    ys = np.nonzero(axial.any(axis=0) if axial.ndim == 2 else axial)[0]
+    return int(ys[-1] - ys[0] + 1) if ys.size else 0
 
 
-def _midsagittal_x(masks: list[np.ndarray], cord: np.ndarray) -> float | None:
+class _Lesion:
+    """One labelled lesion, held as its bounding-box crop so that many small lesions stay cheap."""
+
+    def __init__(self, labels: np.ndarray, label: int, box: tuple[slice, slice, slice]):
+        self.label = label
+        self.crop = labels[box] == label
+        self.offset = tuple(int(b.start) for b in box)
+        self.grid_shape = labels.shape
+        self.voxels = int(self.crop.sum())
+        self.zs = self.offset[2] + np.nonzero(self.crop.any(axis=(0, 1)))[0]
+
+    def per_slice(self, nz: int) -> np.ndarray:
+        """Lesion voxel count in every axial slice of the full grid."""
+        counts = np.zeros(nz, dtype=np.int64)
+        local = self.crop.sum(axis=(0, 1))
+        counts[self.offset[2]: self.offset[2] + local.size] = local
+        return counts
+
+    def ap_extent(self, z: int) -> int:
+        return _ap_extent(self.crop[:, :, z - self.offset[2]])
+
+    def z_center(self) -> float:
+        """z centre of mass (unweighted voxel mean) in full-grid indices."""
+        return float(np.nonzero(self.crop)[2].mean()) + self.offset[2]
+
+    def sagittal(self, x: int) -> np.ndarray:
+        """The lesion in sagittal slice x of the full grid, as a (y, z) boolean image."""
+        out = np.zeros(self.grid_shape[1:], dtype=bool)
+        local = x - self.offset[0]
+        if 0 <= local < self.crop.shape[0]:
+            ny, nz = self.crop.shape[1:]
+            out[self.offset[1]: self.offset[1] + ny, self.offset[2]: self.offset[2] + nz] = self.crop[local]
+        return out
+
+
+def _midsagittal_x(lesions: list[_Lesion], cord: np.ndarray) -> float | None:
     """x*: mean cord x centre over the 5 slices around the largest lesion's z centre of mass."""
-    volumes = [int(m.sum()) for m in masks]
-    largest = masks[int(np.argmax(volumes))]  # argmax: first lesion on ties
-    z_center = int(round(float(ndimage.center_of_mass(largest)[2])))
+    largest = lesions[int(np.argmax([les.voxels for les in lesions]))]  # argmax: first lesion on ties
+    z_center = int(round(largest.z_center()))
     xs = []
     for z in range(z_center - MIDSAGITTAL_HALF_WINDOW, z_center + MIDSAGITTAL_HALF_WINDOW + 1):
         if 0 <= z < cord.shape[2] and cord[:, :, z].any():
@@ -229,7 +263,7 @@ def _bridges(lesion_col: np.ndarray, cord_col: np.ndarray) -> tuple[int, int]:
 
 
 def _midsagittal_measures(
-    mask: np.ndarray, cord: np.ndarray, x_star: float | None, angles: _Angles, spacing: tuple[float, float, float]
+    lesion: _Lesion, cord: np.ndarray, x_star: float | None, angles: _Angles, spacing: tuple[float, float, float]
 ) -> dict[str, float | None]:
     """Length, width and tissue bridges in the sagittal slice interpolated at x*."""
     keys = ("midsagittal_length_mm", "midsagittal_width_mm", "dorsal_bridge_mm", "ventral_bridge_mm",
@@ -239,7 +273,8 @@ def _midsagittal_measures(
     _px, py, pz = spacing
     s1, s2 = int(math.floor(x_star)), int(math.ceil(x_star))
     f = x_star - math.floor(x_star)
-    interp = (1.0 - f) * mask[s1].astype(np.float64) + f * mask[s2].astype(np.float64)  # (y, z)
+    sagittal = (lesion.sagittal(s1), lesion.sagittal(s2))
+    interp = (1.0 - f) * sagittal[0].astype(np.float64) + f * sagittal[1].astype(np.float64)  # (y, z)
     cos_sag = np.cos(angles.theta_sag)
 
     length = 0.0
@@ -250,7 +285,7 @@ def _midsagittal_measures(
         length += float(np.mean(values)) * pz / cos_sag[z]
         width = max(width, float(np.sum(values)) * py * cos_sag[z])
 
-    dorsal, ventral = _interpolated_bridges(mask, cord, (s1, s2), f, py * cos_sag)
+    dorsal, ventral = _interpolated_bridges(sagittal, lesion.zs, cord, (s1, s2), f, py * cos_sag)
     total = dorsal + ventral
     return {
         "midsagittal_length_mm": length,
@@ -264,7 +299,8 @@ def _midsagittal_measures(
 
 
 def _interpolated_bridges(
-    mask: np.ndarray, cord: np.ndarray, slices: tuple[int, int], f: float, mm_per_voxel: np.ndarray
+    sagittal: tuple[np.ndarray, np.ndarray], lesion_zs: np.ndarray, cord: np.ndarray, slices: tuple[int, int],
+    f: float, mm_per_voxel: np.ndarray,
 ) -> tuple[float, float]:
     """Minimum dorsal and ventral bridges (mm) in the interpolated midsagittal slice.
 
@@ -273,10 +309,10 @@ def _interpolated_bridges(
     slices leaves the whole cord thickness as bridge, split half dorsal, half ventral.
     """
     per_slice: list[dict[int, tuple[int, int]]] = []
-    for s in slices:
+    for s, lesion_yz in zip(slices, sagittal):
         found = {}
-        for z in np.nonzero(mask[s].any(axis=0))[0]:
-            found[int(z)] = _bridges(mask[s, :, z], cord[s, :, z])
+        for z in np.nonzero(lesion_yz.any(axis=0))[0]:
+            found[int(z)] = _bridges(lesion_yz[:, z], cord[s, :, z])
         per_slice.append(found)
     zs = sorted(set(per_slice[0]) | set(per_slice[1]))
     if zs:
@@ -288,13 +324,8 @@ def _interpolated_bridges(
             ventral.append(((1.0 - f) * b1[1] + f * b2[1]) * mm_per_voxel[z])
         return float(min(dorsal)), float(min(ventral))
     thickness = []
-    for z in np.nonzero(mask.any(axis=(0, 1)))[0]:
-        t = [_ap_extent_or_zero(cord[s, :, z]) for s in slices]
+    for z in lesion_zs:
+        t = [_ap_extent(cord[s, :, z]) for s in slices]
         thickness.append(((1.0 - f) * t[0] + f * t[1]) * mm_per_voxel[z])
     half = float(min(thickness)) / 2.0
     return half, half
-
-
-def _ap_extent_or_zero(column: np.ndarray) -> int:
-    ys = np.nonzero(column)[0]
-    return int(ys[-1] - ys[0] + 1) if ys.size else 0
