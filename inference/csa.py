@@ -32,6 +32,13 @@ class CsaResult:
 
     per_slice_mm2: list[float | None]
     mean_mm2: float  # NaN when no slice is defined
+    si_axis: int = 2  # input axis that runs inferior-superior (per_slice index i is along it) ...
+    si_flipped: bool = False  # ... and whether input index = n - 1 - i (input runs superior->inferior)
+
+    def input_slice(self, z_rpi: int) -> int:
+        """Index along input axis si_axis of RPI axial slice z_rpi (to label per-slice values in the input grid)."""
+        n = len(self.per_slice_mm2)
+        return n - 1 - z_rpi if self.si_flipped else z_rpi
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -58,8 +65,9 @@ def cord_csa(cord: np.ndarray, affine: np.ndarray) -> CsaResult:
     nz = data.shape[2]
     per_slice: list[float | None] = [None] * nz
     z_present = np.nonzero((data > NEAR_ZERO).any(axis=(0, 1)))[0]
+    axis = {"si_axis": frame.source_axis[2], "si_flipped": frame.flipped[2]}
     if z_present.size == 0:
-        return CsaResult(per_slice, float("nan"))
+        return CsaResult(per_slice, float("nan"), **axis)
 
     z0, z1 = int(z_present[0]), int(z_present[-1])
     z_ref = np.arange(z0, z1 + 1)
@@ -73,7 +81,7 @@ def cord_csa(cord: np.ndarray, affine: np.ndarray) -> CsaResult:
         per_slice[int(z)] = _slice_area(patch, (px, py))
 
     defined = [v for v in per_slice if v is not None]
-    return CsaResult(per_slice, float(np.mean(defined)) if defined else float("nan"))
+    return CsaResult(per_slice, float(np.mean(defined)) if defined else float("nan"), **axis)
 
 
 def _bbox_crop(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -47,6 +47,8 @@ def test_per_slice_is_indexed_by_rpi_z(example_cord):
     cord, affine = example_cord
     result = cord_csa(cord, affine)
     assert len(result.per_slice_mm2) == cord.shape[1]  # PSR input: S-I is axis 1
+    assert (result.si_axis, result.si_flipped) == (1, False)
+    assert result.input_slice(5) == 5
     has_cord = cord.any(axis=(0, 2))
     assert [v is not None for v in result.per_slice_mm2] == list(has_cord)
     defined = [v for v in result.per_slice_mm2 if v is not None]
@@ -67,6 +69,10 @@ def test_reoriented_input_gives_the_same_slices(example_cord, perm, flips):
     moved = cord_csa(np.ascontiguousarray(new), affine @ to_old)
     as_array = lambda values: np.array([np.nan if v is None else v for v in values])  # noqa: E731
     np.testing.assert_allclose(as_array(moved.per_slice_mm2), as_array(base.per_slice_mm2), rtol=1e-12)
+    # the S-I axis of the original (axis 1) moved to position perm.index(1)
+    assert moved.si_axis == perm.index(1) and moved.si_flipped == (perm.index(1) in flips)
+    z = 40
+    assert moved.input_slice(z) == (new.shape[moved.si_axis] - 1 - z if moved.si_flipped else z)
 
 
 def test_straight_cylinder_area_is_its_voxel_area():
