@@ -3,8 +3,11 @@
 Why exact: studies that already report SCT numbers must be able to switch to this node
 without a break in their series, so every definition (frame, labelling, angle correction,
 interpolated midsagittal slice, tissue bridges) follows /shared/LESION_METRICS.md to the
-letter, including its rounding and tie rules. Everything is computed in the RPI frame
-(see inference.rpi); only the label map, x* and centroids are mapped back to the input.
+letter, including its tie rules. One refinement: voxel sizes are rounded to their float32
+resolution as SCT 7.x does (inference.rpi.round_spacing), which is the spec's "6 decimals"
+for 1-2 mm voxels and 7 decimals below 1 mm; the reference case needs it to agree beyond 1e-7.
+Everything is computed in the RPI frame; only the label map, x* and centroids are mapped
+back to the input grid.
 """
 from __future__ import annotations
 
