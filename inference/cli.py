@@ -9,11 +9,104 @@ import argparse
 
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
-    raise NotImplementedError  # filled by the inference runtime work
+    """Options of `dicom-node segment` (cord + lesion masks, probabilities and measurements)."""
+    p.add_argument("input", metavar="INPUT", help="NIfTI file (.nii/.nii.gz) or folder with the DICOM files of one series")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--model", default="builtin:spinecord-t2", metavar="builtin:NAME|FOLDER",
+                   help="model to use (default: the shipped builtin:spinecord-t2)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
+    p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for torch (0 = torch default)")
+    p.add_argument("--qc-png", action="store_true", help="also write DIR/qc.png (sagittal + axial overlays)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    """Segment, write masks/probabilities/measurements (+ QC picture); errors -> one line, exit 1."""
+    import json
+    import sys
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from inference.pipeline import analyze, resolve_model
+    from inference.volume import load_volume, save_nifti
+
+    start = time.perf_counter()
+    progress = _segment_progress(start)
+    try:
+        if args.threads > 0:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"--out {out} exists and is not a folder")
+        progress("loading model", 0, 1)
+        model = resolve_model(args.model, device=args.device)  # refuse early, before reading the input
+        progress("reading input", 0, 1)
+        volume = load_volume(args.input)
+        analysis = analyze(volume, model, progress=progress)
+        progress("writing", 0, 1)
+        out.mkdir(parents=True, exist_ok=True)
+        save_nifti(analysis.cord_mask.astype(np.uint8), analysis.affine, out / "cord.nii.gz")
+        save_nifti(analysis.lesion_mask.astype(np.uint8), analysis.affine, out / "lesion.nii.gz")
+        save_nifti(analysis.cord_prob.astype(np.float32), analysis.affine, out / "cord_prob.nii.gz")
+        (out / "measurements.json").write_text(
+            json.dumps(analysis.measurements, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        written = ["cord.nii.gz", "lesion.nii.gz", "cord_prob.nii.gz", "measurements.json"]
+        if args.qc_png:
+            from inference.qc import render_overlay
+
+            title = f"{analysis.model.name} {analysis.model.version}  {Path(args.input).name}"
+            render_overlay(volume.array, analysis.cord_mask, analysis.lesion_mask, analysis.affine,
+                           title=title).save(out / "qc.png")
+            written.append("qc.png")
+    except (ValueError, OSError, RuntimeError) as exc:  # ModelError, VolumeError, metrics errors are ValueErrors
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"segment: {msg}", file=sys.stderr)
+        return 1
+    print(_segment_summary(analysis, volume, str(model.device), out, written, time.perf_counter() - start))
+    return 0
+
+
+def _segment_progress(start: float):
+    """Stage lines on stderr; the sliding window reports about every 10 % so long runs show life."""
+    import sys
+    import time
+
+    last: dict[str, int] = {}
+
+    def report(stage: str, done: int, total: int) -> None:
+        if total > 1:
+            step = max(1, total // 10)
+            if done not in (0, total) and done - last.get(stage, 0) < step:
+                return
+            last[stage] = done
+            text = f"{stage} {done}/{total} tiles" if stage == "sliding window" else f"{stage} {done}/{total}"
+        else:
+            text = stage
+        print(f"[{time.perf_counter() - start:6.1f}s] {text}", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _segment_summary(analysis, volume, device: str, out, written: list[str], seconds: float) -> str:
+    """A few human lines: model, input geometry, cord, lesions, timings, files."""
+    m = analysis.measurements
+    shape = "x".join(str(n) for n in volume.array.shape)
+    spacing = "x".join(f"{s:.2f}" for s in volume.spacing)
+    csa = m.get("cord_csa_mm2_mean")
+    csa_text = "n/a" if csa is None else f"{csa:.1f} mm2"
+    timing = ", ".join(f"{k} {v:.1f} s" for k, v in analysis.timings.items())
+    return "\n".join([
+        f"model {analysis.model.name} {analysis.model.version} on {device}",
+        f"input {shape} voxels of {spacing} mm",
+        f"cord: {int(analysis.cord_mask.sum())} voxels, {m['cord_volume_mm3']:.1f} mm3, mean CSA {csa_text}",
+        f"lesions: {m['lesion_count']}, total volume {m['total_volume_mm3']:.1f} mm3, "
+        f"total length {m['total_length_mm']:.1f} mm, max axial damage ratio {m['max_axial_damage_ratio']:.3f}",
+        f"time: {timing} (total {seconds:.1f} s)",
+        f"written to {out}: {', '.join(written)}",
+    ])
 
 
 def add_analyze_lesion_arguments(p: argparse.ArgumentParser) -> None:

@@ -1,0 +1,78 @@
+"""`dicom-node segment`: files with the input's shape and affine, one-line errors, QC picture."""
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dicom_node.cli import main
+from inference.volume import save_nifti
+from tests.test_engine import PSR, _phantom
+from tests.tiny_model import make_tiny_model
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def _error_lines(err: str) -> list[str]:
+    """stderr minus the "[  1.2s] stage" progress lines."""
+    return [line for line in err.splitlines() if not line.startswith("[")]
+
+
+@pytest.fixture()
+def nifti(tmp_path):
+    img, _ = _phantom(PSR, (40, 50, 12))
+    return save_nifti(img.astype(np.int16), PSR, tmp_path / "t2.nii.gz")
+
+
+def test_segment_writes_every_file_in_the_input_geometry(tmp_path, nifti, capsys) -> None:
+    model = make_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    rc = main(["segment", str(nifti), "--out", str(out), "--model", str(model), "--device", "cpu", "--qc-png"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    src = nib.load(str(nifti))
+    for name, dtype in (("cord.nii.gz", np.uint8), ("lesion.nii.gz", np.uint8), ("cord_prob.nii.gz", np.float32)):
+        img = nib.load(str(out / name))
+        assert img.shape == src.shape, name
+        assert np.allclose(img.affine, src.affine, atol=1e-5), name
+        assert img.get_data_dtype() == dtype, name
+    cord = np.asanyarray(nib.load(str(out / "cord.nii.gz")).dataobj)
+    lesion = np.asanyarray(nib.load(str(out / "lesion.nii.gz")).dataobj)
+    assert set(np.unique(cord)) <= {0, 1} and not (lesion & (1 - cord)).any()
+    m = json.loads((out / "measurements.json").read_text())
+    for key in ("lesions", "total_volume_mm3", "cord_csa_mm2_mean", "cord_csa_mm2_per_slice",
+                "cord_volume_mm3", "lesion_count"):
+        assert key in m
+    assert m["cord_volume_mm3"] == pytest.approx(cord.sum() * 0.8 * 0.9 * 3.0)
+    with Image.open(out / "qc.png") as png:
+        assert png.mode == "RGB" and png.width > 200 and png.height > 200
+    assert "sliding window" in captured.err and "tiles" in captured.err
+    assert "model tiny-test 0.0.1" in captured.out and "lesions:" in captured.out
+
+
+def test_segment_refuses_an_untrained_model(tmp_path, nifti, capsys) -> None:
+    model = make_tiny_model(tmp_path / "model", trained=False)
+    rc = main(["segment", str(nifti), "--out", str(tmp_path / "out"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert len(_error_lines(err)) == 1 and "not trained" in _error_lines(err)[0]
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_segment_unreadable_input_is_one_line(tmp_path, capsys) -> None:
+    model = make_tiny_model(tmp_path / "model")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not a nifti")
+    rc = main(["segment", str(bad), "--out", str(tmp_path / "out"), "--model", str(model)])
+    err = capsys.readouterr().err
+    assert rc != 0 and len(_error_lines(err)) == 1 and "bad.nii.gz" in _error_lines(err)[0]
+
+
+def test_segment_missing_model_folder_is_one_line(tmp_path, nifti, capsys) -> None:
+    rc = main(["segment", str(nifti), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert rc != 0 and len(_error_lines(err)) == 1 and "model.json" in _error_lines(err)[0]
