@@ -183,3 +183,54 @@ def test_mismatched_inputs_are_refused_with_a_reason(sagittal_no_lesion):
                                       "measurements": {"lesions": [{"label": 1}]}})
     with pytest.raises(ResultBuildError, match="lesion labels"):
         build_seg(case.source, case.frames, bad_meas, **kw)
+
+
+def test_png_of_decoded_seg_equals_png_of_the_analysis_masks(case, tmp_path):
+    """What a human looks at is drawn from the SEG read back; it must be the model's masks."""
+    from PIL import Image
+
+    from dicom_node.results.secondary_capture import render_seg_png
+    from inference.volume import Volume
+
+    _, path = _write_seg(case, tmp_path, omit_empty_frames=True)
+    volume = Volume(array=case.image, affine=case.analysis.affine, frames=case.frames)
+    from_seg = render_seg_png(volume, path, tmp_path / "seg.png")
+    direct = render_seg_png(volume, (case.analysis.cord_mask, case.analysis.lesion_labels > 0), tmp_path / "a.png")
+    a, b = np.asarray(Image.open(from_seg)), np.asarray(Image.open(direct))
+    assert a.shape == b.shape and np.array_equal(a, b)
+    red = (a[..., 0] > 200) & (a[..., 1] < 80) & (a[..., 2] < 80)
+    green = (a[..., 1] > 200) & (a[..., 0] < 80)
+    assert red.any() and green.any()  # lesion outline and cord outline are drawn
+
+
+def test_secondary_capture_fallback_is_marked_and_conformant(case, tmp_path):
+    require_tool("dciodvfy")
+    from dicom_node.results.secondary_capture import NOT_FOR_DIAGNOSIS, build_secondary_captures
+
+    uids = [generate_uid() for _ in range(3)]
+    series = generate_uid()
+    scs = build_secondary_captures(case.source, case.frames, case.analysis, series_uid=series,
+                                   sop_instance_uids=uids)
+    assert [str(sc.SOPInstanceUID) for sc in scs] == uids
+    src_uids = {str(ds.SOPInstanceUID) for ds in case.source}
+    lesion_slices = {k for k in range(len(case.frames)) if (case.analysis.lesion_labels[:, :, k] > 0).any()}
+    for n, sc in enumerate(scs):
+        path = write_result(sc, tmp_path / f"sc{n}.dcm")
+        assert validate_dicom(path).errors == []
+        assert sc.BurnedInAnnotation == "YES" and NOT_FOR_DIAGNOSIS in sc.ImageComments
+        assert NOT_FOR_DIAGNOSIS in sc.SeriesDescription and sc.SeriesInstanceUID == series
+        assert sc.StudyInstanceUID == case.source[0].StudyInstanceUID and sc.PatientID == case.source[0].PatientID
+        assert str(sc.SourceImageSequence[0].ReferencedSOPInstanceUID) in src_uids
+        rgb = sc.pixel_array
+        label_band = rgb[:12]
+        assert ((label_band[..., 0] > 200) & (label_band[..., 1] > 200) & (label_band[..., 2] < 60)).any()
+    # the first key slice is the one with most lesion, and its burn-in shows red where the lesion is
+    k = next(i for i, f in enumerate(case.frames)
+             if f.sop_instance_uid == str(scs[0].SourceImageSequence[0].ReferencedSOPInstanceUID))
+    assert k in lesion_slices
+    rgb = scs[0].pixel_array
+    zoom = rgb.shape[0] // case.analysis.cord_mask.shape[1]
+    lesion = np.repeat(np.repeat(case.analysis.lesion_labels[:, :, k].T > 0, zoom, 0), zoom, 1)
+    lesion[:12] = False
+    reddish = rgb[..., 0].astype(int) - rgb[..., 1].astype(int) > 60
+    assert reddish[lesion].mean() > 0.9 and reddish[~lesion].mean() < 0.01
