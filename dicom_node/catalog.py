@@ -146,52 +146,65 @@ class Catalog:
         re-opens it with generation+1, so the worker knows earlier results are superseded.
         Returns (new_instance, reopened, generation).
         """
-        at = inst["received_at"]
+        return self.record_instances([(inst, series)])[0]
+
+    def record_instances(
+        self, items: list[tuple[dict[str, Any], dict[str, Any]]]
+    ) -> list[tuple[bool, bool, int]]:
+        """`record_instance` for several instances in one transaction (one commit, one fsync).
+
+        The listener's group commit uses it: concurrent associations share a commit.
+        """
         with self.transaction() as con:
-            old = con.execute(
-                "SELECT series_uid, sha256 FROM instances WHERE sop_instance_uid=?", (inst["sop_instance_uid"],)
-            ).fetchone()
-            moved = old is not None and old["series_uid"] != inst["series_uid"]
-            new = old is None or moved
-            changed = new or old["sha256"] != inst["sha256"]
-            if moved:  # same SOP UID re-sent under another series: count it there, not here
-                con.execute(
-                    "UPDATE series SET received_count=MAX(received_count-1, 0) WHERE series_uid=?",
-                    (old["series_uid"],),
-                )
-            cols = list(inst)
+            return [self._record(con, inst, series) for inst, series in items]
+
+    @staticmethod
+    def _record(con: sqlite3.Connection, inst: dict[str, Any], series: dict[str, Any]) -> tuple[bool, bool, int]:
+        at = inst["received_at"]
+        old = con.execute(
+            "SELECT series_uid, sha256 FROM instances WHERE sop_instance_uid=?", (inst["sop_instance_uid"],)
+        ).fetchone()
+        moved = old is not None and old["series_uid"] != inst["series_uid"]
+        new = old is None or moved
+        changed = new or old["sha256"] != inst["sha256"]
+        if moved:  # same SOP UID re-sent under another series: count it there, not here
             con.execute(
-                f"INSERT INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-                f"ON CONFLICT(sop_instance_uid) DO UPDATE SET "
-                + ", ".join(f"{c}=excluded.{c}" for c in cols if c != "sop_instance_uid"),
-                [inst[c] for c in cols],
+                "UPDATE series SET received_count=MAX(received_count-1, 0) WHERE series_uid=?",
+                (old["series_uid"],),
             )
-            row = con.execute(
-                "SELECT state, generation FROM series WHERE series_uid=?", (inst["series_uid"],)
-            ).fetchone()
-            if row is None:
-                con.execute(
-                    "INSERT INTO series (series_uid, study_uid, patient_id, modality, description, calling_ae,"
-                    " state, generation, expected_count, received_count, first_received, last_received)"
-                    " VALUES (?, ?, ?, ?, ?, ?, 'receiving', 1, ?, 1, ?, ?)",
-                    (inst["series_uid"], series["study_uid"], series["patient_id"], series["modality"],
-                     series["description"], series["calling_ae"], series["expected_count"], at, at),
-                )
-                return True, False, 1
-            reopen = changed and row["state"] != "receiving"
-            generation = row["generation"] + 1 if reopen else row["generation"]
+        cols = list(inst)
+        con.execute(
+            f"INSERT INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in cols if c != "sop_instance_uid"),
+            [inst[c] for c in cols],
+        )
+        row = con.execute(
+            "SELECT state, generation FROM series WHERE series_uid=?", (inst["series_uid"],)
+        ).fetchone()
+        if row is None:
             con.execute(
-                "UPDATE series SET received_count=received_count+?, last_received=MAX(last_received, ?),"
-                " expected_count=CASE WHEN ? IS NULL THEN expected_count"
-                "   ELSE MAX(COALESCE(expected_count, 0), ?) END,"
-                " state=CASE WHEN ? THEN 'receiving' ELSE state END, generation=?,"
-                " completed_at=CASE WHEN ? THEN NULL ELSE completed_at END,"
-                " completion_reason=CASE WHEN ? THEN NULL ELSE completion_reason END"
-                " WHERE series_uid=?",
-                (int(new), at, series["expected_count"], series["expected_count"], reopen, generation,
-                 reopen, reopen, inst["series_uid"]),
+                "INSERT INTO series (series_uid, study_uid, patient_id, modality, description, calling_ae,"
+                " state, generation, expected_count, received_count, first_received, last_received)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'receiving', 1, ?, 1, ?, ?)",
+                (inst["series_uid"], series["study_uid"], series["patient_id"], series["modality"],
+                 series["description"], series["calling_ae"], series["expected_count"], at, at),
             )
-            return new, reopen, generation
+            return True, False, 1
+        reopen = changed and row["state"] != "receiving"
+        generation = row["generation"] + 1 if reopen else row["generation"]
+        con.execute(
+            "UPDATE series SET received_count=received_count+?, last_received=MAX(last_received, ?),"
+            " expected_count=CASE WHEN ? IS NULL THEN expected_count"
+            "   ELSE MAX(COALESCE(expected_count, 0), ?) END,"
+            " state=CASE WHEN ? THEN 'receiving' ELSE state END, generation=?,"
+            " completed_at=CASE WHEN ? THEN NULL ELSE completed_at END,"
+            " completion_reason=CASE WHEN ? THEN NULL ELSE completion_reason END"
+            " WHERE series_uid=?",
+            (int(new), at, series["expected_count"], series["expected_count"], reopen, generation,
+             reopen, reopen, inst["series_uid"]),
+        )
+        return new, reopen, generation
 
     def series_row(self, series_uid: str) -> sqlite3.Row | None:
         """The catalog row of one series, or None."""

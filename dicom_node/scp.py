@@ -121,14 +121,9 @@ class StorageSCP:
     def _handle_store(self, event: evt.Event) -> int | Dataset:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
-            ds = event.dataset
-            ds.file_meta = event.file_meta
-            encoded = event.encoded_dataset(include_meta=False)
-        except Exception as exc:  # pydicom raises many types for malformed streams
-            LOGGER.error("C-STORE from %s: dataset cannot be decoded: %s", calling_ae, exc)
-            return _status(STATUS_CANNOT_UNDERSTAND, f"cannot decode dataset: {exc}")
-        try:
-            stored = self.store.store(ds, calling_ae, encoded=encoded)
+            encoded = event.encoded_dataset(include_meta=False)  # as received: no decode, no re-encode
+            transfer_syntax = str(event.context.transfer_syntax)
+            stored = self.store.store_encoded(encoded, transfer_syntax, calling_ae)
         except InvalidInstance as exc:
             LOGGER.error("C-STORE from %s refused: %s", calling_ae, exc)
             return _status(STATUS_CANNOT_UNDERSTAND, str(exc))

@@ -13,18 +13,22 @@ import io
 import logging
 import os
 import re
+import struct
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
 from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.multival import MultiValue
-from pydicom.uid import RE_VALID_UID, ExplicitVRLittleEndian
+from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian
 
 from dicom_node.catalog import Catalog
 
@@ -108,6 +112,167 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+# attributes the store and the catalog need; parsing stops after the last of them (0028,0008)
+HEADER_KEYWORDS = (
+    "SOPClassUID", "SOPInstanceUID", "Modality", "SeriesDescription", "PatientID", "StudyInstanceUID",
+    "SeriesInstanceUID", "ImagesInAcquisition", "NumberOfTemporalPositions", "InConcatenationTotalNumber",
+    "NumberOfFrames",
+)
+_HEADER_TAGS = [tag_for_keyword(k) for k in HEADER_KEYWORDS]
+_LAST_HEADER_TAG = max(t for t in _HEADER_TAGS if t is not None)
+IMPLEMENTATION_VERSION = "SPINE_NODE_0.1"
+
+
+def read_header(encoded: bytes, transfer_syntax: str) -> Dataset:
+    """The identifying attributes of an encoded dataset (no file meta), without decoding the rest.
+
+    The listener needs a handful of attributes; decoding every element of each instance
+    (pixel data, vendor private blocks) would cost more CPU than the store itself.
+    """
+    ts = UID(transfer_syntax)
+    if not ts.is_transfer_syntax:
+        raise InvalidInstance(f"unknown transfer syntax {transfer_syntax!r}")
+    body = encoded
+    if ts.is_deflated:
+        try:
+            body = zlib.decompress(encoded, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise InvalidInstance(f"deflated dataset does not inflate: {exc}") from None
+    try:
+        ds = read_dataset(
+            io.BytesIO(body), ts.is_implicit_VR, ts.is_little_endian,
+            stop_when=lambda tag, vr, length: tag > _LAST_HEADER_TAG, specific_tags=_HEADER_TAGS,
+        )
+        for keyword in HEADER_KEYWORDS:  # force the lazy values now, inside this try
+            ds.get(keyword)
+    except Exception as exc:  # pydicom raises many types for malformed streams
+        raise InvalidInstance(f"dataset header cannot be parsed: {exc}") from None
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ts
+    return ds
+
+
+def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
+    """One explicit VR little endian file meta element (group 0002)."""
+    tag = struct.pack("<HH", 0x0002, group_elem)
+    if vr == b"OB":
+        return tag + vr + b"\0\0" + struct.pack("<I", len(value)) + value
+    return tag + vr + struct.pack("<H", len(value)) + value
+
+
+def encode_file_meta(sop_class: str, sop_instance: str, transfer_syntax: str, source_ae: str = "") -> bytes:
+    """Group 0002 for a Part-10 file, encoded directly (pydicom's writer costs ~0.5 ms per file).
+
+    Raises UnicodeEncodeError for non-ASCII values; the caller then uses pydicom's writer.
+    """
+    def ui(v: str) -> bytes:
+        b = v.encode("ascii")
+        return b + b"\0" if len(b) % 2 else b
+
+    def text(v: str) -> bytes:
+        b = v.encode("ascii")
+        return b + b" " if len(b) % 2 else b
+
+    parts = [
+        _element(0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, b"UI", ui(sop_class)),
+        _element(0x0003, b"UI", ui(sop_instance)),
+        _element(0x0010, b"UI", ui(transfer_syntax)),
+        _element(0x0012, b"UI", ui(pydicom.uid.PYDICOM_IMPLEMENTATION_UID)),
+        _element(0x0013, b"SH", text(IMPLEMENTATION_VERSION)),
+    ]
+    if source_ae and source_ae.isprintable() and "\\" not in source_ae and len(source_ae) <= 16:
+        parts.append(_element(0x0016, b"AE", text(source_ae)))
+    body = b"".join(parts)
+    return _element(0x0000, b"UL", struct.pack("<I", len(body))) + body
+
+
+@dataclass
+class _Pending:
+    folder: Path
+    inst: dict
+    series: dict
+    done: threading.Event = field(default_factory=threading.Event)
+    result: tuple[bool, bool, int] | None = None
+    error: BaseException | None = None
+
+
+class GroupCommit:
+    """Shares the folder fsync and the catalog commit among concurrent stores.
+
+    Parallel associations each wait for a commit anyway; one thread that commits everything
+    pending in one transaction turns N fsyncs of the WAL (and of the series folder) into one,
+    without acknowledging anything before its own commit is done.
+    """
+
+    MAX_BATCH = 64
+    WAIT_S = 120.0
+
+    def __init__(self, catalog: Catalog, fsync: bool) -> None:
+        self.catalog = catalog
+        self.fsync = fsync
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, folder: Path, inst: dict, series: dict) -> tuple[bool, bool, int]:
+        """Record one instance whose file is already renamed into `folder`; returns after commit."""
+        item = _Pending(folder, inst, series)
+        with self._cond:
+            if self._closed:
+                raise OSError("the instance store is closed")
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dicom-node-commit", daemon=True)
+                self._thread.start()
+            self._pending.append(item)
+            self._cond.notify()
+        if not item.done.wait(self.WAIT_S):
+            raise OSError(f"catalog commit did not finish within {self.WAIT_S:.0f} s")
+        if item.error is not None:
+            raise item.error
+        assert item.result is not None
+        return item.result
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if not self._pending:
+                    return
+                batch, self._pending = self._pending[: self.MAX_BATCH], self._pending[self.MAX_BATCH :]
+            self._commit(batch)
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            if self.fsync:
+                for folder in dict.fromkeys(item.folder for item in batch):
+                    _fsync_dir(folder)  # the renames are durable before the catalog says so
+            results = self.catalog.record_instances([(i.inst, i.series) for i in batch])
+            for item, result in zip(batch, results):
+                item.result = result
+        except Exception as exc:
+            if len(batch) > 1 and not isinstance(exc, OSError):  # find the one bad record
+                LOGGER.warning("group commit of %d instances failed (%s); committing one by one", len(batch), exc)
+                for item in batch:
+                    self._commit([item])
+                return
+            for item in batch:
+                item.error = exc
+        finally:
+            for item in batch:
+                if item.result is not None or item.error is not None:
+                    item.done.set()
+
+
 class InstanceStore:
     """Writes received instances under `data_dir/instances/` and records them in the catalog."""
 
@@ -118,11 +283,20 @@ class InstanceStore:
         self.fsync = fsync
         self._known_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
+        self._commit = GroupCommit(catalog, fsync)
+
+    def close(self) -> None:
+        """Finish pending commits and stop the commit thread (the listener is stopped first)."""
+        self._commit.close()
 
     def relative_path(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         """instances/<h(study)>/<h(series)>/<h(sop)>.dcm, relative to data_dir."""
         return Path("instances", path_component(study_uid), path_component(series_uid),
                     path_component(sop_uid) + ".dcm")
+
+    def store_encoded(self, encoded: bytes, transfer_syntax: str, calling_ae: str) -> StoredInstance:
+        """The listener's path: the dataset exactly as received, parsed only for its header."""
+        return self.store(read_header(encoded, transfer_syntax), calling_ae, encoded=encoded)
 
     def store(self, ds: Dataset, calling_ae: str, encoded: bytes | None = None) -> StoredInstance:
         """Write `ds` durably, record it, then return (the caller may acknowledge after this).
@@ -137,8 +311,9 @@ class InstanceStore:
             if not value:
                 raise InvalidInstance(f"the dataset has no {keyword}: it cannot be filed")
             ids[keyword] = value
-        meta = self._file_meta(ds, ids)
-        data = self._encode(ds, meta, encoded)
+        meta = getattr(ds, "file_meta", None)
+        transfer_syntax = str(meta.get("TransferSyntaxUID", "") if meta is not None else "") or ExplicitVRLittleEndian
+        data = self._encode(ds, ids, transfer_syntax, calling_ae, encoded)
         rel = self.relative_path(ids["StudyInstanceUID"], ids["SeriesInstanceUID"], ids["SOPInstanceUID"])
         self._write_durably(self.data_dir / rel, data)
         digest = hashlib.sha256(data).hexdigest()
@@ -150,7 +325,7 @@ class InstanceStore:
             "path": rel.as_posix(),
             "size": len(data),
             "sha256": digest,
-            "transfer_syntax": str(meta.TransferSyntaxUID),
+            "transfer_syntax": transfer_syntax,
             "calling_ae": calling_ae,
             "received_at": time.time(),
         }
@@ -162,7 +337,7 @@ class InstanceStore:
             "calling_ae": calling_ae,
             "expected_count": expected_instances(ds),
         }
-        new, reopened, generation = self.catalog.record_instance(inst, series)
+        new, reopened, generation = self._commit.submit((self.data_dir / rel).parent, inst, series)
         if reopened:
             LOGGER.info("series %s re-opened by a late instance: generation %d", ids["SeriesInstanceUID"], generation)
         return StoredInstance(
@@ -184,28 +359,31 @@ class InstanceStore:
     # -- internals -------------------------------------------------------------------
 
     @staticmethod
-    def _file_meta(ds: Dataset, ids: dict[str, str]) -> FileMetaDataset:
-        """File meta for the Part-10 file: the SCP's (transfer syntax as negotiated) or a fresh one."""
+    def _encode(ds: Dataset, ids: dict[str, str], transfer_syntax: str, source_ae: str, encoded: bytes | None) -> bytes:
+        """Preamble + file meta + dataset: the received bytes when given, else `ds` encoded."""
+        if encoded is not None:
+            try:
+                meta = encode_file_meta(ids["SOPClassUID"], ids["SOPInstanceUID"], transfer_syntax, source_ae)
+                return b"".join((PREAMBLE, meta, encoded))
+            except UnicodeEncodeError:  # hostile non-ASCII UIDs: let pydicom's writer deal with them
+                head = DicomBytesIO()
+                write_file_meta_info(head, InstanceStore._file_meta(ds, ids, transfer_syntax), enforce_standard=True)
+                return b"".join((PREAMBLE, head.getvalue(), encoded))
+        buf = io.BytesIO()
+        copy = Dataset(ds)
+        copy.file_meta = InstanceStore._file_meta(ds, ids, transfer_syntax)
+        dcmwrite(buf, copy, enforce_file_format=True)
+        return buf.getvalue()
+
+    @staticmethod
+    def _file_meta(ds: Dataset, ids: dict[str, str], transfer_syntax: str) -> FileMetaDataset:
         meta = FileMetaDataset(getattr(ds, "file_meta", None) or FileMetaDataset())
         meta.MediaStorageSOPClassUID = ids["SOPClassUID"]
         meta.MediaStorageSOPInstanceUID = ids["SOPInstanceUID"]
-        if "TransferSyntaxUID" not in meta:
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.TransferSyntaxUID = transfer_syntax
         if "ImplementationClassUID" not in meta:
             meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
         return meta
-
-    @staticmethod
-    def _encode(ds: Dataset, meta: FileMetaDataset, encoded: bytes | None) -> bytes:
-        if encoded is not None:
-            head = DicomBytesIO()
-            write_file_meta_info(head, meta, enforce_standard=True)
-            return b"".join((PREAMBLE, head.getvalue(), encoded))
-        buf = io.BytesIO()
-        copy = Dataset(ds)
-        copy.file_meta = meta
-        dcmwrite(buf, copy, enforce_file_format=True)
-        return buf.getvalue()
 
     def _ensure_dir(self, folder: Path) -> None:
         """Create the folder and make its new entries durable (fsync the parents once)."""
@@ -224,7 +402,7 @@ class InstanceStore:
             self._known_dirs.add(folder)
 
     def _write_durably(self, final: Path, data: bytes) -> None:
-        """temp name in the same folder -> write -> fsync -> rename -> fsync folder."""
+        """temp name in the same folder -> write -> fsync -> rename (folder fsync: GroupCommit)."""
         folder = final.parent
         self._ensure_dir(folder)
         tmp = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
@@ -247,5 +425,4 @@ class InstanceStore:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        if self.fsync:
-            _fsync_dir(folder)
+        # the folder is fsynced by the group commit, once for all instances renamed into it

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.filewriter import write_dataset
 
 from dicom_node.catalog import Catalog
@@ -139,3 +141,38 @@ def test_expected_count_recorded_from_enhanced_mr(store: InstanceStore) -> None:
     ds = real("dicom/pydicom-data/emri_small.dcm")
     store.store(ds, "X")
     assert store.catalog.series_row(ds.SeriesInstanceUID)["expected_count"] == 1
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian,
+                                    pydicom.uid.DeflatedExplicitVRLittleEndian])
+def test_store_encoded_parses_header_only_and_keeps_bytes(store: InstanceStore, tmp_path: Path, syntax: str) -> None:
+    src = require_shared("dicom/dcm_qa_decubitus_HFS_t1_sag")
+    ds = pydicom.dcmread(sorted(src.glob("*.dcm"))[0])
+    ds.ImagesInAcquisition = 35
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = tmp_path / "in.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    fp = io.BytesIO(raw)
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    encoded = raw[fp.tell():]  # the dataset as a peer sends it: no preamble, no file meta
+    stored = store.store_encoded(encoded, syntax, "MRI_3T")
+    assert (tmp_path / stored.path).read_bytes().endswith(encoded)
+    back, sent = pydicom.dcmread(tmp_path / stored.path), pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == syntax
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert back.file_meta.SourceApplicationEntityTitle == "MRI_3T"
+    assert back == sent and back.PixelData == sent.PixelData
+    row = store.catalog.series_row(ds.SeriesInstanceUID)
+    assert (row["expected_count"], row["description"], row["modality"]) == (35, "t1_fl2d_sag", "MR")
+
+
+def test_store_encoded_garbage_is_invalid(store: InstanceStore) -> None:
+    with pytest.raises(InvalidInstance):
+        store.store_encoded(b"\x08\x00\x18\x00UI\xff\xff" + b"x" * 40, pydicom.uid.ExplicitVRLittleEndian, "X")
+    with pytest.raises(InvalidInstance):
+        store.store_encoded(b"not deflate", pydicom.uid.DeflatedExplicitVRLittleEndian, "X")
+    with pytest.raises(InvalidInstance, match="transfer syntax"):
+        store.store_encoded(b"", "1.2.3.4", "X")
+    assert store.catalog.query("SELECT COUNT(*) FROM instances")[0][0] == 0
