@@ -234,3 +234,38 @@ def test_secondary_capture_fallback_is_marked_and_conformant(case, tmp_path):
     lesion[:12] = False
     reddish = rgb[..., 0].astype(int) - rgb[..., 1].astype(int) > 60
     assert reddish[lesion].mean() > 0.9 and reddish[~lesion].mean() < 0.01
+
+
+def test_enhanced_multiframe_source_round_trips(tmp_path):
+    """One multi-frame source instance: SEG frames reference (instance, frame number)."""
+    import io
+
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    from inference.volume import volume_from_datasets
+
+    require_tool("dciodvfy")
+    shared = require_shared("lesion-example")
+    case = make_case(shared.parent, tmp_path / "src", "oblique")
+    multi = LegacyConvertedEnhancedMRImage(
+        [pydicom.dcmread(p) for p in case.paths][::-1], series_instance_uid=generate_uid(), series_number=98,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    buf = io.BytesIO()
+    multi.save_as(buf, enforce_file_format=True)
+    multi = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    volume = volume_from_datasets([multi])
+    assert np.array_equal(volume.array, case.image) and np.allclose(volume.affine, case.analysis.affine, atol=1e-6)
+    numbers = [f.frame_number for f in volume.frames]
+    assert sorted(numbers) == list(range(1, len(numbers) + 1))
+    assert numbers != sorted(numbers)  # frames stored in reverse: the frame-number mapping is exercised
+    mf_case = Case(source=[multi], frames=list(volume.frames), image=volume.array, analysis=case.analysis,
+                   paths=[])
+    for k in (0, len(numbers) // 2):
+        assert np.array_equal(frame_pixels(mf_case, k), volume.array[:, :, k].T)
+    for omit in (False, True):
+        seg, path = _write_seg(mf_case, tmp_path / f"o{omit}", omit_empty_frames=omit)
+        assert validate_dicom(path).errors == []
+        refs = {int(g.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+                for g in seg.PerFrameFunctionalGroupsSequence}
+        assert refs <= set(numbers) and (omit or refs == set(numbers))
+        _assert_exact(mf_case, seg_masks_on_source(path, mf_case.frames, case.analysis.cord_mask.shape))
