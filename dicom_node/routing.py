@@ -14,7 +14,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -23,13 +23,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from dicom_node.config import ConfigError
+from inference.volume import orientation_label  # one definition of 'sagittal' for routing and geometry
 
 DERIVED = ("orientation", "calling_ae")
 OPERATORS = ("equals", "iequals", "matches", "contains", "in", "lt", "le", "gt", "ge", "between", "exists")
 GROUPS = ("all", "any", "not")
 RULE_KEYS = ("name", "when", "pipeline", "destinations")
-# slices tilted by more than this from the nearest main plane are 'oblique'
-OBLIQUE_LIMIT_DEGREES = 35.0
 
 Lookup = Callable[[str], list[Any]]
 
@@ -53,28 +52,6 @@ def _orientation_vector(ds: Dataset) -> list[float] | None:
     return values if values is not None and len(values) == 6 else None
 
 
-def orientation_label(iop: Iterable[float]) -> str:
-    """axial | sagittal | coronal | oblique, from the six direction cosines of ImageOrientationPatient.
-
-    The slice normal (row x column) says which patient axis the slices are stacked along;
-    within OBLIQUE_LIMIT_DEGREES of an axis the series counts as that plane (spine sagittals
-    and axials are often tilted a little to follow the cord).
-    """
-    r = [float(v) for v in iop]
-    if len(r) != 6:
-        raise ValueError(f"ImageOrientationPatient has 6 values, got {len(r)}")
-    a, b = r[:3], r[3:]
-    n = [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
-    norm = math.sqrt(sum(v * v for v in n))
-    if norm < 1e-6:
-        raise ValueError("ImageOrientationPatient: row and column directions are parallel")
-    comps = [abs(v) / norm for v in n]
-    axis = max(range(3), key=lambda i: comps[i])
-    if comps[axis] < math.cos(math.radians(OBLIQUE_LIMIT_DEGREES)):
-        return "oblique"
-    return ("sagittal", "coronal", "axial")[axis]  # normal along x (L-R), y (A-P), z (S-I)
-
-
 def attribute_values(ds: Dataset, keyword: str, calling_ae: str) -> list[Any]:
     """The values of an attribute as a list: [] when absent or empty; each item of a multi-value."""
     if keyword == "calling_ae":
@@ -83,7 +60,7 @@ def attribute_values(ds: Dataset, keyword: str, calling_ae: str) -> list[Any]:
         iop = _orientation_vector(ds)
         try:
             return [orientation_label(iop)] if iop is not None else []
-        except ValueError:
+        except ValueError:  # VolumeError: degenerate orientation counts as absent
             return []
     try:
         value = ds.get(keyword)

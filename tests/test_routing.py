@@ -9,7 +9,8 @@ from pydicom.dataset import Dataset
 
 from dicom_node.cli import main
 from dicom_node.config import ConfigError, load_config
-from dicom_node.routing import orientation_label, parse_rules, route
+from dicom_node.routing import parse_rules, route
+from inference.volume import orientation_label
 from tests.conftest import require_shared
 
 SAG = [0, 1, 0, 0, 0, -1]
