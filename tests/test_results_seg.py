@@ -5,6 +5,7 @@ references and must give back the cord and every lesion mask voxel for voxel.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import highdicom as hd
@@ -179,6 +180,14 @@ def test_mismatched_inputs_are_refused_with_a_reason(sagittal_no_lesion):
         ("cord_mask", "lesion_mask", "lesion_labels", "cord_prob")}})
     with pytest.raises(ResultBuildError, match="rows x columns"):
         build_seg(case.source, case.frames, transposed, **kw)
+    other = copy.deepcopy(case.source[0])
+    other.SeriesInstanceUID, other.SOPInstanceUID = generate_uid(), generate_uid()
+    with pytest.raises(ResultBuildError, match="one series of one study"):
+        build_seg([*case.source, other], case.frames, case.analysis, **kw)
+    gaps = type(case.analysis)(**{**case.analysis.__dict__,
+                                  "lesion_labels": (case.analysis.cord_mask * 2).astype(np.int32)})
+    with pytest.raises(ResultBuildError, match="without gaps"):
+        build_seg(case.source, case.frames, gaps, **kw)
     bad_meas = type(case.analysis)(**{**case.analysis.__dict__,
                                       "measurements": {"lesions": [{"label": 1}]}})
     with pytest.raises(ResultBuildError, match="lesion labels"):
@@ -258,7 +267,7 @@ def test_enhanced_multiframe_source_round_trips(tmp_path):
     numbers = [f.frame_number for f in volume.frames]
     assert sorted(numbers) == list(range(1, len(numbers) + 1))
     assert numbers != sorted(numbers)  # frames stored in reverse: the frame-number mapping is exercised
-    mf_case = Case(source=[multi], frames=list(volume.frames), image=volume.array, analysis=case.analysis,
+    mf_case = Case(source=[multi] * len(numbers), frames=list(volume.frames), image=volume.array, analysis=case.analysis,
                    paths=[])
     for k in (0, len(numbers) // 2):
         assert np.array_equal(frame_pixels(mf_case, k), volume.array[:, :, k].T)

@@ -54,6 +54,10 @@ def lesion_numbers(analysis: Analysis) -> list[int]:
     reference, and every listed lesion must exist in ``lesion_labels`` (and vice versa).
     """
     in_map = sorted(int(v) for v in np.unique(analysis.lesion_labels) if v != 0)
+    if in_map != list(range(1, len(in_map) + 1)):
+        raise ResultBuildError(
+            f"lesion labels must be 1..n without gaps (SEG segment numbers follow them); got {in_map[:10]}"
+        )
     listed = [int(les["label"]) for les in analysis.measurements.get("lesions", [])]
     if listed and sorted(listed) != in_map:
         raise ResultBuildError(
@@ -83,14 +87,23 @@ def lesion_tracking_id(label: int) -> str:
     return f"Lesion {label}"
 
 
-def _source_index(source: Sequence[pydicom.Dataset]) -> dict[str, pydicom.Dataset]:
+def unique_source(source: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Source datasets once each, by SOP Instance UID (callers may list a multi-frame instance
+    once per frame), checked to be one series of one study."""
     index: dict[str, pydicom.Dataset] = {}
     for ds in source:
-        uid = str(ds.SOPInstanceUID)
-        if uid in index:
-            raise ResultBuildError(f"source instance {uid} given twice")
-        index[uid] = ds
-    return index
+        index.setdefault(str(ds.SOPInstanceUID), ds)
+    studies = {str(ds.StudyInstanceUID) for ds in index.values()}
+    series = {str(ds.SeriesInstanceUID) for ds in index.values()}
+    if len(studies) != 1 or len(series) != 1:
+        raise ResultBuildError(
+            f"source must be one series of one study; got {len(series)} series in {len(studies)} studies"
+        )
+    return list(index.values())
+
+
+def _source_index(source: Sequence[pydicom.Dataset]) -> dict[str, pydicom.Dataset]:
+    return {str(ds.SOPInstanceUID): ds for ds in unique_source(source)}
 
 
 def order_source(

@@ -35,6 +35,7 @@ from dicom_node.results.seg import (
     segment_number_for_lesion,
     series_description,
     tracking_uid,
+    unique_source,
 )
 from inference.pipeline import Analysis
 
@@ -140,6 +141,7 @@ def build_sr(
     """
     if not source:
         raise ResultBuildError("build_sr needs the source series datasets (evidence, patient, study)")
+    source = unique_source(source)
     first = source[0]
     study_uid, source_series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     labels = lesion_numbers(analysis)
