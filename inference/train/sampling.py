@@ -1,0 +1,96 @@
+"""Training patches: foreground-biased crop -> painted lesions -> spatial -> mirror -> intensity.
+
+Why foreground-biased: the cord is <1 % of a whole-spine volume; as nnU-Net does, most
+patches are centred on the cord (the rest anywhere) so the few CPU iterations we can
+afford are spent where the decisions are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from inference.train.augment import AugmentConfig, intensity, mirror_lr, spatial
+from inference.train.data import BY_KEY, CachedVolume
+from inference.train.lesions import LesionConfig, paint_lesions
+
+GROUP_WEIGHTS = {"sag_t2": 0.5, "ax_t2star": 0.3, "crop": 0.2}
+
+
+@dataclass
+class SamplerConfig:
+    patch: tuple[int, int, int] = (64, 64, 96)
+    p_foreground: float = 0.8
+    margin: float = 1.25  # crop = patch * margin, so rotations/scaling have real image to sample
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    lesions: LesionConfig = field(default_factory=LesionConfig)
+
+
+class PatchSampler:
+    """Draws augmented (image, target) patches from cached model-space volumes."""
+
+    def __init__(self, volumes: list[CachedVolume], cfg: SamplerConfig, seed: int) -> None:
+        if not volumes:
+            raise ValueError("PatchSampler: no training volumes; check split.json and the cache")
+        self.volumes = volumes
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        w = np.array([GROUP_WEIGHTS.get(v.group, 0.1) for v in volumes], float)
+        for g in set(v.group for v in volumes):  # weight per group, shared by its volumes
+            members = [i for i, v in enumerate(volumes) if v.group == g]
+            w[members] /= len(members)
+        self.weights = w / w.sum()
+
+    def state(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One patch: image (1, X, Y, Z) float32 and target (2, X, Y, Z) in {0, 1} (cord incl. lesion, lesion)."""
+        rng, cfg = self.rng, self.cfg
+        vol = self.volumes[int(rng.choice(len(self.volumes), p=self.weights))]
+        patch = np.asarray(cfg.patch)
+        if rng.random() < cfg.p_foreground and len(vol.cord_idx):
+            center = vol.cord_idx[rng.integers(len(vol.cord_idx))].astype(float)
+            center += rng.uniform(-0.35, 0.35, 3) * patch  # the cord is not always mid-patch
+        else:
+            center = rng.uniform(0, 1, 3) * (np.asarray(vol.image.shape) - 1)
+        crop_shape = np.ceil(patch * cfg.margin).astype(int)
+        lo = np.round(center - crop_shape / 2).astype(int)
+        img, cord, les = (self._crop(a, lo, crop_shape, fill) for a, fill in
+                          ((vol.image, vol.air), (vol.cord, 0), (vol.lesion, 0)))
+        if cord.any():
+            sign = BY_KEY[vol.key].lesion_sign if vol.key in BY_KEY else 1.0
+            img, painted, _ = paint_lesions(img, cord, cfg.spacing, rng, cfg.lesions,
+                                            levels=(vol.cord_level, vol.csf_level), sign=sign)
+            les = np.maximum(les, painted)
+        cord = np.maximum(cord, les)
+        t_img = torch.from_numpy(img)[None]
+        t_lab = torch.from_numpy(np.stack([cord, les]).astype(np.float32))
+        local_center = center - lo
+        t_img, t_lab = spatial(t_img, t_lab, tuple(int(p) for p in patch), local_center, rng,
+                               cfg.augment, vol.air)
+        t_img, t_lab = mirror_lr(t_img, t_lab, rng, cfg.augment)
+        t_img, t_lab = intensity(t_img, t_lab, rng, cfg.augment, vol.air)
+        return t_img.contiguous(), (t_lab > 0.5).float().contiguous()
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [self.sample() for _ in range(n)]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    @staticmethod
+    def _crop(arr: np.ndarray, lo: np.ndarray, shape: np.ndarray, fill: float) -> np.ndarray:
+        """Crop with constant padding where the crop leaves the volume."""
+        out = np.full(tuple(shape), fill, dtype=np.float32)
+        src_lo = np.maximum(lo, 0)
+        src_hi = np.minimum(lo + shape, arr.shape)
+        if np.any(src_hi <= src_lo):
+            return out
+        dst_lo = src_lo - lo
+        dst = tuple(slice(a, a + (c - b)) for a, b, c in zip(dst_lo, src_lo, src_hi))
+        out[dst] = arr[tuple(slice(a, b) for a, b in zip(src_lo, src_hi))]
+        return out

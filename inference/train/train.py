@@ -1,0 +1,293 @@
+"""Train the shipped spinecord-t2 model (CPU-friendly, resumable, time-budgeted).
+
+    python -m inference.train.train --out var/train/run1 --minutes 60 [--resume]
+
+Why time-budgeted: the node's model is trained on a shared 2-core CPU, so the schedule
+(polynomial learning-rate decay) runs over wall-clock minutes, not epochs, and a run can
+be stopped and resumed from the last checkpoint (written every few minutes) without
+changing the schedule. Region-based outputs as SCIseg (sigmoid: cord incl. lesion, lesion),
+Dice + BCE per region. Uses CUDA + AMP when present.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from inference.models.registry import LoadedModel, ModelMeta, build_network, read_meta, save_model
+from inference.train.data import CachedVolume, build_cache, load_split
+from inference.train.sampling import PatchSampler, SamplerConfig
+
+MODEL_NAME = "spinecord-t2"
+
+
+def architecture(filters: list[int]) -> dict[str, Any]:
+    """A small DynUNet: 3x3x3 kernels, stride 2 per level, instance norm (nnU-Net-like)."""
+    n = len(filters)
+    return {"type": "DynUNet", "in_channels": 1, "out_channels": 2, "kernel_size": [3] * n,
+            "strides": [1] + [2] * (n - 1), "upsample_kernel_size": [2] * (n - 1),
+            "filters": list(filters), "norm_name": "instance", "res_block": False}
+
+
+def region_loss(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """BCE + soft Dice per region (batch Dice: a patch without lesion still gives a signal)."""
+    logits = logits.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    prob = torch.sigmoid(logits)
+    dims = (0, 2, 3, 4)
+    inter = (prob * target).sum(dims)
+    denom = prob.sum(dims) + target.sum(dims)
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    loss = bce + (1 - dice).mean()
+    return loss, {"bce": float(bce.detach()), "dice_cord": float(dice[0].detach()), "dice_lesion": float(dice[1].detach())}
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """Endless patch stream (runs in a worker process so augmentation overlaps the network)."""
+
+    def __init__(self, volumes: list[CachedVolume], cfg: SamplerConfig, seed: int, batch: int) -> None:
+        self.volumes, self.cfg, self.seed, self.batch = volumes, cfg, seed, batch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.set_num_threads(1)
+        sampler = PatchSampler(self.volumes, self.cfg, self.seed)
+        while True:
+            yield sampler.batch(self.batch)
+
+
+def patch_stream(volumes: list[CachedVolume], cfg: SamplerConfig, seed: int, batch: int,
+                 workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    ds = _Stream(volumes, cfg, seed, batch)
+    if workers <= 0:
+        return iter(ds)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
+                                         prefetch_factor=4, persistent_workers=False)
+    return iter(loader)
+
+
+def model_meta(args: argparse.Namespace, arch: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
+    """model.json contents for the registry (trained weights, identity, geometry, thresholds)."""
+    return {
+        "name": MODEL_NAME, "version": args.version, "architecture": arch,
+        "spacing_mm": list(args.spacing), "orientation": "RAS", "normalization": "zscore",
+        "patch_size": list(args.infer_patch or args.patch), "regions": ["cord", "lesion"],
+        "activation": "sigmoid", "thresholds": [0.5, 0.5], "weights": "weights.pt", "trained": True,
+        "description": ("Spinal cord + intramedullary lesion segmentation (region-based, SCIseg-like) "
+                        "trained on CPU from real cords with synthetic lesions; see MODEL_CARD.md."),
+        "training": training,
+    }
+
+
+def loaded(network: torch.nn.Module, arch: dict[str, Any], args: argparse.Namespace,
+           device: torch.device) -> LoadedModel:
+    """Wrap the training network so the engine's sliding window can run on it."""
+    meta = ModelMeta(folder=Path(args.out), name=MODEL_NAME, version=args.version, architecture=arch,
+                     spacing_mm=tuple(args.spacing), orientation="RAS", normalization="zscore",
+                     patch_size=tuple(args.infer_patch or args.patch), regions=("cord", "lesion"),
+                     activation="sigmoid", thresholds=(0.5, 0.5), weights="weights.pt", trained=True)
+    return LoadedModel(meta=meta, network=network, device=device)
+
+
+class QuickVal:
+    """Fast validation in model space: cord Dice on the real masks (cropped around the cord) and
+    lesion Dice on lesions painted once with a fixed seed. The full evaluation is evaluate.py."""
+
+    def __init__(self, volumes: list[CachedVolume], spacing: tuple[float, float, float], seed: int = 1234) -> None:
+        from inference.train.data import BY_KEY
+        from inference.train.lesions import paint_lesions
+
+        rng = np.random.default_rng(seed)
+        self.items = []
+        for v in volumes:
+            idx = v.cord_idx
+            lo = np.maximum(idx.min(0) - 24, 0)
+            hi = np.minimum(idx.max(0) + 25, v.image.shape)
+            sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            img, cord = v.image[sl], v.cord[sl]
+            painted, les, _ = paint_lesions(img, cord > 0, spacing, rng, n_lesions=3,
+                                            levels=(v.cord_level, v.csf_level), sign=BY_KEY[v.key].lesion_sign)
+            self.items.append((v.key + "+lesions", painted, np.maximum(cord, les), les))
+
+    def __call__(self, model: LoadedModel) -> dict[str, float]:
+        from inference.engine import predict_model_space
+
+        model.network.eval()
+        out: dict[str, float] = {}
+        for key, img, cord, les in self.items:
+            prob = predict_model_space(img, model, normalized=True)
+            out[f"{key}/cord_dice"] = _dice(prob[0] > 0.5, cord > 0)
+            if les.any():
+                out[f"{key}/lesion_dice"] = _dice(prob[1] > 0.5, les > 0)
+            else:
+                out[f"{key}/false_lesion_vox"] = float((prob[1] > 0.5).sum())
+        model.network.train()
+        cords = [v for k, v in out.items() if k.endswith("cord_dice")]
+        lesions = [v for k, v in out.items() if k.endswith("lesion_dice")]
+        out["score"] = float(np.mean(cords) + np.mean(lesions)) / 2.0
+        return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * float((a & b).sum()) / s
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m inference.train.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="run folder (log, checkpoints, model/)")
+    p.add_argument("--minutes", type=float, required=True, help="wall-clock training budget (schedule length)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--init", type=str, default=None, help="start from this model folder's weights (fine-tune)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--filters", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    p.add_argument("--patch", type=int, nargs=3, default=[64, 64, 96], help="training patch (RAS X Y Z)")
+    p.add_argument("--infer-patch", type=int, nargs=3, default=None, help="sliding-window tile written to model.json")
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--workers", type=int, default=1, help="augmentation worker processes (0: in-process)")
+    p.add_argument("--val-minutes", type=float, default=8.0)
+    p.add_argument("--ckpt-minutes", type=float, default=3.0)
+    p.add_argument("--max-iters", type=int, default=0, help="stop after this many iterations (tests)")
+    p.add_argument("--version", type=str, default="1.0.0")
+    p.add_argument("--cache", type=Path, default=Path("var/cache"))
+    return p.parse_args(argv)
+
+
+def _log(path: Path, record: dict[str, Any]) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def train(args: argparse.Namespace) -> Path:
+    """Run (or resume) training; returns the exported model folder (OUT/model)."""
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path, ckpt_path = out / "log.jsonl", out / "checkpoint.pt"
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    arch = architecture(args.filters)
+    net = build_network(arch).to(device)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
+    state: dict[str, Any] = {"iteration": 0, "elapsed_s": 0.0, "best_score": -1.0, "patches": 0}
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["arch"] != arch:
+            raise SystemExit(f"--resume: checkpoint architecture differs ({ck['arch']['filters']}); use the same --filters")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        state = ck["state"]
+    elif args.init:
+        meta = read_meta(args.init)
+        if meta.architecture != arch:
+            raise SystemExit(f"--init {args.init}: architecture differs from --filters {args.filters}")
+        net.load_state_dict(torch.load(meta.folder / meta.weights, map_location="cpu", weights_only=True))
+
+    split = load_split()
+    spacing = tuple(args.spacing)
+    train_vols = build_cache(split["train"], spacing, args.cache)
+    val_vols = build_cache(split["val"], spacing, args.cache)
+    cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing)
+    # a resumed run reseeds from (seed, iteration): reproducible, never repeats the same patches
+    stream = patch_stream(train_vols, cfg, args.seed * 100003 + state["iteration"], args.batch, args.workers)
+    quick_val = QuickVal(val_vols, spacing)
+    budget = args.minutes * 60.0
+    _log(log_path, {"event": "start", "resume": bool(args.resume), "iteration": state["iteration"],
+                    "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                    "device": str(device), "train": split["train"], "val": split["val"]})
+
+    def save_checkpoint() -> None:
+        tmp = ckpt_path.with_suffix(".tmp")
+        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state, "arch": arch}, tmp)
+        tmp.replace(ckpt_path)
+
+    def export(folder: Path, metrics: dict[str, float]) -> None:
+        training = {
+            "iterations": state["iteration"], "patches": state["patches"],
+            "minutes": round(state["elapsed_s"] / 60.0, 1), "batch": args.batch,
+            "train_patch": list(args.patch), "optimizer": f"AdamW lr {args.lr} poly(0.9) over {args.minutes} min",
+            "loss": "BCE + soft Dice per region", "seed": args.seed, "device": str(device),
+            "train_volumes": split["train"], "val_volumes": split["val"],
+            "quick_val": {k: round(v, 4) for k, v in metrics.items()},
+            "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
+                        "augment": asdict(cfg.augment)},
+        }
+        save_model(folder, model_meta(args, arch, training), net)
+
+    net.train()
+    t_last = time.time()
+    last_ckpt = last_val = state["elapsed_s"]
+    window: list[dict[str, float]] = []
+    while state["elapsed_s"] < budget and (args.max_iters <= 0 or state["iteration"] < args.max_iters):
+        frac = min(state["elapsed_s"] / budget, 0.999)
+        lr = args.lr * (1.0 - frac) ** 0.9
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = next(stream)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
+            logits = net(x)
+        loss, parts = region_loss(logits, y)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+        scaler.step(opt)
+        scaler.update()
+        now = time.time()
+        state["elapsed_s"] += now - t_last
+        t_last = now
+        state["iteration"] += 1
+        state["patches"] += x.shape[0]
+        window.append({"loss": float(loss), **parts})
+        if state["iteration"] % 20 == 0:
+            avg = {k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]}
+            _log(log_path, {"event": "train", "iteration": state["iteration"],
+                            "minutes": round(state["elapsed_s"] / 60, 2), "lr": round(lr, 6), **avg})
+            window = []
+        done = state["elapsed_s"] >= budget or (args.max_iters > 0 and state["iteration"] >= args.max_iters)
+        if done or state["elapsed_s"] - last_val >= args.val_minutes * 60:
+            t0 = time.time()
+            metrics = quick_val(loaded(net, arch, args, device))
+            _log(log_path, {"event": "val", "iteration": state["iteration"],
+                            "minutes": round(state["elapsed_s"] / 60, 2), "val_s": round(time.time() - t0, 1),
+                            **{k: round(v, 4) for k, v in metrics.items()}})
+            export(out / "model_last", metrics)
+            if metrics["score"] > state["best_score"]:
+                state["best_score"] = metrics["score"]
+                export(out / "model", metrics)
+            last_val = state["elapsed_s"]
+            t_last = time.time()  # validation time does not eat the training schedule
+        if done or state["elapsed_s"] - last_ckpt >= args.ckpt_minutes * 60:
+            save_checkpoint()
+            last_ckpt = state["elapsed_s"]
+    _log(log_path, {"event": "end", "iteration": state["iteration"], "minutes": round(state["elapsed_s"] / 60, 2),
+                    "best_score": state["best_score"]})
+    return out / "model"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
