@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import highdicom as hd
 import numpy as np
@@ -36,15 +35,6 @@ DEFAULT_SOFTWARE_VERSION = "0.1.0"
 
 class ResultBuildError(ValueError):
     """The analysis and the source series do not fit together; the message says what to fix."""
-
-
-@dataclass(frozen=True)
-class SegmentPlan:
-    """What one SEG segment holds: its number, label and (for lesions) measurement label."""
-
-    number: int
-    label: str
-    lesion_label: int | None  # None for the cord
 
 
 def lesion_numbers(analysis: Analysis) -> list[int]:
