@@ -262,3 +262,13 @@ def test_superseding_sr_references_its_predecessor(no_lesion, tmp_path, form):
     # same source series -> same tracking UIDs: the new report's findings relate to the old ones
     assert [g.tracking_uid for g in sr_measurements(first)] == [g.tracking_uid for g in sr_measurements(second)]
     assert "PredecessorDocumentsSequence" not in first
+
+
+def test_sr_refuses_a_seg_of_another_analysis(no_lesion, written):
+    from dicom_node.results.seg import ResultBuildError
+
+    case, _, _, _ = written
+    _, seg_without_lesions = no_lesion
+    with pytest.raises(ResultBuildError, match="do not match the analysis|another study"):
+        build_sr(case.source, case.analysis, seg_without_lesions, series_uid=generate_uid(),
+                 sop_instance_uid=generate_uid(), image_library=False)
