@@ -8,7 +8,7 @@ Request" to "Received Store Response"), and the node/storescp ratio.
 storescp does not fsync; the node fsyncs each file, its folder and the catalog commit before
 it answers, so this measures what durability costs next to a plain receiver.
 
-    .venv/bin/python bench/ingest.py [--images 350] [--parallel 8] [--rounds 2]
+    .venv/bin/python bench/ingest.py [--images 350] [--parallel 8] [--rounds 3] [--columns 256]
 """
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", type=int, default=350)
     ap.add_argument("--parallel", type=int, default=8, help="parallel associations for the second load")
     ap.add_argument("--columns", type=int, default=256, choices=(256, 384, 512), help="image width")
-    ap.add_argument("--rounds", type=int, default=2, help="repeat each case, report the median-rate round")
+    ap.add_argument("--rounds", type=int, default=3, help="repeat each case, report the median-rate round")
     ap.add_argument("--storescp-args", default="", help="extra storescp options, e.g. '--max-pdu 131072'")
     args = ap.parse_args(argv)
     for tool in ("storescu", "storescp"):

@@ -97,11 +97,17 @@ class StorageSCP:
         if self._server is not None:
             raise RuntimeError("StorageSCP.start: already started")
         node = self.config.node
-        server = self.ae.make_server(
-            (node.host, node.port),
-            evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
-            server_class=NoDelayAssociationServer,
-        )
+        try:
+            server = self.ae.make_server(
+                (node.host, node.port),
+                evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+                server_class=NoDelayAssociationServer,
+            )
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot listen on {node.host}:{node.port} ({exc}): is another node or storescp using it? "
+                "Change node.port or node.host in the config"
+            ) from exc
         self.ae._servers.append(server)  # so ae.shutdown() stops it as with start_server()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-node-scp", daemon=True)

@@ -41,6 +41,7 @@ def running_node(
         yield scp, store
     finally:
         scp.stop()
+        store.close()
         store.catalog.close()
 
 
@@ -92,6 +93,7 @@ def test_real_files_arrive_byte_identical_with_counts(tmp_path: Path) -> None:
             ds = pydicom.dcmread(src, stop_before_pixels=True)
             row = rows[ds.SOPInstanceUID]
             assert row["calling_ae"] == "MRI_3T"
+            assert pydicom.dcmread(tmp_path / row["path"]).file_meta.SourceApplicationEntityTitle == "MRI_3T"
             assert dataset_bytes_equal(src, tmp_path / row["path"]), src
         uid = pydicom.dcmread(sources[0], stop_before_pixels=True).SeriesInstanceUID
         series = store.catalog.series_row(uid)
@@ -167,3 +169,12 @@ def test_max_associations_refuses_extra(tmp_path: Path) -> None:
             assert second.acceptor.primitive.diagnostic == 0x02  # local limit exceeded
         finally:
             first.release()
+
+
+def test_port_in_use_says_what_to_change(tmp_path: Path) -> None:
+    with running_node(tmp_path / "a") as (scp, _):
+        cfg = Config()
+        cfg.node.port = scp.port
+        other = StorageSCP(cfg, InstanceStore(tmp_path / "b", Catalog(tmp_path / "b" / "catalog.sqlite")))
+        with pytest.raises(RuntimeError, match="Change node.port"):
+            other.start()

@@ -176,3 +176,27 @@ def test_store_encoded_garbage_is_invalid(store: InstanceStore) -> None:
     with pytest.raises(InvalidInstance, match="transfer syntax"):
         store.store_encoded(b"", "1.2.3.4", "X")
     assert store.catalog.query("SELECT COUNT(*) FROM instances")[0][0] == 0
+
+
+def test_concurrent_stores_share_commits_and_count_right(tmp_path: Path) -> None:
+    import copy
+    import threading
+
+    store = InstanceStore(tmp_path, Catalog(tmp_path / "catalog.sqlite"))
+    base = pydicom.dcmread(require_shared("dicom/pydicom/MR_small.dcm"))
+    datasets = []
+    for i in range(40):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{i + 1}"
+        datasets.append(ds)
+    threads = [threading.Thread(target=lambda part=datasets[k::8]: [store.store(d, "X") for d in part])
+               for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    store.close()
+    assert store.catalog.series_row(base.SeriesInstanceUID)["received_count"] == 40
+    assert len(store.instances_of(base.SeriesInstanceUID)) == 40
+    with pytest.raises(OSError, match="closed"):
+        store.store(datasets[0], "X")
