@@ -1,0 +1,426 @@
+"""Bring-your-own nnU-Net v2 trained-model folders, loaded WITHOUT nnunetv2 installed.
+
+A folder such as ``Dataset101_SCIseg/nnUNetTrainer__nnUNetPlans__3d_fullres`` holds
+``dataset.json`` (labels, optional ``regions_class_order`` and SCT's ``image_orientation``),
+``plans.json`` (per-configuration spacing, patch, normalisation, resampling, architecture)
+and ``fold_*/checkpoint_final.pth``. This module parses those once, builds the network with
+``dynamic-network-architectures`` (the same package nnU-Net builds it with, so checkpoint
+keys match) and keeps one network per fold resident; ``inference.nnunet_runtime`` then
+reproduces nnU-Net's preprocessing, sliding window and export on it.
+
+Why a separate loader rather than model.json: sites already trust these folders as shipped
+(SCIseg, SCT's contrast-agnostic model); converting them would be one more thing to get wrong.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import pkgutil
+import re
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from inference.models.registry import LoadedModel, ModelError, ModelMeta, pick_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIGURATION = "3d_fullres"
+DEFAULT_CHECKPOINT = "checkpoint_final.pth"
+# names (lower case) that say a label/region is the cord or a lesion, as used by SCT models
+CORD_NAMES = re.compile(r"^(sc|cord|spinal[_ -]?cord|spinalcord|sc[_ -]?seg)$", re.I)
+LESION_NAMES = re.compile(r"^(lesion|lesions|ms[_ -]?lesion|sci[_ -]?lesion|edema|lesion[_ -]?seg)$", re.I)
+
+
+def is_nnunet_folder(folder: str | Path) -> bool:
+    """A trained-model folder in nnU-Net v2's own layout (and not one of our model.json folders)."""
+    f = Path(folder).expanduser()
+    return (f / "plans.json").is_file() and (f / "dataset.json").is_file() and not (f / "model.json").is_file()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing (an nnU-Net model folder needs plans.json and dataset.json)") from None
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{path}: not valid JSON ({exc})") from None
+
+
+# ------------------------------------------------------------------------------ labels
+
+@dataclass(frozen=True)
+class Labels:
+    """nnU-Net's label semantics: region-based (sigmoid per region) or classes (softmax)."""
+
+    names: dict[str, Any]  # dataset.json "labels", in file order
+    has_regions: bool
+    regions: tuple[tuple[int, ...], ...]  # foreground regions, one network output each (regions only)
+    regions_class_order: tuple[int, ...]  # label written where region i > 0.5, in this order
+    all_labels: tuple[int, ...]  # sorted, without the ignore label
+
+    @property
+    def num_heads(self) -> int:
+        return len(self.regions) if self.has_regions else len(self.all_labels)
+
+    @classmethod
+    def from_dataset_json(cls, ds: dict[str, Any], where: str) -> "Labels":
+        labels = ds.get("labels")
+        if not isinstance(labels, dict) or "background" not in labels:
+            raise ModelError(f"{where}: 'labels' must be a mapping with 'background': 0")
+        if labels["background"] not in (0, [0]):
+            raise ModelError(f"{where}: label 'background' must be 0, got {labels['background']!r}")
+
+        def values(v: Any) -> tuple[int, ...]:
+            return tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else (int(v),)
+
+        has_regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
+        all_labels = tuple(sorted({x for k, v in labels.items() if k != "ignore" for x in values(v)}))
+        regions: list[tuple[int, ...]] = []
+        order: tuple[int, ...] = ()
+        if has_regions:
+            for k, v in labels.items():
+                vals = values(v)
+                if k == "ignore" or set(vals) == {0}:
+                    continue
+                regions.append(vals)
+            rco = ds.get("regions_class_order")
+            if rco is None or len(rco) != len(regions):
+                raise ModelError(f"{where}: region-based labels need 'regions_class_order' with one entry per "
+                                 f"foreground region ({len(regions)}), got {rco!r}")
+            order = tuple(int(c) for c in rco)
+        elif all_labels != tuple(range(len(all_labels))):
+            raise ModelError(f"{where}: class labels must be consecutive from 0, got {list(all_labels)}")
+        return cls(names=dict(labels), has_regions=has_regions, regions=tuple(regions),
+                   regions_class_order=order, all_labels=all_labels)
+
+    def label_set(self, pattern: re.Pattern[str]) -> set[int]:
+        """Integer labels whose dataset.json name matches `pattern` (a region name gives its own label:
+        the one regions_class_order writes for it)."""
+        out: set[int] = set()
+        fg = [(k, v) for k, v in self.names.items() if k not in ("background", "ignore")]
+        for i, (k, v) in enumerate(fg):
+            if not pattern.match(k.strip()):
+                continue
+            if isinstance(v, (list, tuple)) and len(v) > 1:
+                out.update(int(x) for x in v)
+            else:
+                out.add(int(v[0] if isinstance(v, (list, tuple)) else v))
+        return out
+
+
+# ------------------------------------------------------------------------------ plans
+
+@dataclass(frozen=True)
+class NnUNetPlan:
+    """What inference needs from plans.json + dataset.json, parsed once per folder."""
+
+    folder: Path
+    configuration: str
+    spacing: tuple[float, ...]  # target spacing, in nnU-Net's transposed (z, y, x) axis order
+    patch_size: tuple[int, ...]
+    transpose_forward: tuple[int, ...]
+    transpose_backward: tuple[int, ...]
+    normalization_schemes: tuple[str, ...]
+    use_mask_for_norm: tuple[bool, ...]
+    intensity_properties: dict[str, dict[str, float]]
+    resampling_data: tuple[str, dict[str, Any]]
+    resampling_probabilities: tuple[str, dict[str, Any]]
+    architecture: dict[str, Any]  # network_class_name, arch_kwargs, _kw_requires_import
+    labels: Labels
+    num_input_channels: int
+    image_orientation: str | None  # SCT orientation code ("RPI"), or None: use the array as read
+    dataset_name: str
+    plans_name: str
+    raw_plans: dict[str, Any] = field(repr=False, default_factory=dict)
+
+
+def _resolve_configuration(plans: dict[str, Any], name: str, where: str, seen: tuple[str, ...] = ()) -> dict:
+    configs = plans.get("configurations", {})
+    if name not in configs:
+        raise ModelError(f"{where}: configuration {name!r} not in plans (available: {', '.join(configs) or 'none'})")
+    conf = dict(configs[name])
+    parent = conf.get("inherits_from")
+    if parent:
+        if parent in seen:
+            raise ModelError(f"{where}: circular 'inherits_from' {' -> '.join(seen + (name, parent))}")
+        base = _resolve_configuration(plans, parent, where, seen + (name,))
+        base.update(conf)
+        conf = base
+    return conf
+
+
+def _architecture_from_old_fields(conf: dict[str, Any], where: str) -> dict[str, Any]:
+    """Older nnU-Net v2 plans (before the `architecture` block) name the UNet and its sizes in
+    plain fields; rebuild the same keyword arguments nnU-Net derives from them."""
+    try:
+        cls = conf["UNet_class_name"]
+        n_stages = len(conf["n_conv_per_stage_encoder"])
+        dim = len(conf["patch_size"])
+        base, cap = int(conf["UNet_base_num_features"]), int(conf["unet_max_num_features"])
+        kwargs = {
+            "n_stages": n_stages,
+            "features_per_stage": [min(base * 2 ** i, cap) for i in range(n_stages)],
+            "conv_op": f"torch.nn.Conv{dim}d",
+            "kernel_sizes": conf["conv_kernel_sizes"],
+            "strides": conf["pool_op_kernel_sizes"],
+            ("n_conv_per_stage" if cls == "PlainConvUNet" else "n_blocks_per_stage"): conf["n_conv_per_stage_encoder"],
+            "n_conv_per_stage_decoder": conf["n_conv_per_stage_decoder"],
+            "conv_bias": True,
+            "norm_op": f"torch.nn.InstanceNorm{dim}d",
+            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None,
+            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+        }
+    except KeyError as exc:
+        raise ModelError(f"{where}: plans have neither an 'architecture' block nor the older field {exc}") from None
+    if cls not in ("PlainConvUNet", "ResidualEncoderUNet"):
+        raise ModelError(f"{where}: old-format plans name UNet_class_name {cls!r}; only PlainConvUNet and "
+                         "ResidualEncoderUNet can be rebuilt (re-plan with a current nnU-Net)")
+    return {"network_class_name": f"dynamic_network_architectures.architectures.unet.{cls}",
+            "arch_kwargs": kwargs, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
+
+
+def read_plan(folder: str | Path, configuration: str = DEFAULT_CONFIGURATION) -> NnUNetPlan:
+    folder = Path(folder).expanduser().resolve()
+    plans = _read_json(folder / "plans.json")
+    ds = _read_json(folder / "dataset.json")
+    where = str(folder / "plans.json")
+    conf = _resolve_configuration(plans, configuration, where)
+    if conf.get("previous_stage"):
+        raise ModelError(f"{where}: configuration {configuration!r} is a cascade stage (needs "
+                         f"{conf['previous_stage']!r} first); cascades are not supported, use 3d_fullres")
+    arch = conf.get("architecture") or _architecture_from_old_fields(conf, where)
+    channels = ds.get("channel_names") or ds.get("modality") or {}
+    n_in = len(channels)
+    props = plans.get("foreground_intensity_properties_per_channel",
+                      plans.get("foreground_intensity_properties_by_modality", {}))
+    norm = tuple(str(s) for s in conf.get("normalization_schemes", []))
+    if len(norm) != n_in:
+        raise ModelError(f"{where}: {len(norm)} normalization_schemes for {n_in} input channels")
+    orientation = ds.get("image_orientation")
+    if orientation is not None and not re.fullmatch(r"[RLAPSI]{3}", str(orientation).upper()):
+        raise ModelError(f"{folder / 'dataset.json'}: image_orientation {orientation!r} is not a 3-letter code like 'RPI'")
+    tf = tuple(int(i) for i in plans.get("transpose_forward", (0, 1, 2)))
+    tb = tuple(int(i) for i in plans.get("transpose_backward", np.argsort(tf)))
+
+    def fn(key: str) -> tuple[str, dict[str, Any]]:
+        return str(conf.get(key, "resample_data_or_seg_to_shape")), dict(conf.get(key + "_kwargs", {}))
+
+    return NnUNetPlan(
+        folder=folder, configuration=configuration,
+        spacing=tuple(float(s) for s in conf["spacing"]), patch_size=tuple(int(p) for p in conf["patch_size"]),
+        transpose_forward=tf, transpose_backward=tb, normalization_schemes=norm,
+        use_mask_for_norm=tuple(bool(b) for b in conf.get("use_mask_for_norm", [False] * n_in)),
+        intensity_properties={str(k): dict(v) for k, v in props.items()},
+        resampling_data=fn("resampling_fn_data"), resampling_probabilities=fn("resampling_fn_probabilities"),
+        architecture=dict(arch), labels=Labels.from_dataset_json(ds, str(folder / "dataset.json")),
+        num_input_channels=n_in, image_orientation=str(orientation).upper() if orientation else None,
+        dataset_name=str(plans.get("dataset_name", ds.get("name", folder.parent.name))),
+        plans_name=str(plans.get("plans_name", "nnUNetPlans")), raw_plans=plans,
+    )
+
+
+# ------------------------------------------------------------------------------ network
+
+def _import_name(dotted: str) -> Any:
+    module, _, attr = dotted.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError):
+        return None
+
+
+def _network_class(name: str, where: str) -> type:
+    """Only classes of dynamic-network-architectures are built: plans are data, not code to import."""
+    if not name.startswith("dynamic_network_architectures."):
+        raise ModelError(f"{where}: network_class_name {name!r} is not from dynamic_network_architectures; "
+                         "custom architectures are not loaded")
+    cls = _import_name(name)
+    if cls is None:  # classes move between releases: look the bare name up in the architectures package
+        import dynamic_network_architectures.architectures as archs
+
+        short = name.rsplit(".", 1)[-1]
+        for mod in pkgutil.iter_modules(archs.__path__):
+            cls = _import_name(f"{archs.__name__}.{mod.name}.{short}")
+            if cls is not None:
+                break
+    if cls is None:
+        raise ModelError(f"{where}: network class {name!r} not found in the installed dynamic-network-architectures")
+    return cls
+
+
+def build_network(plan: NnUNetPlan) -> torch.nn.Module:
+    """The network described by the plans, without deep supervision (inference returns full resolution only)."""
+    where = str(plan.folder / "plans.json")
+    arch = plan.architecture
+    kwargs = dict(arch.get("arch_kwargs", {}))
+    for key in arch.get("_kw_requires_import", []):
+        value = kwargs.get(key)
+        if value is None:
+            continue
+        if not str(value).startswith("torch.nn."):
+            raise ModelError(f"{where}: arch_kwargs {key}={value!r} is not a torch.nn class; refusing to import it")
+        obj = _import_name(str(value))
+        if obj is None:
+            raise ModelError(f"{where}: arch_kwargs {key}={value!r} cannot be imported from this torch")
+        kwargs[key] = obj
+    cls = _network_class(str(arch.get("network_class_name", "")), where)
+    kwargs["deep_supervision"] = False
+    try:
+        return cls(input_channels=plan.num_input_channels, num_classes=plan.labels.num_heads, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"{where}: {cls.__name__} does not accept these arch_kwargs ({exc})") from None
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read an nnU-Net checkpoint.
+
+    Why weights_only=False can be needed: nnU-Net pickles the whole training state next to
+    the weights (optimizer and grad-scaler state, logging lists of numpy floats, init_args),
+    and torch's safe loader refuses numpy objects it does not know. Unpickling can run code,
+    so we first try the safe loader with numpy's scalar types allowed, and fall back to the
+    full unpickler only for folders the operator chose to configure (a warning says so).
+    """
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} is missing")
+    safe = [np.dtype, np.ndarray, np.float64, np.float32, np.int64, np.bool_]
+    scalar = _import_name("numpy._core.multiarray.scalar") or _import_name("numpy.core.multiarray.scalar")
+    reconstruct = _import_name("numpy._core.multiarray._reconstruct") or _import_name("numpy.core.multiarray._reconstruct")
+    safe += [x for x in (scalar, reconstruct) if x is not None]
+    safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "bool")]
+    try:
+        with torch.serialization.safe_globals(safe):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError (or RuntimeError wrapping it) for unknown globals
+        log.warning("%s: safe load refused (%s); loading with weights_only=False - only use model folders "
+                    "you trust, a checkpoint can run code when unpickled", path, str(exc).splitlines()[0])
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
+        raise ModelError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
+    return ckpt
+
+
+def find_folds(folder: Path, checkpoint: str = DEFAULT_CHECKPOINT) -> list[str]:
+    """fold_0..fold_N and fold_all that hold the checkpoint, in nnU-Net's order (numbers, then 'all')."""
+    found = [p.name[5:] for p in folder.glob("fold_*") if (p / checkpoint).is_file()]
+    return sorted(found, key=lambda f: (f == "all", int(f) if f.isdigit() else 0, f))
+
+
+# ------------------------------------------------------------------------------ loaded model
+
+@dataclass
+class NnUNetModel(LoadedModel):
+    """A loaded nnU-Net folder: one resident network per fold (``network`` is the first)."""
+
+    plan: NnUNetPlan | None = None
+    networks: list[torch.nn.Module] = field(default_factory=list)
+    folds: tuple[str, ...] = ()
+    mirror_axes: tuple[int, ...] = ()  # from the checkpoint; () when the trainer allowed none
+    use_mirroring: bool = True
+    cord_labels: frozenset[int] = frozenset()
+    lesion_labels: frozenset[int] = frozenset()
+
+
+def nnunet_meta(plan: NnUNetPlan, folds: Sequence[str], checkpoint: str) -> ModelMeta:
+    """Our ModelMeta for the folder, so logs, SEG and SR can name the model."""
+    arch = plan.architecture
+    return ModelMeta(
+        folder=plan.folder, name=plan.dataset_name, version=f"{plan.plans_name}/{plan.configuration}",
+        architecture={"type": "nnUNetv2", "network_class_name": arch.get("network_class_name")},
+        spacing_mm=tuple(plan.spacing[i] for i in plan.transpose_backward)[::-1],  # type: ignore[arg-type]
+        orientation=plan.image_orientation or "as-read", normalization=",".join(plan.normalization_schemes),
+        patch_size=plan.patch_size,  # type: ignore[arg-type]
+        regions=("cord", "lesion"), activation="sigmoid" if plan.labels.has_regions else "softmax",
+        thresholds=(0.5, 0.5), weights=",".join(f"fold_{f}/{checkpoint}" for f in folds), trained=True,
+        description=f"nnU-Net v2 model folder {plan.folder}",
+        extra={"format": "nnunetv2", "configuration": plan.configuration, "folds": list(folds)},
+    )
+
+
+def folder_configuration(folder: Path) -> str | None:
+    """nnU-Net names result folders TRAINER__PLANS__CONFIGURATION; the last part is the configuration."""
+    parts = folder.name.split("__")
+    return parts[2] if len(parts) == 3 and parts[2] else None
+
+
+def read_nnunet_meta(folder: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> ModelMeta:
+    """ModelMeta from the JSON files only (no checkpoint is unpickled): for listings and config checks."""
+    root = Path(folder).expanduser().resolve()
+    plans = _read_json(root / "plans.json")
+    conf = folder_configuration(root)
+    if conf not in plans.get("configurations", {}):
+        conf = DEFAULT_CONFIGURATION
+    folds = find_folds(root, checkpoint)
+    if not folds:
+        raise ModelError(f"{root}: no fold_*/{checkpoint} found")
+    return nnunet_meta(read_plan(root, conf), folds, checkpoint)
+
+
+_CACHE: dict[tuple, NnUNetModel] = {}
+_LOCK = threading.Lock()
+
+
+def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | None = None,
+                folds: Sequence[str | int] | None = None, checkpoint: str = DEFAULT_CHECKPOINT,
+                use_mirroring: bool = True, cord_labels: Sequence[int] | None = None,
+                lesion_labels: Sequence[int] | None = None) -> NnUNetModel:
+    """Load (once per process) every requested fold of an nnU-Net v2 folder onto `device`.
+
+    `configuration`: None takes the one the checkpoint was trained with (else 3d_fullres).
+    `cord_labels` / `lesion_labels`: integer labels that make up the cord (incl. lesion) and the
+    lesion; by default found from dataset.json names ("sc", "cord", ... / "lesion", ...).
+    """
+    root = Path(folder).expanduser().resolve()
+    if not is_nnunet_folder(root):
+        raise ModelError(f"{root}: not an nnU-Net v2 model folder (needs plans.json, dataset.json, fold_*/{checkpoint})")
+    fold_names = [str(f) for f in folds] if folds is not None else find_folds(root, checkpoint)
+    if not fold_names:
+        raise ModelError(f"{root}: no fold_*/{checkpoint} found")
+    dev = pick_device(device)
+    key = (str(root), str(dev), configuration, tuple(fold_names), checkpoint, use_mirroring,
+           tuple(cord_labels or ()), tuple(lesion_labels or ()))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        ckpts = [load_checkpoint(root / f"fold_{f}" / checkpoint) for f in fold_names]
+        trained_conf = (ckpts[0].get("init_args") or {}).get("configuration")
+        conf = configuration or trained_conf or folder_configuration(root) or DEFAULT_CONFIGURATION
+        if trained_conf and conf != trained_conf:
+            raise ModelError(f"{root}: checkpoints were trained with configuration {trained_conf!r}, "
+                             f"not {conf!r}; drop the configuration setting or pick the matching folder")
+        plan = read_plan(root, conf)
+        if plan.num_input_channels != 1:
+            raise ModelError(f"{root}: the model takes {plan.num_input_channels} input channels; only "
+                             "single-image models are supported")
+        nets = []
+        for f, ck in zip(fold_names, ckpts):
+            net = build_network(plan)
+            try:
+                net.load_state_dict(ck["network_weights"])
+            except RuntimeError as exc:
+                raise ModelError(f"{root}/fold_{f}: weights do not fit the network the plans describe "
+                                 f"(custom trainer?): {str(exc).splitlines()[0]}") from None
+            net.to(dev).eval()
+            if dev.type == "cuda":
+                net.to(memory_format=torch.channels_last_3d)
+            nets.append(net)
+        axes = ckpts[0].get("inference_allowed_mirroring_axes")
+        lab = plan.labels
+        lesion = set(lesion_labels) if lesion_labels is not None else lab.label_set(LESION_NAMES)
+        cord = set(cord_labels) if cord_labels is not None else lab.label_set(CORD_NAMES)
+        if not cord:
+            raise ModelError(f"{root}/dataset.json: no label named like the spinal cord among "
+                             f"{list(lab.names)}; pass cord_labels (and lesion_labels)")
+        loaded = NnUNetModel(
+            meta=nnunet_meta(plan, fold_names, checkpoint), network=nets[0], device=dev, plan=plan,
+            networks=nets, folds=tuple(fold_names), mirror_axes=tuple(int(a) for a in axes or ()),
+            use_mirroring=use_mirroring, cord_labels=frozenset(cord | lesion), lesion_labels=frozenset(lesion),
+        )
+        _CACHE[key] = loaded
+        return loaded

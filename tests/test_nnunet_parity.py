@@ -1,0 +1,198 @@
+"""Our nnU-Net runtime against nnunetv2's own nnUNetPredictor on the same random-weight folder.
+
+Two folders in nnU-Net's own format, made by nnunetv2 (test-only dependency):
+  A  region-based SCIseg-style labels, image_orientation RPI, two folds, mirroring on 3 axes,
+     z-score inside the non-zero mask, anisotropic target spacing (separate-z resampling)
+  B  softmax labels, older plain-field plans, fold_all, CTNormalization, transpose_forward
+     [2, 0, 1], no mirroring
+The volume is a real sagittal T2 (99 x 99 x 29) with zeroed borders so crop-to-non-zero acts.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+from inference.models.registry import ModelError
+from inference.volume import Volume, load_nifti
+from tests.conftest import IN_CI, require_shared
+
+LABEL_AGREEMENT = 0.999
+PROB_TOL = 1e-3
+
+
+def _need_nnunet() -> None:
+    try:
+        import nnunetv2  # noqa: F401
+    except ImportError:
+        if IN_CI:
+            pytest.fail("nnunetv2 is required in CI (pip install -e '.[test]')")
+        pytest.skip("nnunetv2 not installed")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Both predictors on one thread: equal footing, and no oversubscription on a shared box."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def volume() -> Volume:
+    vol = load_nifti(require_shared("lesion-example/t2_fake_lesion.nii.gz"))
+    arr = vol.array.copy()
+    arr[:6] = 0  # a zero border on two axes: crop-to-non-zero must be undone exactly
+    arr[:, -4:] = 0
+    return Volume(array=arr, affine=vol.affine)
+
+
+@pytest.fixture(scope="module")
+def folder_a(tmp_path_factory) -> Path:
+    _need_nnunet()
+    from tests.nnunet_folder import dataset_dict, make_folder, plans_dict
+
+    plans = plans_dict([1.0, 0.9, 2.8], [32, 48, 8], [4, 8, 16], [[1, 1, 1], [2, 2, 1], [2, 2, 2]], use_mask=True)
+    root = tmp_path_factory.mktemp("nnA") / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    return make_folder(root, plans, dataset_dict(True, "RPI"), ["0", "1"], (0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def folder_b(tmp_path_factory) -> Path:
+    _need_nnunet()
+    from tests.nnunet_folder import dataset_dict, make_folder, plans_dict
+
+    plans = plans_dict([1.2, 1.0, 1.1], [32, 32, 32], [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+                       old_format=True, transpose=(2, 0, 1), norm="CTNormalization")
+    root = tmp_path_factory.mktemp("nnB") / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    return make_folder(root, plans, dataset_dict(False, None), ["all"], None, seed=7)
+
+
+def _assert_parity(ours_labels, ref_labels, ours_probs, ref_probs) -> None:
+    assert ours_labels.shape == ref_labels.shape and ours_probs.shape == ref_probs.shape
+    present = np.unique(ref_labels)
+    assert len(present) >= 3, f"reference labels {present}: the folder is not decisive enough for a real test"
+    agree = float((ours_labels == ref_labels).mean())
+    worst = float(np.abs(ours_probs - ref_probs).max())
+    assert agree >= LABEL_AGREEMENT, f"labels agree on {agree:.5%} of voxels"
+    assert worst <= PROB_TOL, f"probabilities differ by up to {worst:.2e}"
+
+
+def _nnunet_on_volume(folder: Path, vol: Volume, sct_orientation: str | None, folds, mirroring=True):
+    """What SCT does around nnU-Net: reorient (nibabel), transpose to (z, y, x), predict, undo."""
+    from tests.nnunet_folder import nnunet_predict
+
+    img = nib.Nifti1Image(vol.array, vol.affine)
+    target = None
+    if sct_orientation:
+        opposite = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
+        target = axcodes2ornt(tuple(opposite[c] for c in sct_orientation))
+        img = img.as_reoriented(ornt_transform(io_orientation(vol.affine), target))
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    spacing = [float(z) for z in img.header.get_zooms()[:3]][::-1]
+    seg, probs = nnunet_predict(folder, data.transpose(2, 1, 0), spacing, folds, mirroring)
+    seg_img = nib.Nifti1Image(seg.transpose(2, 1, 0).astype(np.uint8), img.affine)
+    probs_xyz = probs.transpose(0, 3, 2, 1)
+    if target is not None:
+        back = ornt_transform(target, io_orientation(vol.affine))
+        seg_img = seg_img.as_reoriented(back)
+        probs_xyz = np.stack([np.asarray(nib.Nifti1Image(p, img.affine).as_reoriented(back).dataobj)
+                              for p in probs_xyz])
+    return np.asarray(seg_img.dataobj), probs_xyz
+
+
+def test_region_based_folder_through_registry_and_engine_matches_nnunet(folder_a, volume, caplog):
+    from inference.engine import segment
+    from inference.models.registry import load_model, read_meta
+
+    meta = read_meta(folder_a)
+    assert meta.extra["format"] == "nnunetv2" and meta.extra["folds"] == ["0", "1"]
+    with caplog.at_level(logging.WARNING):
+        model = load_model(folder_a, device="cpu")
+    assert not [r for r in caplog.records if "weights_only=False" in r.getMessage()], \
+        "nnU-Net checkpoints with numpy scalars must load with the safe unpickler"
+    seg = segment(volume, model)
+    ref_labels, ref_probs = _nnunet_on_volume(folder_a, volume, "RPI", ["0", "1"])
+    ours_labels = seg.info["labels"]
+    _assert_parity(ours_labels, ref_labels, np.stack([seg.cord_prob, seg.lesion_prob]), ref_probs)
+    # our masks are nnU-Net's labels: cord = sc region (labels 1 and 2), lesion = label 2
+    np.testing.assert_array_equal(seg.cord_mask, np.isin(ref_labels, [1, 2]).astype(np.uint8))
+    np.testing.assert_array_equal(seg.lesion_mask, (ref_labels == 2).astype(np.uint8))
+    assert seg.cord_mask.shape == volume.array.shape
+    assert seg.lesion_mask.sum() > 0 and (seg.lesion_mask <= seg.cord_mask).all()
+
+
+def test_softmax_old_plans_fold_all_matches_nnunet(folder_b, volume):
+    from inference.engine import segment
+    from inference.models.nnunet import load_nnunet
+
+    model = load_nnunet(folder_b, device="cpu")
+    assert model.folds == ("all",) and model.mirror_axes == ()
+    seg = segment(volume, model)
+    ref_labels, ref_probs = _nnunet_on_volume(folder_b, volume, None, ["all"], mirroring=False)
+    ours_labels = seg.info["labels"]
+    ours_probs = np.stack([1 - seg.cord_prob, seg.cord_prob - seg.lesion_prob, seg.lesion_prob])
+    _assert_parity(ours_labels, ref_labels, ours_probs, ref_probs)
+    np.testing.assert_array_equal(seg.cord_mask, np.isin(ref_labels, [1, 2]).astype(np.uint8))
+
+
+def test_resampling_matches_nnunet_both_anisotropy_paths():
+    _need_nnunet()
+    from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
+
+    from inference.nnunet_runtime import resample
+
+    rng = np.random.default_rng(3)
+    data = rng.normal(size=(1, 17, 40, 33)).astype(np.float32)
+    cases = [((17, 40, 33), (0.8, 0.8, 0.8), (1.0, 0.9, 2.8), 3),   # separate z (target anisotropic)
+             ((17, 40, 33), (3.3, 0.7, 0.7), (3.0, 0.5, 0.6), 3),   # separate z (input anisotropic)
+             ((17, 40, 33), (1.0, 1.0, 1.2), (1.3, 0.7, 1.0), 3),   # plain 3D, order 3
+             ((17, 40, 33), (1.0, 1.0, 1.2), (1.3, 0.7, 1.0), 1)]   # plain 3D, order 1
+    for shape, cur, new, order in cases:
+        new_shape = tuple(int(round(c / n * s)) for c, n, s in zip(cur, new, shape))
+        ref = resample_data_or_seg_to_shape(data, new_shape, cur, new, False, order, 0, None)
+        ours = resample(data, new_shape, cur, new, order=order, order_z=0, force_separate_z=None)
+        np.testing.assert_allclose(ours, ref, atol=1e-5, err_msg=f"{cur} -> {new}, order {order}")
+        half = data.astype(np.float16)
+        ref_h = resample_data_or_seg_to_shape(half, new_shape, cur, new, False, 1, 0, None)
+        np.testing.assert_array_equal(resample(half, new_shape, cur, new, order=1), ref_h)
+
+
+def test_gaussian_and_tile_steps_match_nnunet():
+    _need_nnunet()
+    from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+    from inference.nnunet_runtime import gaussian_map, tile_steps
+
+    for patch in [(32, 48, 8), (64, 160, 192)[:1] * 3, (20, 31, 9)]:
+        ref = compute_gaussian(tuple(patch), 1.0 / 8, 10, dtype=torch.float16, device=torch.device("cpu"))
+        np.testing.assert_array_equal(gaussian_map(tuple(patch)), ref.float().numpy())
+    for size, patch in [((79, 88, 8), (32, 48, 8)), ((200, 33, 64), (64, 32, 64)), ((65, 65, 65), (64, 64, 64))]:
+        assert tile_steps(size, patch) == compute_steps_for_sliding_window(size, patch, 0.5)
+
+
+def test_plans_are_data_not_code(folder_a, tmp_path):
+    import json
+    import shutil
+
+    from inference.models.nnunet import load_nnunet, read_plan
+
+    bad = tmp_path / "bad"
+    shutil.copytree(folder_a, bad)
+    plans = json.loads((bad / "plans.json").read_text())
+    plans["configurations"]["3d_fullres"]["architecture"]["network_class_name"] = "os.system"
+    (bad / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ModelError, match="not from dynamic_network_architectures"):
+        load_nnunet(bad, device="cpu")
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
+    (bad / "plans.json").write_text(json.dumps(plans))
+    with pytest.raises(ModelError, match="cascade"):
+        read_plan(bad, "3d_cascade_fullres")
+    with pytest.raises(ModelError, match="configuration '2d' not in plans"):
+        read_plan(bad, "2d")
