@@ -215,6 +215,9 @@ def postprocess(cord_prob: np.ndarray, lesion_prob: np.ndarray,
 def segment(volume: Volume, model: LoadedModel, progress: Progress | None = None,
             tile_batch: int | None = None, skip_background: bool = True) -> Segmentation:
     """Segment cord and lesions; every output array has the shape of ``volume.array``."""
+    if model.meta.extra.get("format") == "nnunetv2":  # nnU-Net folder: its own semantics (nnunet_runtime)
+        from inference.nnunet_runtime import segment_nnunet
+        return segment_nnunet(volume, model, progress=progress, tile_batch=tile_batch)  # type: ignore[arg-type]
     check_model(model)
     progress = progress or _noop
     if volume.array.ndim != 3:

@@ -68,6 +68,12 @@ class ModelMeta:
         }
 
 
+def _is_nnunet(spec: str | Path) -> bool:
+    folder = Path(str(spec)).expanduser()
+    return not str(spec).startswith("builtin:") and (folder / "plans.json").is_file() \
+        and (folder / "dataset.json").is_file() and not (folder / "model.json").is_file()
+
+
 def resolve_folder(spec: str | Path) -> Path:
     """`builtin:NAME` -> the shipped folder; anything else is a path."""
     s = str(spec)
@@ -78,6 +84,9 @@ def resolve_folder(spec: str | Path) -> Path:
 
 
 def read_meta(spec: str | Path) -> ModelMeta:
+    if _is_nnunet(spec):  # a bring-your-own nnU-Net v2 folder (plans.json + dataset.json)
+        from inference.models.nnunet import read_nnunet_meta
+        return read_nnunet_meta(spec)
     folder = resolve_folder(spec)
     try:
         raw = json.loads((folder / "model.json").read_text(encoding="utf-8"))
@@ -136,6 +145,9 @@ def pick_device(setting: str = "auto") -> torch.device:
 
 def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:
     """Load (once per process) the model's network with its weights, in eval mode."""
+    if _is_nnunet(spec):
+        from inference.models.nnunet import load_nnunet
+        return load_nnunet(spec, device)
     meta = read_meta(spec)
     dev = pick_device(device)
     key = (str(meta.folder), str(dev))
