@@ -346,6 +346,20 @@ class InstanceStore:
             size=len(data), sha256=digest, new=new, reopened=reopened, generation=generation,
         )
 
+    def remove_partial_files(self) -> int:
+        """Delete temporary files a crash left mid-write (never acknowledged); call at start.
+
+        Such a file was never renamed, so no catalog row and no success status refer to it.
+        """
+        removed = 0
+        if self.root.is_dir():
+            for tmp in self.root.rglob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            LOGGER.warning("removed %d partial instance file(s) left by an interrupted write", removed)
+        return removed
+
     # -- reading back (the worker) -----------------------------------------------------
 
     def instances_of(self, series_uid: str) -> list[Path]:

@@ -200,3 +200,11 @@ def test_concurrent_stores_share_commits_and_count_right(tmp_path: Path) -> None
     assert len(store.instances_of(base.SeriesInstanceUID)) == 40
     with pytest.raises(OSError, match="closed"):
         store.store(datasets[0], "X")
+
+
+def test_remove_partial_files_after_a_crash(store: InstanceStore, tmp_path: Path) -> None:
+    stored = store.store(real("dicom/pydicom/MR_small.dcm"), "X")
+    folder = (tmp_path / stored.path).parent
+    (folder / f".{stored.path.name}.deadbeef.tmp").write_bytes(b"half an instance")
+    assert store.remove_partial_files() == 1
+    assert [p.name for p in folder.iterdir()] == [stored.path.name]
