@@ -76,3 +76,21 @@ def test_segment_missing_model_folder_is_one_line(tmp_path, nifti, capsys) -> No
     rc = main(["segment", str(nifti), "--out", str(tmp_path / "out"), "--model", str(tmp_path / "nowhere")])
     err = capsys.readouterr().err
     assert rc != 0 and len(_error_lines(err)) == 1 and "model.json" in _error_lines(err)[0]
+
+
+def test_qc_overlay_colours_and_radiological_orientation() -> None:
+    from inference.qc import CORD_RGB, LESION_RGB, SAG_HEIGHT, render_overlay
+
+    shape = (40, 50, 12)  # PSR: i -> posterior, j -> superior, k -> right
+    img = np.full(shape, 10.0, np.float32)
+    img[:8, 40:, :] = 200.0  # anterior (low i) and superior (high j): must show top-left
+    cord = np.zeros(shape, np.uint8)
+    cord[18:24, 5:45, 4:8] = 1
+    lesion = np.zeros(shape, np.uint8)
+    lesion[19:22, 20:25, 5:7] = 1
+    png = np.asarray(render_overlay(img, cord, lesion, PSR, title="t"))
+    assert (png == CORD_RGB.astype(np.uint8)).all(-1).any()
+    assert (png == LESION_RGB.astype(np.uint8)).all(-1).any()
+    sag = png[16:16 + SAG_HEIGHT, : int(round(40 * 0.8 * SAG_HEIGHT / (50 * 0.9)))].mean(-1)
+    h, w = sag.shape
+    assert sag[: h // 4, : w // 4].mean() > 100 > sag[-h // 4:, -w // 4:].mean()
