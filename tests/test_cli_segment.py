@@ -94,3 +94,20 @@ def test_qc_overlay_colours_and_radiological_orientation() -> None:
     sag = png[16:16 + SAG_HEIGHT, : int(round(40 * 0.8 * SAG_HEIGHT / (50 * 0.9)))].mean(-1)
     h, w = sag.shape
     assert sag[: h // 4, : w // 4].mean() > 100 > sag[-h // 4:, -w // 4:].mean()
+
+
+def test_segment_a_dicom_series_folder(tmp_path, nifti, capsys) -> None:
+    """DICOM input: the outputs carry the geometry the DICOM reader gives the series."""
+    from inference.nifti_to_dicom import write_series
+    from inference.volume import load_volume
+
+    series = tmp_path / "series"
+    write_series(nifti, series, uid_seed="segment-test")
+    model = make_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    rc = main(["segment", str(series), "--out", str(out), "--model", str(model), "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    ref = load_volume(series)
+    for name in ("cord.nii.gz", "lesion.nii.gz", "cord_prob.nii.gz"):
+        img = nib.load(str(out / name))
+        assert img.shape == ref.array.shape and np.allclose(img.affine, ref.affine, atol=1e-4), name
