@@ -45,6 +45,10 @@ def resample_to_spacing(arr: np.ndarray, spacing: tuple[float, ...], target: tup
     zoom = [s / t for s, t in zip(spacing, target)]
     if np.allclose(zoom, 1.0, atol=1e-3):
         return arr.astype(np.float32, copy=True)
+    # at least one voxel per axis (a single thin slice must not vanish); with grid_mode the
+    # mapping depends only on the shape ratio, so fixing the shape changes nothing else
+    shape = [max(1, int(round(n * z))) for n, z in zip(arr.shape, zoom)]
+    zoom = [m / n for m, n in zip(shape, arr.shape)]
     return ndimage.zoom(arr.astype(np.float32), zoom, order=order, mode="nearest", grid_mode=True)
 
 

@@ -235,3 +235,10 @@ def test_cuda_request_without_cuda_is_a_clear_error() -> None:
         pytest.skip("CUDA present: nothing to refuse")
     with pytest.raises(registry.ModelError, match="CUDA is not available"):
         registry.pick_device("cuda")
+
+
+def test_single_thin_slice_survives_resampling() -> None:
+    arr = np.random.default_rng(3).random((30, 40, 1)).astype(np.float32)
+    model_img, grid = preprocess.to_model_space(arr, np.diag([0.5, 0.5, 0.4, 1.0]), (1.0, 1.0, 1.0))
+    assert model_img.shape == (15, 20, 1)
+    assert preprocess.from_model_space(model_img, grid).shape == arr.shape
