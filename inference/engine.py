@@ -56,6 +56,19 @@ def check_model(model: LoadedModel) -> None:
         raise ModelError(f"model {meta.name}: regions {list(meta.regions)} must start with cord, lesion")
     if len(meta.thresholds) < 2:
         raise ModelError(f"model {meta.name}: thresholds needs [t_cord, t_lesion]")
+    factor = total_stride(meta.architecture)
+    if any(p % f for p, f in zip(meta.patch_size, factor)):
+        raise ModelError(f"model {meta.name}: patch_size {list(meta.patch_size)} must be a multiple of the "
+                         f"network's total stride {list(factor)} per axis")
+
+
+def total_stride(architecture: dict) -> tuple[int, int, int]:
+    """Product of the DynUNet strides per axis: tiles must be multiples of it (skip connections)."""
+    factor = [1, 1, 1]
+    for s in architecture.get("strides", []):
+        s3 = [s] * 3 if isinstance(s, (int, float)) else list(s)
+        factor = [f * int(v) for f, v in zip(factor, s3)]
+    return tuple(factor)  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------- tiling helpers
@@ -227,8 +240,16 @@ def segment(volume: Volume, model: LoadedModel, progress: Progress | None = None
     model_img, grid = preprocess.to_model_space(volume.array, volume.affine, model.meta.spacing_mm)
     t1 = time.perf_counter()
     info: dict[str, object] = {"device": str(model.device)}
-    probs = predict_model_space(model_img, model, progress=progress, tile_batch=tile_batch,
-                                skip_background=skip_background, info=info)
+    try:
+        probs = predict_model_space(model_img, model, progress=progress, tile_batch=tile_batch,
+                                    skip_background=skip_background, info=info)
+    except torch.cuda.OutOfMemoryError:
+        if (tile_batch or default_tile_batch(model.device)) <= 1:
+            raise
+        torch.cuda.empty_cache()  # a smaller batch of tiles usually fits; the result is the same
+        progress("out of GPU memory: retrying one tile at a time", 0, 1)
+        probs = predict_model_space(model_img, model, progress=progress, tile_batch=1,
+                                    skip_background=skip_background, info=info)
     t2 = time.perf_counter()
     progress("postprocessing", 0, 1)
     back = preprocess.from_model_space(probs[:2], grid, order=1)

@@ -242,3 +242,11 @@ def test_single_thin_slice_survives_resampling() -> None:
     model_img, grid = preprocess.to_model_space(arr, np.diag([0.5, 0.5, 0.4, 1.0]), (1.0, 1.0, 1.0))
     assert model_img.shape == (15, 20, 1)
     assert preprocess.from_model_space(model_img, grid).shape == arr.shape
+
+
+def test_patch_not_multiple_of_the_network_stride_is_refused(tmp_path) -> None:
+    make_tiny_model(tmp_path, patch=(32, 30, 32))  # tiny net: strides 1, 2, 2 -> multiples of 4
+    model = registry.load_model(tmp_path, device="cpu")
+    assert engine.total_stride(model.meta.architecture) == (4, 4, 4)
+    with pytest.raises(registry.ModelError, match="multiple of the network's total stride"):
+        engine.segment(Volume(np.ones((8, 8, 8), np.float32), np.eye(4)), model)
