@@ -250,3 +250,22 @@ def test_patch_not_multiple_of_the_network_stride_is_refused(tmp_path) -> None:
     assert engine.total_stride(model.meta.architecture) == (4, 4, 4)
     with pytest.raises(registry.ModelError, match="multiple of the network's total stride"):
         engine.segment(Volume(np.ones((8, 8, 8), np.float32), np.eye(4)), model)
+
+
+@pytest.mark.parametrize("rel", [
+    "t2star-axial/sub-9418/T2starw_seg-manual.nii.gz",  # LAS axial 0.5 x 0.5 x 3 mm
+    "lesion-example/t2_fake_lesion_sc_seg.nii.gz",  # PSR sagittal 0.8 mm
+])
+def test_real_cord_masks_survive_the_model_space_round_trip(rel: str) -> None:
+    import nibabel as nib
+
+    from tests.conftest import require_shared
+
+    img = nib.load(str(require_shared(rel)))
+    ref = np.asarray(img.dataobj) > 0.5
+    model_img, grid = preprocess.to_model_space(ref.astype(np.float32), img.affine, (1.0, 1.0, 1.0))
+    back = preprocess.from_model_space(model_img, grid) >= 0.5
+    assert back.shape == ref.shape
+    assert 2 * (back & ref).sum() / (back.sum() + ref.sum()) > 0.99
+    shift = apply_affine(img.affine, np.argwhere(back).mean(0)) - apply_affine(img.affine, np.argwhere(ref).mean(0))
+    assert np.linalg.norm(shift) < 0.05
