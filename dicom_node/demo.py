@@ -8,13 +8,12 @@ the measurements read back from the SR, and stops everything.
 from __future__ import annotations
 
 import argparse
-import io
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from pydicom import dcmread
@@ -62,30 +61,6 @@ def start_node(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], int
         proc.kill()
         raise RuntimeError(f"node did not start; see {log_path}")
     return proc, int(line.split(":")[-1])
-
-
-def sr_numbers(ds: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str, float, str]]:
-    """(enclosing containers, concept name, value, unit) of every NUM item in an SR content tree."""
-    for item in getattr(ds, "ContentSequence", []):
-        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
-        if item.ValueType == "NUM" and "MeasuredValueSequence" in item and item.MeasuredValueSequence:
-            mv = item.MeasuredValueSequence[0]
-            yield path, name, float(mv.NumericValue), mv.MeasurementUnitsCodeSequence[0].CodeValue
-        if item.ValueType == "CONTAINER" or "ContentSequence" in item:
-            sub = path + (name,) if item.ValueType == "CONTAINER" else path
-            yield from sr_numbers(item, sub)
-
-
-def sr_texts(ds: Any) -> Iterator[tuple[str, str]]:
-    """(concept name, value) of CODE and TEXT items: tracking ids, findings, 'no lesion' statements."""
-    for item in getattr(ds, "ContentSequence", []):
-        name = item.ConceptNameCodeSequence[0].CodeMeaning if "ConceptNameCodeSequence" in item else ""
-        if item.ValueType == "CODE":
-            yield name, item.ConceptCodeSequence[0].CodeMeaning
-        elif item.ValueType == "TEXT":
-            yield name, item.TextValue
-        if "ContentSequence" in item:
-            yield from sr_texts(item)
 
 
 def wait_for_results(pacs: LocalOrthanc, study_uids: set[str], timeout: float) -> dict[str, dict[str, Any]]:
@@ -142,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
             results = wait_for_results(pacs, set(studies), args.timeout)
             print(f"[demo] SEG and SR stored in Orthanc {time.monotonic() - t0:.1f} s after the first C-STORE\n")
             for study_uid, name in studies.items():
-                print_study(pacs, name, results[study_uid])
+                print_study(pacs, name, results[study_uid], workdir / "received" / name)
         finally:
             node.terminate()
             node.wait(timeout=60)
@@ -151,14 +126,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_study(pacs: LocalOrthanc, name: str, series: dict[str, Any]) -> None:
-    seg = dcmread(io.BytesIO(pacs.instance_files(series["SEG"])[0]), stop_before_pixels=True)
-    sr = dcmread(io.BytesIO(pacs.instance_files(series["SR"])[0]))
-    print(f"== {name}: {seg.SeriesDescription} ({len(seg.SegmentSequence)} segments) + {sr.SeriesDescription}")
-    for group, concept, value, unit in sr_numbers(sr):
-        where = " / ".join(g for g in group[2:] if g) or "report"
-        print(f"   {where:<28} {concept:<44} {value:12.4f} {unit}")
-    for concept, value in sr_texts(sr):
-        if concept in ("Finding", "Tracking Identifier") or "lesion" in value.lower():
-            print(f"   {concept:<73} {value}")
-    print()
+def print_study(pacs: LocalOrthanc, name: str, series: dict[str, Any], save_dir: Path) -> None:
+    """What reached the PACS: the SEG's segments and the SR's numbers, read back from Orthanc."""
+    from dicom_node.results.readback import measurements_from_sr
+
+    save_dir.mkdir(parents=True, exist_ok=True)
+    (save_dir / "seg.dcm").write_bytes(pacs.instance_files(series["SEG"])[0])
+    (save_dir / "sr.dcm").write_bytes(pacs.instance_files(series["SR"])[0])
+    seg = dcmread(save_dir / "seg.dcm", stop_before_pixels=True)
+    sr = dcmread(save_dir / "sr.dcm")
+    m = measurements_from_sr(sr)
+    labels = ", ".join(s.SegmentLabel for s in seg.SegmentSequence)
+    print(f"== {name}: SEG '{seg.SeriesDescription}' [{labels}]; SR '{sr.SeriesDescription}'")
+    print(f"   cord: volume {m.get('cord_volume_mm3', float('nan')):.0f} mm3, "
+          f"mean cross-sectional area {m.get('cord_csa_mm2_mean', float('nan')):.1f} mm2")
+    if not m.get("lesion_found", bool(m["lesions"])):
+        print("   lesions: none found (stated explicitly in the SR)")
+    for les in m["lesions"]:
+        print(f"   lesion {les['label']}: volume {les.get('volume_mm3', float('nan')):.1f} mm3, "
+              f"length {les.get('length_mm', float('nan')):.1f} mm, width {les.get('width_mm', float('nan')):.1f} mm, "
+              f"max axial damage ratio {les.get('max_axial_damage_ratio', float('nan')):.3f}, "
+              f"tissue bridges dorsal {les.get('dorsal_bridge_mm', float('nan')):.2f} / "
+              f"ventral {les.get('ventral_bridge_mm', float('nan')):.2f} mm")
+    if m["lesions"]:
+        print(f"   total: {m.get('lesion_count', 0):.0f} lesion(s), {m.get('total_volume_mm3', 0):.1f} mm3, "
+              f"max axial damage ratio {m.get('max_axial_damage_ratio', 0):.3f}")
+    print(f"   as stored in the PACS: {save_dir / 'seg.dcm'}, {save_dir / 'sr.dcm'} (dsrdump shows the SR)\n")

@@ -81,6 +81,7 @@ class Node:
         self.scp.stop()
         for t in self._threads:
             t.join(timeout=30)
+        self.store.close()
         self.catalog.close()
 
 

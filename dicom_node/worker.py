@@ -92,8 +92,6 @@ class Worker:
                 return None
             con.execute("UPDATE series SET state='routed', routing_rule=?, routing_reason=? WHERE series_uid=?",
                         (rule.name, reason, series_uid))
-            previous = con.execute(
-                "SELECT id, state FROM jobs WHERE series_uid=? ORDER BY id DESC LIMIT 1", (series_uid,)).fetchone()
             # earlier generations that have not produced results yet are pointless now
             con.execute("UPDATE jobs SET state='superseded', updated_at=? WHERE series_uid=? AND generation < ? "
                         "AND state IN ('queued', 'running')", (t, series_uid, generation))
@@ -111,7 +109,7 @@ class Worker:
             )
             job_id = int(cur.lastrowid)
         log.info("series %s: rule %s -> pipeline %s, job %d%s", series_uid, rule.name, rule.pipeline, job_id,
-                 f" (supersedes job {supersedes})" if supersedes else "" if previous is None else "")
+                 f" (supersedes job {supersedes})" if supersedes else "")
         return job_id
 
     # ---- running jobs ---------------------------------------------------------------------
@@ -158,9 +156,10 @@ class Worker:
     def _run(self, job: Any) -> None:
         from inference.volume import VolumeError, volume_from_datasets
 
+        from dicom_node.results.readback import ResultValidationError
         from dicom_node.results.seg import build_seg
         from dicom_node.results.sr import build_sr
-        from dicom_node.results.validate import validate_dicom, write_result
+        from dicom_node.results.validate import check_result, write_result
 
         job_id, series_uid = job["id"], job["series_uid"]
         timings: dict[str, float] = {}
@@ -202,9 +201,10 @@ class Worker:
         files = ResultFiles(out_dir / "seg.dcm", out_dir / "sr.dcm")
         for ds, path in ((seg, files.seg), (sr, files.sr)):
             write_result(ds, path)
-            report = validate_dicom(path)
-            if report.errors:
-                raise JobError(f"{path.name} failed validation (not sent): {'; '.join(report.errors[:5])}")
+            try:
+                check_result(path)  # dciodvfy without errors, then highdicom read-back
+            except ResultValidationError as exc:
+                raise JobError(str(exc)) from None
         timings["encode_s"] = time.monotonic() - t2
         timings["completion_wait_s"] = max(0.0, (series["completed_at"] or 0) - (series["last_received"] or 0))
 

@@ -155,3 +155,29 @@ def sr_measurements(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
             if _code(group.ConceptNameCodeSequence[0]) == "125007^DCM":
                 groups.append(_walk_group(group))
     return groups
+
+
+def measurements_from_sr(sr: pydicom.Dataset | str | Path) -> dict[str, Any]:
+    """The SR's numbers mapped back to measurements.json keys: {'lesions': [...], cord and totals keys}.
+
+    Lesion n is the group referencing SEG segment n + 1 (segment 1 is the cord). Used to check
+    that what reached the PACS says what the analysis said, and by the demo to print it.
+    """
+    from dicom_node.results import codes as C
+
+    def by_key(group: SRGroup, specs: tuple[C.MetricCode, ...]) -> dict[str, float]:
+        keys = {C.metric_key(s.name, s.method, s.derivation): s.key for s in specs}
+        return {keys[k]: v for k, v in group.numbers.items() if k in keys}
+
+    out: dict[str, Any] = {"lesions": []}
+    for group in sr_measurements(sr):
+        if group.referenced_segment == 1:
+            out.update(by_key(group, C.CORD_METRICS))
+        elif group.referenced_segment is not None:
+            out["lesions"].append({"label": group.referenced_segment - 1, **by_key(group, C.LESION_METRICS)})
+        else:
+            out.update(by_key(group, C.TOTAL_METRICS))
+            found = group.qualitative.get(C.metric_key(C.LESION)[0])
+            if found is not None:
+                out["lesion_found"] = found != (C.ABSENT.value, C.ABSENT.scheme_designator)
+    return out
