@@ -169,7 +169,7 @@ def _paint_one(out: np.ndarray, label: np.ndarray, cord: np.ndarray, sp: np.ndar
     weight *= _soft_inside(cbox, sp)
     change = lesion.contrast * delta * weight
     if lesion.core and n > 20:
-        core = blob & (r2 < rng.uniform(0.15, 0.4))
+        core = blob & (r2 < rng.uniform(0.08, 0.25))
         if core.any():
             core_w = ndimage.gaussian_filter(core.astype(np.float32), sigma=np.maximum(0.6 / sp, 0.3))
             target = -rng.uniform(*cfg.core_contrast) * abs(delta) * np.sign(delta)

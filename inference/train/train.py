@@ -115,7 +115,7 @@ class QuickVal:
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             img, cord = v.image[sl], v.cord[sl]
             painted, les, _ = paint_lesions(img, cord > 0, spacing, rng, n_lesions=3,
-                                            levels=(v.cord_level, v.csf_level), sign=BY_KEY[v.key].lesion_sign)
+                                            levels=(v.cord_level, v.csf_level), sign=BY_KEY[v.key].lesion_sign if v.key in BY_KEY else 1.0)
             self.items.append((v.key + "+lesions", painted, np.maximum(cord, les), les))
 
     def __call__(self, model: LoadedModel) -> dict[str, float]:
@@ -171,8 +171,12 @@ def _log(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
-def train(args: argparse.Namespace) -> Path:
-    """Run (or resume) training; returns the exported model folder (OUT/model)."""
+def train(args: argparse.Namespace,
+          volumes: tuple[list[CachedVolume], list[CachedVolume]] | None = None) -> Path:
+    """Run (or resume) training; returns the exported model folder (OUT/model).
+
+    `volumes` (train, val) replaces the split/cache (tests use tiny synthetic volumes).
+    """
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -202,8 +206,11 @@ def train(args: argparse.Namespace) -> Path:
 
     split = load_split()
     spacing = tuple(args.spacing)
-    train_vols = build_cache(split["train"], spacing, args.cache)
-    val_vols = build_cache(split["val"], spacing, args.cache)
+    if volumes is None:
+        train_vols = build_cache(split["train"], spacing, args.cache)
+        val_vols = build_cache(split["val"], spacing, args.cache)
+    else:
+        train_vols, val_vols = volumes
     cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing)
     # a resumed run reseeds from (seed, iteration): reproducible, never repeats the same patches
     stream = patch_stream(train_vols, cfg, args.seed * 100003 + state["iteration"], args.batch, args.workers)
@@ -256,7 +263,7 @@ def train(args: argparse.Namespace) -> Path:
         t_last = now
         state["iteration"] += 1
         state["patches"] += x.shape[0]
-        window.append({"loss": float(loss), **parts})
+        window.append({"loss": float(loss.detach()), **parts})
         if state["iteration"] % 20 == 0:
             avg = {k: round(float(np.mean([w[k] for w in window])), 4) for k in window[0]}
             _log(log_path, {"event": "train", "iteration": state["iteration"],

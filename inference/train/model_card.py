@@ -1,0 +1,143 @@
+"""MODEL_CARD.md for a trained model, written from model.json and the evaluation result.
+
+Why generated: the card's table must be the numbers evaluate.py measured, never typed in.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from inference.models.registry import ModelMeta
+
+ATTRIBUTION = """\
+| folder | what | labels | source (licence) | used for |
+|---|---|---|---|---|
+| `spine-t2-sag/errsm_11`, `errsm_18`, `errsm_21` | sagittal 3D T2w spine, healthy adults, 1 mm iso | manual cord | Spinal Cord Toolbox test data, 2014 (MIT) | training (11, 18); validation (21) |
+| `spine-t2-sag/sct_example` | same protocol, another subject | semi-automatic cord | Spinal Cord Toolbox example data (MIT) | training |
+| `lesion-example/` | T2w crop of the same person as `sct_example` with a synthetic lesion | cord + lesion | Spinal Cord Toolbox test data (MIT) | training |
+| `t2star-axial/sub-*` | axial T2*w cervical cord, several sites, 1.5/3/7 T | manual cord | Spinal Cord Grey Matter Challenge (CC0) | training (10062 Ses1/Ses2, 9418, 9669); validation (9584) |
+| `multi-contrast/sub-unf01_*` | T2w, T2*w, T1w crops of one subject, 1 mm iso | manual cord | spine-generic via ivadomed test data (CC0) | training |
+| `multi-contrast/sct_testing_t1w*` | T1w crop, 1 mm iso | manual cord | Spinal Cord Toolbox test data (MIT) | training |
+"""
+
+
+def _fmt(v: Any, digits: int = 3) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+def results_table(summary: dict[str, Any]) -> str:
+    """The headline table: metric, value, target, met."""
+    t, met = summary.get("targets", {}), summary.get("met", {})
+    lines = ["| metric (validation subjects only) | value | target | met |", "|---|---|---|---|"]
+
+    def row(label: str, key: str, digits: int = 3, cmp: str = ">=") -> None:
+        if key in summary:
+            target = f"{cmp} {t[key]}" if key in t else ""
+            lines.append(f"| {label} | {_fmt(summary[key], digits)} | {target} | {_fmt(met.get(key)) if key in met else ''} |")
+
+    row("cord Dice, real sagittal T2w (errsm_21, manual mask)", "cord_dice_sag_t2")
+    row("cord relative volume error, sagittal T2w", "cord_rve_sag_t2")
+    row("cord Dice, real axial T2*w (sub-9584, manual mask)", "cord_dice_ax_t2star")
+    row("cord relative volume error, axial T2*w", "cord_rve_ax_t2star")
+    row("cord Dice with painted lesions (mean over copies)", "cord_dice_with_lesions")
+    row("lesion Dice, synthetic lesions (mean over copies)", "lesion_dice")
+    row("lesion-wise sensitivity", "lesion_sensitivity")
+    row("lesion-wise PPV", "lesion_ppv")
+    row("lesion-wise F1", "lesion_f1")
+    row("lesions painted / predicted", "lesions_true", 0)
+    row("", "lesions_pred", 0)
+    row("total lesion volume: mean abs error [mm³] (true mean)", "volume_mm3_mean_abs_error", 1)
+    row("", "volume_mm3_mean_true", 1)
+    row("total lesion length: mean abs error [mm]", "length_mm_mean_abs_error", 1)
+    row("", "length_mm_mean_true", 1)
+    row("max axial damage ratio: mean abs error", "max_axial_damage_ratio_mean_abs_error")
+    row("", "max_axial_damage_ratio_mean_true")
+    row("largest false lesion on lesion-free volumes [mm³]", "largest_false_lesion_mm3", 1, "<=")
+    row("inference on sagittal 384×215×52, 2-core CPU [s]", "inference_s", 1, "<=")
+    return "\n".join(lines)
+
+
+def write_card(meta: ModelMeta, result: dict[str, Any]) -> Path:
+    tr = meta.extra.get("training", {})
+    arch = meta.architecture
+    rows = result.get("rows", [])
+    per_case = ["| case | cord Dice | lesion Dice | lesions true/pred | seconds |", "|---|---|---|---|---|"]
+    for r in rows:
+        per_case.append(f"| {r['case']} | {_fmt(r.get('cord_dice'))} | {_fmt(r.get('lesion_dice'))} | "
+                        f"{r.get('n_true', '')}/{r.get('n_pred', '')} | {_fmt(r.get('seconds'), 1)} |")
+    text = f"""# {meta.name} {meta.version}
+
+Spinal cord and intramedullary lesion segmentation for the spine DICOM node. Region-based
+sigmoid outputs as SCIseg (channel 0 = cord including lesion, channel 1 = lesion), a small
+MONAI DynUNet trained **on CPU in this repository** from real cords with **synthetic**
+lesions. It is a working default, not a clinically validated model.
+
+## Results
+
+Every number comes from `python -m inference.train.evaluate --card` (whole volumes through
+`inference.engine.segment`, in the acquisition grid, on the validation subjects only; the
+painted-lesion copies use fixed seeds {result.get('seeds', '')}).
+
+{results_table(result.get('summary', {}))}
+
+Per case:
+
+{chr(10).join(per_case)}
+
+## Data and licences
+
+All images are real public data, copied unchanged into `/work/shared/data` (its README keeps
+the full attribution, reproduced here for what this model was trained and validated on):
+
+{ATTRIBUTION}
+The split is by person (`inference/train/split.json`): `lesion-example` and `sct_example`
+are the same person and both in training. Unlabelled volumes were not used.
+
+## Training recipe
+
+- Model space: RAS (flips/permutations only), {meta.spacing_mm} mm, z-score over voxels > 0
+  (`inference.preprocess`, the same code inference uses); volumes cached once as .npy.
+- Network: DynUNet, filters {arch.get('filters')}, strides {arch.get('strides')}, instance norm,
+  {sum(1 for _ in arch.get('filters', []))} levels; sliding-window tile {list(meta.patch_size)}.
+- Patches {tr.get('train_patch')} × batch {tr.get('batch')}, {int(100 * tr.get('sampler', {}).get('p_foreground', 0))} % centred on the cord
+  (foreground oversampling as nnU-Net), sampling weight per acquisition group.
+- Synthetic lesions (`inference/train/lesions.py`): 0 (25 %) to 3 per patch; irregular
+  (smoothed noise on an ellipsoid), elongated along the local cord centerline, 2–40 mm long,
+  hyperintense towards the CSF level with an edema-like falloff, 25 % with a hypointense
+  haemorrhagic core, 35 % centred on the cord border; label = painted voxels inside the cord.
+  The one real-protocol lesion example (`lesion-example`) keeps its own label.
+- Augmentation (`inference/train/augment.py`): rotation, scaling, elastic-lite, left-right
+  mirroring only, noise, blur, brightness, contrast, gamma, low-resolution simulation, plus
+  simulated clinical acquisitions: thick sagittal slices (3–4 mm), thick axial slices
+  (3–6 mm), anisotropic in-plane pixels, bias field, partial field of view.
+- Loss BCE + soft Dice per region; {tr.get('optimizer')}; {tr.get('iterations')} iterations,
+  {tr.get('patches')} patches, {tr.get('minutes')} min on {tr.get('device')} (2 shared cores); seed {tr.get('seed')}.
+
+Reproduce:
+
+```
+.venv/bin/python -m inference.train.train --out var/train/run1 --minutes 65 --patch 48 48 80 --infer-patch 64 128 128
+.venv/bin/python -m inference.train.evaluate --model var/train/run1/model --card
+```
+
+## Known limitations
+
+- **No real lesion labels.** Lesion metrics are measured on lesions painted into real
+  validation cords by the same generator family used in training: they show the model finds
+  *this kind* of lesion, not that it matches a radiologist on real SCI/MS/DCM lesions.
+- Few people: {len(tr.get('train_volumes', []))} training volumes from about 9 people, 2 validation volumes (one
+  sagittal T2w, one axial T2*w). All healthy cords; no compression, implants or syrinx.
+- Validation numbers on two subjects have wide uncertainty; they are not a benchmark.
+- Short CPU training (minutes, not nnU-Net's 1000 epochs): expect missed small/faint
+  lesions and less robustness than SCIseg on unusual contrasts, fields of view or artefacts.
+- Axial T2 with thick (≥ 5 mm) slices is seen in training only through simulation.
+"""
+    path = meta.folder / "MODEL_CARD.md"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,124 @@
+"""Training pieces: lesion synthesis, patch sampling, a 2-iteration run and its resume (fast, synthetic)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from inference.models.registry import load_model, read_meta
+from inference.train import train as train_mod
+from inference.train.augment import AugmentConfig, spatial, thick_slices
+from inference.train.data import CachedVolume, load_split, BY_KEY
+from inference.train.lesions import LesionConfig, paint_lesions
+from inference.train.sampling import PatchSampler, SamplerConfig
+
+
+def phantom(shape=(40, 40, 60), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A grey cylinder 'cord' (radius 5 vox, along Z) in bright 'CSF', in darker tissue, with noise."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.arange(shape[0]), np.arange(shape[1]), indexing="ij")
+    r = np.hypot(x - shape[0] / 2, y - shape[1] / 2)
+    img2d = np.where(r < 5, 1.0, np.where(r < 9, 3.0, 0.5))
+    cord2d = r < 5
+    img = np.repeat(img2d[:, :, None], shape[2], axis=2) + 0.05 * rng.standard_normal(shape)
+    cord = np.repeat(cord2d[:, :, None], shape[2], axis=2)
+    return img.astype(np.float32), cord
+
+
+def fake_volume(key: str, seed: int = 0) -> CachedVolume:
+    img, cord = phantom(seed=seed)
+    return CachedVolume(key=key, group="sag_t2", image=img, cord=cord.astype(np.uint8),
+                        lesion=np.zeros(img.shape, np.uint8), air=0.0, cord_level=1.0, csf_level=3.0,
+                        cord_idx=np.argwhere(cord).astype(np.int32))
+
+
+def test_lesions_inside_cord_hyperintense_and_elongated():
+    img, cord = phantom()
+    rng = np.random.default_rng(3)
+    cfg = LesionConfig(length_mm=(12.0, 20.0), width_mm=(4.0, 6.0), p_core=0.0)
+    out, lesion, info = paint_lesions(img, cord, (1.0, 1.0, 1.0), rng, cfg, n_lesions=2)
+    assert lesion.any() and len(info) >= 1
+    assert not (lesion.astype(bool) & ~cord).any(), "lesion label must stay inside the cord"
+    les = lesion.astype(bool)
+    assert out[les].mean() > img[les].mean() + 0.5, "lesions are hyperintense (towards the CSF level)"
+    assert np.allclose(out[~cord & (np.abs(out - img) > 0)], img[~cord & (np.abs(out - img) > 0)], atol=1.5)
+    idx = np.argwhere(les)
+    extent = idx.max(0) - idx.min(0) + 1
+    assert extent[2] > max(extent[0], extent[1]), "lesions are elongated along the cord (Z)"
+    assert all(p.voxels >= cfg.min_voxels for p in info)
+
+
+def test_lesion_core_is_hypointense_and_free_cases_untouched():
+    img, cord = phantom()
+    cfg = LesionConfig(length_mm=(15.0, 20.0), width_mm=(7.0, 9.0), p_core=1.0, contrast=(1.0, 1.0))
+    out, lesion, info = paint_lesions(img, cord, (1.0, 1.0, 1.0), np.random.default_rng(1), cfg, n_lesions=1)
+    assert info and info[0].core
+    assert out[lesion > 0].min() < 0.8, "a haemorrhagic core goes below the cord level"
+    same, none, free = paint_lesions(img, cord, (1.0, 1.0, 1.0), np.random.default_rng(1), cfg, n_lesions=0)
+    assert np.array_equal(same, img) and not none.any() and free == []
+
+
+def test_lesions_in_anisotropic_grid_follow_mm():
+    img, cord = phantom(shape=(40, 40, 20))
+    out, lesion, info = paint_lesions(img, cord, (0.5, 0.5, 3.0), np.random.default_rng(0),
+                                      LesionConfig(length_mm=(9.0, 9.0), width_mm=(3.0, 3.0)), n_lesions=1)
+    idx = np.argwhere(lesion)
+    assert len(idx) and (idx.max(0) - idx.min(0) + 1)[2] <= 5, "9 mm at 3 mm slices spans ~3-4 slices"
+
+
+def test_spatial_identity_matches_plain_crop():
+    img = torch.randn(1, 30, 32, 40)
+    lab = (torch.rand(2, 30, 32, 40) > 0.5).float()
+    c = np.array([14.3, 15.0, 20.6])
+    plain = spatial(img, lab, (16, 16, 24), c, np.random.default_rng(0),
+                    AugmentConfig(p_rotate=0, p_scale=0, p_elastic=0), 0.0)
+    warped = spatial(img, lab, (16, 16, 24), c, np.random.default_rng(0),
+                     AugmentConfig(p_rotate=1, rot_deg=(0, 0, 0), p_scale=0, p_elastic=0), 0.0)
+    assert torch.allclose(plain[0], warped[0], atol=1e-4) and torch.allclose(plain[1], warped[1], atol=1e-4)
+    thick = thick_slices(img, 2, 4.0)
+    assert thick.shape == img.shape and thick.std() < img.std()
+
+
+def test_sampler_patches_are_binary_and_mostly_cord():
+    sampler = PatchSampler([fake_volume("a"), fake_volume("b", 1)], SamplerConfig(patch=(16, 16, 32)), seed=0)
+    hits = 0
+    for _ in range(12):
+        x, y = sampler.sample()
+        assert x.shape == (1, 16, 16, 32) and y.shape == (2, 16, 16, 32)
+        assert set(torch.unique(y).tolist()) <= {0.0, 1.0}
+        assert not ((y[1] > 0) & (y[0] == 0)).any(), "cord label includes the lesion"
+        hits += int(y[0].any())
+    assert hits >= 6
+
+
+def test_split_keeps_people_together():
+    split = load_split()
+    people = {side: {BY_KEY[k].subject for k in split[side]} for side in ("train", "val")}
+    assert not people["train"] & people["val"]
+    assert "errsm_21" in split["val"] and "t2s_9584" in split["val"]
+    assert {"sct_example", "lesion_example"} <= set(split["train"])
+
+
+def test_two_iterations_then_resume(tmp_path):
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--minutes", "5", "--patch", "16", "16", "32", "--filters", "4", "8", "16",
+              "--batch", "1", "--workers", "0", "--threads", "1", "--val-minutes", "100"]
+    vols = ([fake_volume("a"), fake_volume("b", 1)], [fake_volume("v", 2)])
+    folder = train_mod.train(train_mod.parse_args(common + ["--max-iters", "2"]), volumes=vols)
+    meta = read_meta(folder)
+    assert meta.trained and meta.name == "spinecord-t2" and meta.extra["training"]["iterations"] == 2
+    assert (out / "checkpoint.pt").is_file()
+    load_model(folder, device="cpu")
+    train_mod.train(train_mod.parse_args(common + ["--max-iters", "3", "--resume"]), volumes=vols)
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["state"]["iteration"] == 3
+    events = [json.loads(l)["event"] for l in (out / "log.jsonl").read_text().splitlines()]
+    assert events.count("start") == 2 and events.count("val") == 2
+
+
+def test_resume_without_checkpoint_says_what_to_do(tmp_path):
+    args = train_mod.parse_args(["--out", str(tmp_path / "none"), "--minutes", "1", "--resume"])
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        train_mod.train(args, volumes=([fake_volume("a")], [fake_volume("v")]))
