@@ -46,6 +46,9 @@ class Node:
         return self.scp.port
 
     def start(self) -> None:
+        removed = self.store.remove_partial_files()
+        if removed:
+            log.warning("removed %d partial file(s) left by a crash mid-write (never acknowledged)", removed)
         resumed = self.worker.recover()
         if resumed:
             log.info("resumed %d job(s) interrupted by the last stop", resumed)
