@@ -97,7 +97,9 @@ def _slice_area(patch: np.ndarray, spacing: tuple[float, float]) -> float | None
     """Partial-volume area (mm^2) of one angle-corrected slice; None if empty or not one region."""
     if np.all(patch < NEAR_ZERO):
         return None
-    norm = (patch - patch.min()) / (patch.max() - patch.min())
+    span = float(patch.max() - patch.min())
+    # a slice filled with cord has no background to normalise against: it is all cord
+    norm = (patch - patch.min()) / span if span > NEAR_ZERO else np.ones_like(patch)
     inside = norm > 0.5
     if measure.label(inside, connectivity=2).max() != 1:
         return None  # several cord pieces in one slice: no single cross-section to report
