@@ -229,20 +229,23 @@ class Prepared:
 
 def preprocess(image: np.ndarray, spacing: Sequence[float], plan: NnUNetPlan) -> Prepared:
     """`image`: (C, z, y, x) or (z, y, x) as nnU-Net's readers give it, `spacing` in the same order."""
-    data = np.asarray(image, dtype=np.float32)
-    if data.ndim == 3:
-        data = data[None]
-    data = np.array(data.transpose((0, *[i + 1 for i in plan.transpose_forward])), dtype=np.float32)
+    image = np.asarray(image)
+    if image.ndim == 3:
+        image = image[None]
+    # copy, then transposed and cropped VIEWS, exactly as nnU-Net lays them out: float32 mean/std
+    # are summed pairwise in memory order, so the same layout gives the same bits
+    data = image.astype(np.float32)
+    data = data.transpose((0, *[i + 1 for i in plan.transpose_forward]))
     sp = tuple(float(spacing[i]) for i in plan.transpose_forward)
     shape0 = tuple(data.shape[1:])
     box, mask = nonzero_bbox(data, fill=any(plan.use_mask_for_norm))
-    data = np.ascontiguousarray(data[(slice(None), *box)])
+    data = data[(slice(None), *box)]
     for c in range(data.shape[0]):
         normalize(data[c], plan.normalization_schemes[c], plan.use_mask_for_norm[c], mask,
                   plan.intensity_properties.get(str(c), {}))
     target = plan.spacing if len(plan.spacing) == 3 else (sp[0], *plan.spacing)
     new_shape = new_shape_for(data.shape[1:], sp, target)
-    data = resample(data, new_shape, sp, target, **_resampling_kwargs(plan.resampling_data))
+    data = np.ascontiguousarray(resample(data, new_shape, sp, target, **_resampling_kwargs(plan.resampling_data)))
     cropped = tuple(b.stop - b.start for b in box)
     return Prepared(data=data, spacing=sp, shape_before_crop=shape0, bbox=box, shape_after_crop=cropped)
 

@@ -147,6 +147,8 @@ def nnunet_predict(folder: Path, image_zyx: np.ndarray, spacing_zyx: Sequence[fl
                            perform_everything_on_device=False, device=torch.device("cpu"),
                            verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     pred.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds), checkpoint_name="checkpoint_final.pth")
-    seg, probs = pred.predict_single_npy_array(np.asarray(image_zyx, np.float32)[None],
+    # C-contiguous (1, z, y, x) float32, as nnU-Net's own file readers hand it over
+    image = np.ascontiguousarray(np.asarray(image_zyx, np.float32)[None])
+    seg, probs = pred.predict_single_npy_array(image,
                                                {"spacing": [float(s) for s in spacing_zyx]}, None, None, True)
     return np.asarray(seg), np.asarray(probs)

@@ -196,3 +196,21 @@ def test_plans_are_data_not_code(folder_a, tmp_path):
         read_plan(bad, "3d_cascade_fullres")
     with pytest.raises(ModelError, match="configuration '2d' not in plans"):
         read_plan(bad, "2d")
+
+
+def test_config_model_entry_pointing_at_nnunet_folder_runs_analyze(folder_a, volume, tmp_path):
+    """`models: {sciseg: {path: FOLDER}}` -> analyze() on the folder, masks = nnU-Net labels."""
+    from dicom_node.config import load_config
+    from inference.engine import segment
+    from inference.models.registry import load_model
+    from inference.pipeline import analyze
+
+    cfg_file = tmp_path / "node.yaml"
+    cfg_file.write_text(f"models:\n  sciseg:\n    path: {folder_a}\npipelines:\n  spinal_cord:\n    model: sciseg\n")
+    cfg = load_config(cfg_file)
+    result = analyze(volume, model=cfg.model_path("sciseg"), device="cpu")
+    assert result.model.name == "Dataset901_RandomCord" and "3d_fullres" in result.model.version
+    seg = segment(volume, load_model(folder_a, device="cpu"))  # cached: same resident networks
+    np.testing.assert_array_equal(result.cord_mask, seg.cord_mask)
+    np.testing.assert_array_equal(result.lesion_mask, seg.lesion_mask)
+    assert result.measurements["lesion_count"] >= 1

@@ -362,6 +362,22 @@ def read_nnunet_meta(folder: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -
     return nnunet_meta(read_plan(root, conf), folds, checkpoint)
 
 
+def _compiled(net: torch.nn.Module, plan: NnUNetPlan, dev: torch.device) -> torch.nn.Module:
+    """torch.compile with frozen weights (constant-folded, prepacked convolutions), warmed up on
+    one zero patch so compilation happens now rather than inside the first case."""
+    try:
+        fast = torch.compile(net, dynamic=False, options={"freezing": True})
+        x = torch.zeros((1, plan.num_input_channels, *plan.patch_size), device=dev)
+        if dev.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        with torch.inference_mode(), torch.autocast("cuda", enabled=dev.type == "cuda"):
+            fast(x)
+        return fast  # type: ignore[return-value]
+    except Exception as exc:  # no C compiler, unsupported op, ...: the eager network is always right
+        log.warning("torch.compile of the nnU-Net network failed (%s); running eager", str(exc).splitlines()[0])
+        return net
+
+
 _CACHE: dict[tuple, NnUNetModel] = {}
 _LOCK = threading.Lock()
 
@@ -369,12 +385,15 @@ _LOCK = threading.Lock()
 def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | None = None,
                 folds: Sequence[str | int] | None = None, checkpoint: str = DEFAULT_CHECKPOINT,
                 use_mirroring: bool = True, cord_labels: Sequence[int] | None = None,
-                lesion_labels: Sequence[int] | None = None) -> NnUNetModel:
+                lesion_labels: Sequence[int] | None = None, compile: bool = False) -> NnUNetModel:
     """Load (once per process) every requested fold of an nnU-Net v2 folder onto `device`.
 
     `configuration`: None takes the one the checkpoint was trained with (else 3d_fullres).
     `cord_labels` / `lesion_labels`: integer labels that make up the cord (incl. lesion) and the
     lesion; by default found from dataset.json names ("sc", "cord", ... / "lesion", ...).
+    `compile`: torch.compile each fold (inductor, weights frozen) and warm it up on one patch
+    here, so the one-off compile (about a minute per fold on CPU, needs a C compiler) is paid
+    at load and every case after runs the fused kernels; falls back to eager if it fails.
     """
     root = Path(folder).expanduser().resolve()
     if not is_nnunet_folder(root):
@@ -384,7 +403,7 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
         raise ModelError(f"{root}: no fold_*/{checkpoint} found")
     dev = pick_device(device)
     key = (str(root), str(dev), configuration, tuple(fold_names), checkpoint, use_mirroring,
-           tuple(cord_labels or ()), tuple(lesion_labels or ()))
+           tuple(cord_labels or ()), tuple(lesion_labels or ()), compile)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -409,7 +428,7 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
             net.to(dev).eval()
             if dev.type == "cuda":
                 net.to(memory_format=torch.channels_last_3d)
-            nets.append(net)
+            nets.append(_compiled(net, plan, dev) if compile else net)
         axes = ckpts[0].get("inference_allowed_mirroring_axes")
         lab = plan.labels
         lesion = set(lesion_labels) if lesion_labels is not None else lab.label_set(LESION_NAMES)
