@@ -66,6 +66,16 @@ class PipelineSettings:
 
 
 @dataclass
+class DestinationTlsSettings:
+    enabled: bool = False
+    ca: str = ""  # PEM CA bundle that signed the destination's certificate; "" = the system CAs
+    cert: str = ""  # our client certificate (PEM), when the destination asks for one
+    key: str = ""  # its private key (PEM, unencrypted)
+    check_hostname: bool = True  # the certificate must name server_hostname
+    server_hostname: str = ""  # "" = the destination's host
+
+
+@dataclass
 class DestinationSettings:
     ae_title: str = "ORTHANC"
     host: str = "127.0.0.1"
@@ -75,6 +85,7 @@ class DestinationSettings:
     seg_omit_empty_frames: bool = False
     seg_fractional: bool = False
     secondary_capture: bool = False
+    tls: DestinationTlsSettings = field(default_factory=DestinationTlsSettings)
 
 
 @dataclass
@@ -84,6 +95,30 @@ class DispatchSettings:
     backoff_factor: float = 2.0
     backoff_max_s: float = 300.0
     timeout_s: float = 30.0
+
+
+@dataclass
+class PeerSettings:
+    ae_title: str = ""  # calling AE title, exact (trailing spaces ignored)
+    hosts: list[str] = field(default_factory=list)  # IP addresses or networks (CIDR); empty = any host
+
+
+@dataclass
+class ListenerTlsSettings:
+    enabled: bool = False
+    cert: str = ""  # our certificate chain (PEM)
+    key: str = ""  # its private key (PEM, unencrypted)
+    ca: str = ""  # PEM CA bundle that client certificates must chain to
+    require_client_cert: bool = False  # refuse TLS clients without a certificate signed by `ca`
+
+
+@dataclass
+class SecuritySettings:
+    allowed_peers: list[PeerSettings] = field(default_factory=list)  # empty = any calling AE from any host
+    sop_classes: list[str] = field(default_factory=lambda: ["default"])  # keywords/UIDs; "default", "all"
+    max_instance_bytes: int = 1 << 30  # one received instance larger than this is refused (0 = no limit)
+    min_free_disk: int | str = "1GiB"  # below this free space C-STORE answers 0xA700; bytes, "NGiB"/"NMB", "N%"
+    tls: ListenerTlsSettings = field(default_factory=ListenerTlsSettings)
 
 
 @dataclass
@@ -102,6 +137,7 @@ class Config:
     destinations: dict[str, DestinationSettings] = field(default_factory=dict)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     routing: list[dict[str, Any]] = field(default_factory=list)  # validated by dicom_node.routing
+    security: SecuritySettings = field(default_factory=SecuritySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     source: Path | None = None  # the file it came from
 
@@ -112,6 +148,10 @@ class Config:
     @property
     def catalog_path(self) -> Path:
         return self.data_dir / "catalog.sqlite"
+
+    def path(self, p: str) -> Path:
+        """A path setting, resolved against the config file's folder when relative."""
+        return self._resolve(p)
 
     def _resolve(self, p: str) -> Path:
         path = Path(p).expanduser()
@@ -201,6 +241,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("completion.idle_seconds: must be positive")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
+    from dicom_node.security import validate_security  # security owns its checks (peers, classes, TLS files)
+
+    validate_security(cfg)
     from dicom_node.routing import parse_rules  # routing owns the rule grammar
 
     rules = parse_rules(cfg.routing)

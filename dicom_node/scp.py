@@ -7,12 +7,21 @@ and never stop the listener.
 
 Accepted sockets get TCP_NODELAY: the C-STORE-RSP is a small write that would otherwise wait
 for the sender's delayed ACK (about 40 ms per instance on Linux, see NOTES.md).
+
+Boundary checks (dicom_node.security): the allow-list of calling AE titles and hosts and the
+called AE title are checked when the A-ASSOCIATE-RQ arrives (A-ASSOCIATE-RJ with the DICOM
+reason, logged with the peer's address); only the configured storage classes are negotiated;
+concurrent associations are counted exactly; an instance over the size limit, or one that
+would eat into the free-disk reserve, is answered 0xA700 and not stored. With TLS the
+handshake runs in the association's thread, so a slow or silent TLS client cannot stall the
+accept loop.
 """
 from __future__ import annotations
 
 import logging
 import socket
 import sqlite3
+import ssl
 import threading
 from typing import Any, Callable
 
@@ -22,6 +31,9 @@ from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import Config
+from dicom_node.security import (
+    REJECT_LIMIT, AccessPolicy, AssociationLimiter, DiskThreshold, listener_ssl_context, storage_class_uids,
+)
 from dicom_node.store import InstanceStore, InvalidInstance, StoredInstance
 
 LOGGER = logging.getLogger(__name__)
@@ -36,11 +48,14 @@ class NoDelayAssociationServer(ThreadedAssociationServer):
     """pynetdicom's threaded server, with Nagle's algorithm off on every accepted connection."""
 
     def get_request(self) -> tuple[socket.socket, Any]:
-        client, address = super().get_request()
+        assert self.socket is not None
+        client, address = self.socket.accept()
         try:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError as exc:  # e.g. a socket type without TCP options: slower, still correct
             LOGGER.warning("could not set TCP_NODELAY on a connection from %s: %s", address, exc)
+        if self.ssl_context:  # handshake on first read, in the association's own thread
+            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
         return client, address
 
 
@@ -67,6 +82,12 @@ class StorageSCP:
         self.config = config
         self.store = store
         self.on_stored = on_stored
+        sec = config.security
+        self.policy = AccessPolicy(config.node.ae_title, sec.allowed_peers)
+        self.limiter = AssociationLimiter(config.node.max_associations)
+        self.disk_reserve = DiskThreshold.parse(sec.min_free_disk)
+        self.ssl_context: ssl.SSLContext | None = (
+            listener_ssl_context(sec.tls, config.path) if sec.tls.enabled else None)
         self.ae = self._make_ae()
         self._server: NoDelayAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -75,14 +96,18 @@ class StorageSCP:
         node = self.config.node
         ae = AE(ae_title=node.ae_title)
         ae.require_called_aet = True  # wrong called AE: rejected, reason 0x07 (called AE not recognised)
-        ae.maximum_associations = node.max_associations
+        # the limit is enforced exactly by self.limiter; pynetdicom's thread count (which still
+        # includes just-released associations) only backs it up with a margin
+        ae.maximum_associations = node.max_associations + 32
         ae.maximum_pdu_size = node.max_pdu
         ae.network_timeout = node.network_timeout_s
         ae.acse_timeout = node.acse_timeout_s
         ae.dimse_timeout = node.dimse_timeout_s
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
-        for cx in AllStoragePresentationContexts:  # compressed syntaxes accepted, stored as received
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        allowed = storage_class_uids(self.config.security.sop_classes)
+        classes = allowed if allowed is not None else [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+        for uid in classes:  # compressed syntaxes accepted, stored as received
+            ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         return ae
 
     @property
@@ -100,8 +125,15 @@ class StorageSCP:
         try:
             server = self.ae.make_server(
                 (node.host, node.port),
-                evt_handlers=[(evt.EVT_C_STORE, self._handle_store)],
+                evt_handlers=[
+                    (evt.EVT_C_STORE, self._handle_store),
+                    (evt.EVT_REQUESTED, self._on_requested),
+                    (evt.EVT_ACSE_RECV, self._on_acse_recv),
+                    (evt.EVT_ABORTED, self._free_slot),
+                    (evt.EVT_CONN_CLOSE, self._free_slot),
+                ],
                 server_class=NoDelayAssociationServer,
+                ssl_context=self.ssl_context,
             )
         except OSError as exc:
             raise RuntimeError(
@@ -112,7 +144,8 @@ class StorageSCP:
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-node-scp", daemon=True)
         self._thread.start()
-        LOGGER.info("listening as %s on %s:%d", node.ae_title, node.host, self.port)
+        LOGGER.info("listening as %s on %s:%d%s", node.ae_title, node.host, self.port,
+                    " (TLS)" if self.ssl_context else "")
 
     def stop(self) -> None:
         """Stop accepting, abort open associations, release the port."""
@@ -124,10 +157,52 @@ class StorageSCP:
         self._server = None
         self._thread = None
 
+    # ---- association admission --------------------------------------------------------------
+    def _on_requested(self, event: evt.Event) -> None:
+        """A-ASSOCIATE-RQ received: refuse unknown peers and associations above the limit."""
+        assoc = event.assoc
+        rq = assoc.requestor.primitive
+        calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+        host = str(assoc.requestor.address)
+        refusal = self.policy.check(calling, called, host)
+        if refusal is None and not self.limiter.acquire(id(assoc)):
+            LOGGER.warning("association from %s@%s refused: %d associations open (node.max_associations)",
+                           calling, host, self.limiter.limit)
+            self._reject(assoc, REJECT_LIMIT)
+            return
+        if refusal is not None:
+            LOGGER.warning("association from %s@%s:%s to %s refused: %s", calling, host,
+                           assoc.requestor.port, called, refusal.reason)
+            self._reject(assoc, refusal.rsd)
+
+    @staticmethod
+    def _reject(assoc: Any, rsd: tuple[int, int, int]) -> None:
+        assoc.acse.send_reject(*rsd)  # sets is_rejected: pynetdicom skips its own negotiation
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    def _on_acse_recv(self, event: evt.Event) -> None:
+        """A-RELEASE-RQ: the slot is free before our A-RELEASE-RP lets the peer reconnect."""
+        if type(event.primitive).__name__ == "A_RELEASE":
+            self.limiter.release(id(event.assoc))
+
+    def _free_slot(self, event: evt.Event) -> None:
+        self.limiter.release(id(event.assoc))
+
+    # ---- C-STORE ---------------------------------------------------------------------------
     def _handle_store(self, event: evt.Event) -> int | Dataset:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         try:
             encoded = event.encoded_dataset(include_meta=False)  # as received: no decode, no re-encode
+            limit = self.config.security.max_instance_bytes
+            if limit and len(encoded) > limit:
+                LOGGER.error("C-STORE from %s@%s refused: %d bytes exceed security.max_instance_bytes %d",
+                             calling_ae, event.assoc.requestor.address, len(encoded), limit)
+                return _status(STATUS_OUT_OF_RESOURCES, f"instance over {limit} bytes: not stored")
+            short = self.disk_reserve.shortfall(self.store.data_dir, len(encoded))
+            if short is not None:
+                LOGGER.error("C-STORE from %s refused: %s", calling_ae, short)
+                return _status(STATUS_OUT_OF_RESOURCES, short)
             transfer_syntax = str(event.context.transfer_syntax)
             stored = self.store.store_encoded(encoded, transfer_syntax, calling_ae)
         except InvalidInstance as exc:
