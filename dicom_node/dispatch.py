@@ -7,6 +7,7 @@ the job), the PACS de-duplicates and the effect is exactly once.
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +27,9 @@ class SendOutcome:
     seconds: float
 
 
-def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: float) -> SendOutcome:
-    """One association, one C-STORE of the file at `path` to `dest`."""
+def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: float,
+            ssl_context: ssl.SSLContext | None = None) -> SendOutcome:
+    """One association, one C-STORE of the file at `path` to `dest` (over TLS when given a context)."""
     from pynetdicom import AE
 
     t0 = time.monotonic()
@@ -35,9 +37,12 @@ def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: f
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    tls_args = (ssl_context, dest.tls.server_hostname or dest.host) if ssl_context is not None else None
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted else "no association"
+        if ssl_context is not None:  # pynetdicom logs the TLS error itself; say where to look
+            why += " over TLS (handshake refused? check the certificates and destinations.*.tls)"
         return SendOutcome(False, f"{why} by {dest.ae_title}@{dest.host}:{dest.port}", time.monotonic() - t0)
     try:
         status = assoc.send_c_store(ds)
@@ -62,6 +67,17 @@ class Dispatcher:
     def __init__(self, config: Config, catalog: Catalog) -> None:
         self.config = config
         self.catalog = catalog
+        self._tls: dict[str, ssl.SSLContext] = {}
+
+    def ssl_context(self, name: str, dest: DestinationSettings) -> ssl.SSLContext | None:
+        """The destination's client TLS context (built once), or None for plain TCP."""
+        if not dest.tls.enabled:
+            return None
+        if name not in self._tls:
+            from dicom_node.security import destination_ssl_context
+
+            self._tls[name] = destination_ssl_context(dest.tls, self.config.path, key=f"destinations.{name}.tls")
+        return self._tls[name]
 
     def due(self, at: float | None = None) -> list[int]:
         rows = self.catalog.query(
@@ -87,7 +103,8 @@ class Dispatcher:
             outcome = SendOutcome(False, f"result file {row['path']} is missing", 0.0)
         else:
             try:
-                outcome = c_store(path, dest, self.config.node.ae_title, self.config.dispatch.timeout_s)
+                outcome = c_store(path, dest, self.config.node.ae_title, self.config.dispatch.timeout_s,
+                                  self.ssl_context(row["destination"], dest))
             except Exception as exc:  # network errors must not kill the dispatch thread
                 outcome = SendOutcome(False, f"{type(exc).__name__}: {exc}", 0.0)
         self._record(row, outcome)
