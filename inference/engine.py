@@ -7,7 +7,9 @@ lesion restricted to the cord.
 
 Most of a spine field of view is air in front of and behind the body: tiles that hold no
 body voxel are skipped and the image is cropped to the body's bounding box before tiling,
-which on a sagittal whole-spine T2 removes about a third of the network work.
+which on the sagittal whole-spine T2 errsm_11 (384x216x52) cuts the tiles from 15 to 12 at
+patch 64x128x128 (44 -> 36 at 64x64x96). Tiles are batched on CUDA (fp16 autocast); on CPU
+one at a time (batching, channels-last and torch.compile each gained <= 15 % there).
 """
 from __future__ import annotations
 
