@@ -1,0 +1,109 @@
+"""The node as a separate process (`dicom-node serve`), for tests that kill -9 it or use its CLI.
+
+The config is the default one (as `dicom-node demo` writes it) with Orthanc as the destination,
+a scratch data dir and the tiny random-weight test model. Every process started here is
+stopped by the context manager, whatever happens.
+"""
+from __future__ import annotations
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from dicom_node.demo import node_config, start_node
+from dicom_node.local_pacs import LocalOrthanc
+from tests.tiny_model import make_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_node_config(workdir: Path, pacs: LocalOrthanc, **overrides: dict[str, Any]) -> Path:
+    """demo's node config with the tiny model; `overrides` update sections (dispatch={...})."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = make_tiny_model(workdir / "model", thresholds=(0.5, 1.01), patch=(32, 32, 32))
+    path = node_config(workdir, pacs, "cpu")
+    cfg = yaml.safe_load(path.read_text())
+    cfg["models"]["default"]["path"] = str(model)
+    cfg["worker"]["torch_threads"] = 1  # two shared cores: be gentle
+    for section, values in overrides.items():
+        cfg[section].update(values)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+class NodeProcess:
+    """`dicom-node serve --config CONFIG` in a child process; start, kill -9, restart, stop."""
+
+    def __init__(self, config: Path, log_dir: Path) -> None:
+        self.config = config
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self.starts = 0
+
+    def start(self) -> int:
+        self.starts += 1
+        self.proc, self.port = start_node(self.config, self.log_dir / f"node-{self.starts}.log")
+        return self.port
+
+    def kill9(self) -> None:
+        """SIGKILL: no handler runs, nothing is flushed; as a power cut for the process."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("node-*.log")))
+
+    def __enter__(self) -> "NodeProcess":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def catalog_query(catalog: Path, sql: str, args: tuple = ()) -> list[tuple]:
+    """Read the node's catalog from outside (another process, read-only, WAL-safe)."""
+    con = sqlite3.connect(f"file:{catalog}?mode=ro", uri=True, timeout=10)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def wait_until(check: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll `check` until it returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+        except sqlite3.OperationalError:  # catalog not created yet / busy
+            value = None
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError(f"{what} not reached within {timeout:.0f} s")
+
+
+def cli(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`dicom-node ARGS --config CONFIG` as the operator runs it."""
+    cmd = [sys.executable, "-m", "dicom_node.cli", *args, "--config", str(config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
