@@ -124,6 +124,17 @@ class SecuritySettings:
 @dataclass
 class LoggingSettings:
     level: str = "INFO"
+    format: str = "text"  # text | json (one JSON object per line, with job/series correlation ids)
+    allow_phi: bool = False  # false: patient names/ids/birth dates are redacted from every log record
+
+
+@dataclass
+class WebSettings:
+    enabled: bool = False  # HTTP server for /metrics, /health and the status page
+    host: str = "127.0.0.1"  # loopback by default; another address needs a token
+    port: int = 8080  # 0 = any free port
+    token: str = ""  # if set, required (Bearer header or ?token=) for everything but /health
+    status_limit: int = 50  # series listed on the status page
 
 
 @dataclass
@@ -139,6 +150,7 @@ class Config:
     routing: list[dict[str, Any]] = field(default_factory=list)  # validated by dicom_node.routing
     security: SecuritySettings = field(default_factory=SecuritySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     source: Path | None = None  # the file it came from
 
     @property
@@ -241,6 +253,16 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("completion.idle_seconds: must be positive")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
+    if cfg.logging.format not in {"text", "json"}:
+        raise ConfigError(f"logging.format: {cfg.logging.format!r} is not text or json")
+    w = cfg.web
+    if not 0 <= w.port <= 65535:
+        raise ConfigError(f"web.port: {w.port} is not a TCP port")
+    if w.enabled and w.host not in {"127.0.0.1", "::1", "localhost"} and len(w.token) < 16:
+        raise ConfigError(f"web.token: set a token of at least 16 characters when web.host is {w.host!r} "
+                          "(not loopback), or bind web.host to 127.0.0.1")
+    if w.status_limit < 1:
+        raise ConfigError("web.status_limit: must be at least 1")
     from dicom_node.security import validate_security  # security owns its checks (peers, classes, TLS files)
 
     validate_security(cfg)
