@@ -74,3 +74,26 @@ def test_missing_shipped_model_says_so(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(registry, "BUILTIN_DIR", tmp_path)
     with pytest.raises(registry.ModelError, match="shipped model builtin:spinecord-t2 is not installed"):
         pipeline.resolve_model(pipeline.DEFAULT_MODEL)
+
+
+def test_shipped_model_finds_the_cord_on_real_data() -> None:
+    """Engine + shipped weights together: the real cord of the lesion example is found in place."""
+    from tests.conftest import require_shared
+
+    try:
+        meta = registry.read_meta(pipeline.DEFAULT_MODEL)
+    except registry.ModelError:
+        pytest.skip("the shipped model is not in this checkout yet (inference/models/spinecord-t2)")
+    if not meta.trained:
+        pytest.fail(f"{meta.folder} is shipped with trained: false")
+    from inference.volume import load_nifti
+
+    folder = require_shared("lesion-example")
+    vol = load_nifti(folder / "t2_fake_lesion.nii.gz")
+    ref = load_nifti(folder / "t2_fake_lesion_sc_seg.nii.gz").array > 0.5
+    result = pipeline.analyze(vol, device="cpu")
+    got = result.cord_mask > 0
+    assert got.shape == ref.shape
+    # lenient on purpose: this guards the integration (a flip or shift gives ~0), the model's
+    # accuracy is judged by inference.train.evaluate
+    assert 2 * (got & ref).sum() / (got.sum() + ref.sum()) > 0.3
