@@ -428,6 +428,7 @@ def segment_nnunet(volume: Volume, loaded: NnUNetModel, progress: Progress | Non
     t0 = time.perf_counter()
     reo = reorientation(volume.affine, arr.shape, loaded.plan.image_orientation)
     model_arr = np.ascontiguousarray(reo.forward(arr).transpose(2, 1, 0))
+    t_orient = time.perf_counter() - t0
     timings: dict[str, float] = {}
     info: dict[str, object] = {"device": str(loaded.device), "format": "nnunetv2", "folds": list(loaded.folds)}
     seg, probs = predict_array(model_arr, reo.spacing_xyz[::-1], loaded, tile_batch=tile_batch,
@@ -441,9 +442,8 @@ def segment_nnunet(volume: Volume, loaded: NnUNetModel, progress: Progress | Non
         cord_prob=np.ascontiguousarray(_channel_for(loaded.cord_labels, loaded, probs)),
         lesion_prob=np.ascontiguousarray(_channel_for(loaded.lesion_labels, loaded, probs)),
         cord_mask=np.ascontiguousarray(cord), lesion_mask=np.ascontiguousarray(lesion),
-        info=info, timings={**timings, "postprocess": timings.get("postprocess", 0.0) + time.perf_counter() - t1,
-                            "preprocess": timings.get("preprocess", 0.0)},
+        info=info, timings={"preprocess": timings["preprocess"] + t_orient, "network": timings["network"],
+                            "postprocess": timings["postprocess"] + time.perf_counter() - t1},
     )
-    out.info["labels"] = np.ascontiguousarray(labels)
-    out.info["preprocess_orientation_s"] = t1 - t0 - sum(timings.values())
+    out.info["labels"] = np.ascontiguousarray(labels)  # nnU-Net's own label map, input grid (uint8)
     return out

@@ -289,11 +289,12 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     """
     if not path.is_file():
         raise ModelError(f"checkpoint {path} is missing")
-    safe = [np.dtype, np.ndarray, np.float64, np.float32, np.int64, np.bool_]
-    scalar = _import_name("numpy._core.multiarray.scalar") or _import_name("numpy.core.multiarray.scalar")
-    reconstruct = _import_name("numpy._core.multiarray._reconstruct") or _import_name("numpy.core.multiarray._reconstruct")
-    safe += [x for x in (scalar, reconstruct) if x is not None]
+    safe: list[Any] = [np.dtype, np.ndarray, np.float64, np.float32, np.int64, np.bool_, torch.device]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "bool")]
+    for name in ("scalar", "_reconstruct"):  # numpy 1.x pickles name numpy.core, numpy 2.x numpy._core
+        obj = _import_name(f"numpy._core.multiarray.{name}") or _import_name(f"numpy.core.multiarray.{name}")
+        if obj is not None:
+            safe += [(obj, f"numpy._core.multiarray.{name}"), (obj, f"numpy.core.multiarray.{name}")]
     try:
         with torch.serialization.safe_globals(safe):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -304,6 +305,17 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
         raise ModelError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
     return ckpt
+
+
+def _plain_keys(state: dict[str, Any]) -> dict[str, Any]:
+    """Some checkpoints carry the wrapper prefix of a compiled or DDP network ("_orig_mod.", "module.")."""
+    out = {}
+    for k, v in state.items():
+        for prefix in ("_orig_mod.", "module."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
 
 
 def find_folds(folder: Path, checkpoint: str = DEFAULT_CHECKPOINT) -> list[str]:
@@ -421,7 +433,7 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
         for f, ck in zip(fold_names, ckpts):
             net = build_network(plan)
             try:
-                net.load_state_dict(ck["network_weights"])
+                net.load_state_dict(_plain_keys(ck["network_weights"]))
             except RuntimeError as exc:
                 raise ModelError(f"{root}/fold_{f}: weights do not fit the network the plans describe "
                                  f"(custom trainer?): {str(exc).splitlines()[0]}") from None
