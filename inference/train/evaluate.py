@@ -74,7 +74,8 @@ def _metrics_of(report: Any) -> dict[str, float]:
             "max_axial_damage_ratio": report.max_axial_damage_ratio}
 
 
-def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print) -> dict[str, Any]:
+def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print,
+             cases: list[str] | None = None) -> dict[str, Any]:
     """Run every validation case through the engine; returns per-case rows and a summary."""
     from inference.engine import segment
     from inference.models.registry import load_model
@@ -87,7 +88,11 @@ def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print) -> di
     model = load_model(model_spec)
     split = load_split()
     rows: list[dict[str, Any]] = []
-    for key in split["val"]:
+    keys = split["val"] if not cases else cases
+    outside = [k for k in keys if k not in split["val"]]
+    if outside:
+        raise ValueError(f"cases {outside} are not validation volumes; choose from {split['val']}")
+    for key in keys:
         sub = BY_KEY[key]
         image, cord, _, affine = load_labelled(sub)
         spacing = preprocess.voxel_sizes(affine)
@@ -173,6 +178,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lesions", type=int, default=3, help="lesions painted per copy")
     parser.add_argument("--json", type=Path, default=None, help="write all rows + summary here")
     parser.add_argument("--card", action="store_true", help="(re)write MODEL_CARD.md in the model folder")
+    parser.add_argument("--cases", nargs="+", default=None, help="subset of the validation volumes (quick checks)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -184,7 +190,12 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
-    result = evaluate(args.model, list(args.seeds), int(args.lesions), log=lambda m: print(m, flush=True))
+    try:
+        result = evaluate(args.model, list(args.seeds), int(args.lesions), log=lambda m: print(m, flush=True),
+                          cases=args.cases)
+    except ValueError as exc:
+        print(f"evaluate: {exc}", file=sys.stderr)
+        return 2
     out_json = args.json or (meta.folder / "evaluation.json")
     Path(out_json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(result["summary"], indent=2))
