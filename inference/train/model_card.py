@@ -50,22 +50,38 @@ def results_table(summary: dict[str, Any]) -> str:
     row("lesion-wise sensitivity", "lesion_sensitivity")
     row("lesion-wise PPV", "lesion_ppv")
     row("lesion-wise F1", "lesion_f1")
-    row("lesions painted / predicted", "lesions_true", 0)
-    row("", "lesions_pred", 0)
-    row("total lesion volume: mean abs error [mm³] (true mean)", "volume_mm3_mean_abs_error", 1)
-    row("", "volume_mm3_mean_true", 1)
-    row("total lesion length: mean abs error [mm]", "length_mm_mean_abs_error", 1)
-    row("", "length_mm_mean_true", 1)
-    row("max axial damage ratio: mean abs error", "max_axial_damage_ratio_mean_abs_error")
-    row("", "max_axial_damage_ratio_mean_true")
+    if "lesions_true" in summary:
+        lines.append(f"| lesions painted / predicted (components) | {summary['lesions_true']} / {summary['lesions_pred']} | | |")
+    for key, label, digits in (("volume_mm3", "total lesion volume per case [mm³]", 1),
+                               ("length_mm", "total lesion length per case [mm]", 1),
+                               ("max_axial_damage_ratio", "max axial damage ratio per case", 3)):
+        if f"{key}_mean_abs_error" in summary:
+            corr = summary.get(f"{key}_corr")
+            lines.append(f"| {label}: mean abs error (mean true value; Pearson r) | "
+                         f"{_fmt(summary[f'{key}_mean_abs_error'], digits)} ({_fmt(summary[f'{key}_mean_true'], digits)}; "
+                         f"r {_fmt(corr, 2)}) | | |")
     row("largest false lesion on lesion-free volumes [mm³]", "largest_false_lesion_mm3", 1, "<=")
     row("inference on sagittal 384×215×52, 2-core CPU [s]", "inference_s", 1, "<=")
     return "\n".join(lines)
 
 
+def train_command(meta: ModelMeta) -> str:
+    """The command that reproduces the training (recorded by train.py, else rebuilt from model.json)."""
+    tr = meta.extra.get("training", {})
+    if tr.get("command"):
+        return str(tr["command"])
+    budget = str(tr.get("optimizer", "")).split(" over ")[-1].split(" ")[0] or "60"
+    return (".venv/bin/python -m inference.train.train --out var/train/run2 --minutes " + budget
+            + " --filters " + " ".join(str(f) for f in meta.architecture.get("filters", []))
+            + " --patch " + " ".join(str(p) for p in tr.get("train_patch", []))
+            + " --infer-patch " + " ".join(str(p) for p in meta.patch_size)
+            + f" --batch {tr.get('batch', 2)} --seed {tr.get('seed', 0)}")
+
+
 def write_card(meta: ModelMeta, result: dict[str, Any]) -> Path:
     tr = meta.extra.get("training", {})
     arch = meta.architecture
+    sec_per_it = (60.0 * float(tr.get("minutes", 0)) / max(int(tr.get("iterations", 1)), 1))
     rows = result.get("rows", [])
     per_case = ["| case | cord Dice | lesion Dice | lesions true/pred | seconds |", "|---|---|---|---|---|"]
     for r in rows:
@@ -117,13 +133,15 @@ are the same person and both in training. Unlabelled volumes were not used.
   simulated clinical acquisitions: thick sagittal slices (3–4 mm), thick axial slices
   (3–6 mm), anisotropic in-plane pixels, bias field, partial field of view.
 - Loss BCE + soft Dice per region; {tr.get('optimizer')}; {tr.get('iterations')} iterations,
-  {tr.get('patches')} patches, {tr.get('minutes')} min on {tr.get('device')} (2 shared cores); seed {tr.get('seed')}.
+  {tr.get('patches')} patches, {tr.get('minutes')} min of training on {tr.get('device')} (2 cores shared with
+  other jobs: {sec_per_it:.2f} s per iteration on average; validation time excluded); seed {tr.get('seed')}.
+  An "epoch" here is not a pass over a fixed list: patches are drawn on the fly.
 
-Reproduce:
+Reproduce (the timing, not the exact weights, depends on the shared CPU):
 
 ```
-.venv/bin/python -m inference.train.train --out var/train/run1 --minutes 65 --patch 48 48 80 --infer-patch 64 128 128
-.venv/bin/python -m inference.train.evaluate --model var/train/run1/model --card
+{train_command(meta)}
+.venv/bin/python -m inference.train.evaluate --model var/train/run2/model --card
 ```
 
 ## Known limitations

@@ -231,6 +231,8 @@ def train(args: argparse.Namespace,
             "minutes": round(state["elapsed_s"] / 60.0, 1), "batch": args.batch,
             "train_patch": list(args.patch), "optimizer": f"AdamW lr {args.lr} poly(0.9) over {args.minutes} min",
             "loss": "BCE + soft Dice per region", "seed": args.seed, "device": str(device),
+            "command": " ".join([".venv/bin/python -m inference.train.train", *sys.argv[1:]])
+            if sys.argv and sys.argv[0].endswith("train.py") else None,
             "train_volumes": split["train"], "val_volumes": split["val"],
             "quick_val": {k: round(v, 4) for k, v in metrics.items()},
             "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
