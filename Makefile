@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 # CPU build by default (an unpinned torch pulls several GB of CUDA packages); override for GPU hosts.
 TORCH_SPEC ?= torch==2.13.0
-PEERS := dcmtk orthanc dicom3tools
+PEERS := dcmtk orthanc dicom3tools chromium chromium-driver
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test peers venv bench clean
@@ -18,10 +18,11 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
 	touch $@
 
-# The real DICOM peers (dcmtk storescu/echoscu/dsrdump, Orthanc, dciodvfy) from Debian.
+# The real peers from Debian: dcmtk storescu/echoscu/dsrdump, Orthanc, dciodvfy, and headless
+# Chromium + ChromeDriver for the status-page browser test.
 peers:
 	@missing=""; \
-	for t in storescu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools; do \
+	for t in storescu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools chromium:chromium chromedriver:chromium-driver; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${t%%:*} ] || missing="$$missing $${t##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -17,6 +17,8 @@ from typing import Callable
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config, ConfigError, load_config
+from dicom_node.metrics import RefusalCounter
+from dicom_node.web import WebServer
 
 log = logging.getLogger("dicom_node")
 
@@ -38,6 +40,8 @@ class Node:
         self.tracker = CompletionTracker(self.catalog, config.completion.idle_seconds)
         self.worker = Worker(config, self.catalog)
         self.dispatcher = Dispatcher(config, self.catalog)
+        self.refusals = RefusalCounter()
+        self.web: WebServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -53,6 +57,7 @@ class Node:
         if resumed:
             log.info("resumed %d job(s) interrupted by the last stop", resumed)
         self.scp.start()
+        self._count_refusals()
         loops: list[tuple[str, Callable[[], object], float]] = [
             ("completion", self._completion_step, self.config.completion.poll_interval_s),
             ("worker", self.worker.run_next, self.config.worker.poll_interval_s),
@@ -62,7 +67,45 @@ class Node:
             t = threading.Thread(target=self._loop, args=(name, step, interval), name=name, daemon=True)
             t.start()
             self._threads.append(t)
+        if self.config.web.enabled:
+            self.web = WebServer(self.config, self.catalog, self.refusals, alive=self.alive)
+            self.web.start()
         log.info("node %s listening on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
+
+    def alive(self) -> dict[str, bool]:
+        """Liveness of the listener and of each loop thread (for /health)."""
+        state = {"listener": self.scp._server is not None and not self._stop.is_set()}
+        state.update({t.name: t.is_alive() for t in self._threads})
+        return state
+
+    def _count_refusals(self) -> None:
+        """Count refused associations and non-success C-STORE responses by calling AE (for /metrics).
+
+        Bound on the listener's server (all current and future associations), so the listener
+        itself needs no knowledge of metrics.
+        """
+        from pynetdicom import evt
+
+        def calling(event: evt.Event) -> str:
+            try:
+                return str(event.assoc.requestor.primitive.calling_ae_title).strip()
+            except AttributeError:
+                return str(event.assoc.requestor.ae_title).strip()
+
+        def rejected(event: evt.Event) -> None:
+            self.refusals.add(calling(event), "association")
+
+        def sent(event: evt.Event) -> None:
+            msg = event.message
+            if type(msg).__name__ == "C_STORE_RSP":
+                status = getattr(msg.command_set, "Status", 0)
+                if status != 0 and (status & 0xF000) != 0xB000:
+                    self.refusals.add(calling(event), "store")
+
+        server = self.scp._server
+        if server is not None:
+            server.bind(evt.EVT_REJECTED, rejected)
+            server.bind(evt.EVT_DIMSE_SENT, sent)
 
     def _completion_step(self) -> None:
         for series_uid in self.tracker.check():
@@ -81,6 +124,8 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.web is not None:
+            self.web.stop()
         self.scp.stop()
         for t in self._threads:
             t.join(timeout=30)
@@ -88,10 +133,11 @@ class Node:
         self.catalog.close()
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+def setup_logging(level: str, fmt: str = "text", allow_phi: bool = False) -> None:
+    """Text or JSON lines on stderr, PHI redacted unless allowed (dicom_node.logsetup)."""
+    from dicom_node.logsetup import setup_logging as _setup
+
+    _setup(level, fmt, allow_phi)
 
 
 def _config_arg(p: argparse.ArgumentParser) -> None:
@@ -114,12 +160,14 @@ def run_serve(args: argparse.Namespace) -> int:
     config = _load(args)
     if config is None:
         return 2
-    setup_logging(config.logging.level)
+    setup_logging(config.logging.level, config.logging.format, config.logging.allow_phi)
     node = Node(config)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     node.start()
+    if node.web is not None:
+        print(f"WEB http://{config.web.host}:{node.web.port}/", file=sys.stderr, flush=True)
     print(f"READY {config.node.ae_title} {config.node.host}:{node.port}", flush=True)
     while not stop.wait(1.0):
         pass

@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.catalog import Catalog, dumps, now
 from dicom_node.config import Config
+from dicom_node.logsetup import log_context
 from dicom_node.routing import parse_rules, route
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,27 @@ def analyze_in_process(volume: Any, model: str, device: str) -> Any:
     from inference.pipeline import analyze
 
     return analyze(volume, model=model, device=device)
+
+
+THUMB_NAME = "thumb.png"  # overlay picture for the status page, beside seg.dcm
+THUMB_SIZE = (480, 320)
+
+
+def write_thumbnail(volume: Any, analysis: Any, path: Path) -> None:
+    """A small cord/lesion overlay PNG for the status page. Never fails the job: it is not a result."""
+    try:
+        from PIL import Image
+
+        from dicom_node.results.secondary_capture import render_seg_png
+
+        tmp = path.with_name(f".partial-{path.name}")  # .png: PIL picks the format by extension
+        render_seg_png(volume, (analysis.cord_mask, analysis.lesion_mask), tmp)
+        with Image.open(tmp) as img:
+            img.thumbnail(THUMB_SIZE)
+            img.save(tmp, format="PNG")
+        tmp.replace(path)
+    except Exception as exc:
+        log.warning("overlay thumbnail %s not written: %s", path, exc)
 
 
 class JobError(Exception):
@@ -132,6 +154,11 @@ class Worker:
 
     def run_job(self, job_id: int) -> None:
         job = self.catalog.query("SELECT * FROM jobs WHERE id=?", (job_id,))[0]
+        with log_context(job_id=job_id, series_uid=job["series_uid"]):
+            self._run_logged(job)
+
+    def _run_logged(self, job: Any) -> None:
+        job_id = job["id"]
         try:
             self._run(job)
         except JobError as exc:
@@ -206,6 +233,7 @@ class Worker:
             except ResultValidationError as exc:
                 raise JobError(str(exc)) from None
         timings["encode_s"] = time.monotonic() - t2
+        write_thumbnail(volume, analysis, out_dir / THUMB_NAME)
         timings["completion_wait_s"] = max(0.0, (series["completed_at"] or 0) - (series["last_received"] or 0))
 
         t = now()
