@@ -261,6 +261,8 @@ def _validate(cfg: Config) -> None:
     if w.enabled and w.host not in {"127.0.0.1", "::1", "localhost"} and len(w.token) < 16:
         raise ConfigError(f"web.token: set a token of at least 16 characters when web.host is {w.host!r} "
                           "(not loopback), or bind web.host to 127.0.0.1")
+    if w.enabled and w.token.upper().startswith("REPLACE-ME"):
+        raise ConfigError("web.token: still the placeholder; set a random one (openssl rand -hex 24)")
     if w.status_limit < 1:
         raise ConfigError("web.status_limit: must be at least 1")
     from dicom_node.security import validate_security  # security owns its checks (peers, classes, TLS files)
