@@ -12,7 +12,9 @@ Boundary checks (dicom_node.security): the allow-list of calling AE titles and h
 called AE title are checked when the A-ASSOCIATE-RQ arrives (A-ASSOCIATE-RJ with the DICOM
 reason, logged with the peer's address); only the configured storage classes are negotiated;
 concurrent associations are counted exactly; an instance over the size limit, or one that
-would eat into the free-disk reserve, is answered 0xA700 and not stored. With TLS the
+would eat into the free-disk reserve, is answered 0xA700 and not stored; a dataset that grows
+past twice the size limit while it arrives gets its connection cut (pynetdicom buffers a whole
+dataset in memory before any handler sees it: this bounds what one peer can make us hold). With TLS the
 handshake runs in the association's thread, so a slow or silent TLS client cannot stall the
 accept loop.
 """
@@ -88,6 +90,7 @@ class StorageSCP:
         self.disk_reserve = DiskThreshold.parse(sec.min_free_disk)
         self.ssl_context: ssl.SSLContext | None = (
             listener_ssl_context(sec.tls, config.path) if sec.tls.enabled else None)
+        self._incoming: dict[int, int] = {}  # association -> bytes of the dataset being received
         self.ae = self._make_ae()
         self._server: NoDelayAssociationServer | None = None
         self._thread: threading.Thread | None = None
@@ -129,6 +132,7 @@ class StorageSCP:
                     (evt.EVT_C_STORE, self._handle_store),
                     (evt.EVT_REQUESTED, self._on_requested),
                     (evt.EVT_ACSE_RECV, self._on_acse_recv),
+                    (evt.EVT_DATA_RECV, self._on_data_recv),
                     (evt.EVT_ABORTED, self._free_slot),
                     (evt.EVT_CONN_CLOSE, self._free_slot),
                 ],
@@ -188,6 +192,36 @@ class StorageSCP:
 
     def _free_slot(self, event: evt.Event) -> None:
         self.limiter.release(id(event.assoc))
+        self._incoming.pop(id(event.assoc), None)
+
+    def _on_data_recv(self, event: evt.Event) -> None:
+        """Count dataset bytes per P-DATA-TF; past 2 x max_instance_bytes, cut the connection."""
+        limit = self.config.security.max_instance_bytes
+        data: bytes = event.data
+        if not limit or data[:1] != b"\x04":  # P-DATA-TF only
+            return
+        key = id(event.assoc)
+        total = self._incoming.get(key, 0)
+        pos = 6
+        while pos + 6 <= len(data):  # PDV items: length (4), context id (1), control header (1), value
+            length = int.from_bytes(data[pos:pos + 4], "big")
+            control = data[pos + 5]
+            if not control & 0x01:  # a dataset fragment (bit 0 clear), not a command
+                total += max(0, length - 2)
+                if total > 2 * limit:
+                    self._incoming.pop(key, None)
+                    LOGGER.error("association from %s@%s cut: a dataset passed %d bytes (2 x "
+                                 "security.max_instance_bytes) while arriving", event.assoc.requestor.ae_title,
+                                 event.assoc.requestor.address, 2 * limit)
+                    try:  # the DUL thread runs this handler: shut the socket, the DUL then sees it closed
+                        event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
+                    except (OSError, AttributeError):
+                        pass
+                    return
+                if control & 0x02:  # last fragment: the next dataset starts from zero
+                    total = 0
+            pos += 4 + length
+        self._incoming[key] = total
 
     # ---- C-STORE ---------------------------------------------------------------------------
     def _handle_store(self, event: evt.Event) -> int | Dataset:

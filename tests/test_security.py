@@ -171,13 +171,28 @@ def test_association_limit_refuses_above_never_below(tmp_path: Path) -> None:
 def test_instance_over_size_limit_is_refused_not_stored(tmp_path: Path) -> None:
     small = require_shared("dicom/pydicom/MR_small.dcm")  # 9.8 kB
     big = require_shared("dicom/pydicom-data/emri_small.dcm")  # 84 kB
-    with listener(tmp_path, SecuritySettings(max_instance_bytes=40_000)) as scp:
+    with listener(tmp_path, SecuritySettings(max_instance_bytes=50_000)) as scp:
         refused = storescu(scp.port, big)
         assert "Refused: OutOfResources" in refused.stdout + refused.stderr
         assert stored(scp) == 0 and not [p for p in files_on_disk(scp) if p.is_file()]
         ok = storescu(scp.port, small)
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert stored(scp) == 1
+
+
+def test_dataset_growing_past_twice_the_limit_is_cut_while_arriving(tmp_path: Path, caplog) -> None:
+    big = require_shared("dicom/pydicom-data/MR2_UNCI.dcm")  # 2.1 MB
+    small = require_shared("dicom/pydicom/MR_small.dcm")
+    caplog.set_level(logging.ERROR, logger="dicom_node.scp")
+    with listener(tmp_path, SecuritySettings(max_instance_bytes=100_000), max_pdu=16384) as scp:
+        cut = storescu(scp.port, big)
+        assert cut.returncode != 0 and "Success" not in cut.stdout + cut.stderr
+        assert stored(scp) == 0
+        assert scp.limiter.active == 0 and not scp._incoming  # the slot and the counter are freed
+        ok = storescu(scp.port, small, small)  # two instances in one association: the counter resets
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert stored(scp) == 1
+    assert any("cut: a dataset passed 200000 bytes" in r.getMessage() for r in caplog.records)
 
 
 def test_disk_reserve_answers_out_of_resources(tmp_path: Path) -> None:
