@@ -34,7 +34,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.config import Config
 from dicom_node.security import (
-    REJECT_LIMIT, AccessPolicy, AssociationLimiter, DiskThreshold, listener_ssl_context, storage_class_uids,
+    REJECT_CALLING_AE, REJECT_LIMIT, AccessPolicy, AssociationLimiter, DiskThreshold, Refusal, listener_ssl_context,
+    storage_class_uids,
 )
 from dicom_node.store import InstanceStore, InvalidInstance, StoredInstance
 
@@ -165,10 +166,15 @@ class StorageSCP:
     def _on_requested(self, event: evt.Event) -> None:
         """A-ASSOCIATE-RQ received: refuse unknown peers and associations above the limit."""
         assoc = event.assoc
-        rq = assoc.requestor.primitive
-        calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
-        host = str(assoc.requestor.address)
-        refusal = self.policy.check(calling, called, host)
+        calling = called = host = "?"
+        try:
+            rq = assoc.requestor.primitive
+            calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+            host = str(assoc.requestor.address)
+            refusal = self.policy.check(calling, called, host)
+        except Exception as exc:  # pynetdicom swallows handler errors: fail closed, never open
+            LOGGER.exception("association from %s@%s: peer check failed", calling, host)
+            refusal = Refusal(*REJECT_CALLING_AE, f"peer check failed: {type(exc).__name__}")
         if refusal is None and not self.limiter.acquire(id(assoc)):
             LOGGER.warning("association from %s@%s refused: %d associations open (node.max_associations)",
                            calling, host, self.limiter.limit)

@@ -232,3 +232,13 @@ def test_sizes_and_percentages_parse(tmp_path: Path) -> None:
     assert DiskThreshold.parse(1234).bytes == 1234
     assert DiskThreshold.parse("5%").percent == 5.0
     assert DiskThreshold.parse("0").shortfall(tmp_path / "not" / "yet") is None
+
+
+def test_peer_check_failure_fails_closed(tmp_path: Path) -> None:
+    with listener(tmp_path) as scp:
+        def broken(*_: object) -> None:
+            raise RuntimeError("injected fault")
+
+        scp.policy.check = broken  # type: ignore[method-assign]
+        assert rejection(associate(scp.port)) == (1, 1, 3)
+        assert scp.limiter.active == 0
