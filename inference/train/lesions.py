@@ -84,11 +84,14 @@ def paint_lesions(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, flo
                   rng: np.random.Generator, cfg: LesionConfig = LesionConfig(),
                   n_lesions: int | None = None,
                   levels: tuple[float, float] | None = None, sign: float = 1.0,
+                  focus: tuple[slice, ...] | None = None,
                   ) -> tuple[np.ndarray, np.ndarray, list[PaintedLesion]]:
     """Paint 0..max_lesions lesions; returns (new image, lesion label uint8, what was painted).
 
     `n_lesions=None` draws the count (lesion-free with probability `p_lesion_free`).
     `sign` +1 paints hyperintense lesions (T2, T2*), -1 hypointense ones (T1).
+    `focus` (a box) restricts lesion centres to it when it holds cord: the trainer paints
+    a crop larger than its patch and wants the lesions inside the patch.
     The lesion label is inside `cord` by construction.
     """
     cord = cord.astype(bool)
@@ -106,6 +109,12 @@ def paint_lesions(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, flo
         delta = float(np.std(image[cord])) + 1e-3
     sp = np.asarray(spacing, float)
     cord_idx = np.argwhere(cord)
+    if focus is not None:
+        lo = np.array([f.start for f in focus])
+        hi = np.array([f.stop for f in focus])
+        inside = np.all((cord_idx >= lo) & (cord_idx < hi), axis=1)
+        if inside.any():
+            cord_idx = cord_idx[inside]
     border_idx: np.ndarray | None = None
     painted: list[PaintedLesion] = []
     for _ in range(n_lesions):
@@ -203,13 +212,14 @@ def cord_tangent(cord: np.ndarray, center: np.ndarray, sp: np.ndarray, half_mm: 
 
 
 def _border_voxels(cord: np.ndarray, cord_idx: np.ndarray) -> np.ndarray:
-    """Cord voxels with a 6-neighbour outside the cord (computed in the cord's bounding box only)."""
+    """Those of `cord_idx` with a 6-neighbour outside the cord (computed in their bounding box only)."""
     lo = np.maximum(cord_idx.min(0) - 1, 0)
     hi = np.minimum(cord_idx.max(0) + 2, cord.shape)
     sub = cord[tuple(slice(a, b) for a, b in zip(lo, hi))]
     border = sub & ~ndimage.binary_erosion(sub, border_value=1)
-    idx = np.argwhere(border) + lo
-    return idx if len(idx) else cord_idx
+    local = cord_idx - lo
+    keep = border[local[:, 0], local[:, 1], local[:, 2]]
+    return cord_idx[keep] if keep.any() else cord_idx
 
 
 def _soft_inside(mask: np.ndarray, sp: np.ndarray) -> np.ndarray:

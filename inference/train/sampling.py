@@ -65,8 +65,10 @@ class PatchSampler:
                           ((vol.image, vol.air), (vol.cord, 0), (vol.lesion, 0)))
         if cord.any():
             sign = BY_KEY[vol.key].lesion_sign if vol.key in BY_KEY else 1.0
-            img, painted, _ = paint_lesions(img, cord, cfg.spacing, rng, cfg.lesions,
-                                            levels=(vol.cord_level, vol.csf_level), sign=sign)
+            inner_lo = np.round(center - lo - (patch - 1) / 2.0).astype(int)
+            focus = tuple(slice(int(a), int(a + p)) for a, p in zip(inner_lo, patch))
+            img, painted, _ = paint_lesions(img, cord > 0, cfg.spacing, rng, cfg.lesions,
+                                            levels=(vol.cord_level, vol.csf_level), sign=sign, focus=focus)
             les = np.maximum(les, painted)
         cord = np.maximum(cord, les)
         t_img = torch.from_numpy(img)[None]
