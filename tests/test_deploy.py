@@ -1,0 +1,164 @@
+"""Deployment files: compose structure, the container config, the systemd unit, Orthanc's auto-routing.
+
+No Docker engine runs here (and the compose plugin is not installed), so the compose file is
+checked structurally, against the files it mounts and the ports the configs name; when
+`docker compose` exists, its own `config` check runs too. The Lua auto-routing script runs for
+real in Orthanc: a spine MR series sent to Orthanc reaches the node, a brain series does not,
+and the SEG + SR the node sends back are not routed again.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dicom_node.config import (
+    ConfigError, Config, DestinationSettings, ModelSettings, StorageSettings, load_config,
+)
+from dicom_node.local_pacs import LocalOrthanc
+from dicom_node.service import Node
+from inference.nifti_to_dicom import write_series
+from tests.conftest import REPO, require_shared, require_tool
+from tests.node_process import wait_until
+from tests.tiny_model import make_tiny_model
+
+DEPLOY = REPO / "deploy"
+DEPLOY_CHANGES = {  # the only settings deploy/node.yaml may change from config/default.yaml
+    ("node", "host"), ("storage", "data_dir"), ("destinations", "pacs", "host"), ("logging", "format"),
+    ("web", "enabled"), ("web", "host"), ("web", "token"),
+}
+
+
+def _flatten(d, prefix=()):
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, (*prefix, k)))
+        return out
+    return {prefix: d}
+
+
+def test_container_config_is_the_default_plus_named_changes(tmp_path: Path) -> None:
+    default = _flatten(yaml.safe_load((REPO / "config" / "default.yaml").read_text()))
+    deploy = _flatten(yaml.safe_load((DEPLOY / "node.yaml").read_text()))
+    assert set(default) == set(deploy)
+    changed = {k for k in default if default[k] != deploy[k]}
+    assert changed == DEPLOY_CHANGES
+    with pytest.raises(ConfigError, match="web.token: still the placeholder"):
+        load_config(DEPLOY / "node.yaml")
+    real = tmp_path / "node.yaml"
+    real.write_text((DEPLOY / "node.yaml").read_text().replace("REPLACE-ME-with-openssl-rand-hex-24",
+                                                                "0123456789abcdef0123456789abcdef"))
+    cfg = load_config(real)
+    assert cfg.web.enabled and cfg.logging.format == "json" and str(cfg.data_dir) == "/var/lib/dicom-node"
+
+
+def test_compose_file_structure() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    node_cfg = yaml.safe_load((DEPLOY / "node.yaml").read_text())
+    orthanc_cfg = json.loads((DEPLOY / "orthanc" / "orthanc.json").read_text())
+    node, orthanc = compose["services"]["node"], compose["services"]["orthanc"]
+    assert ((DEPLOY / node["build"]["context"]).resolve() / node["build"]["dockerfile"]) == DEPLOY / "Dockerfile"
+    for service in (node, orthanc):
+        for volume in service["volumes"]:
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DEPLOY / source).is_file(), f"compose mounts missing file {source}"
+            else:
+                assert source in compose["volumes"], f"named volume {source} not declared"
+    assert "node-data:/var/lib/dicom-node" in node["volumes"]
+    assert node_cfg["storage"]["data_dir"] == "/var/lib/dicom-node"
+    ports = node["ports"]
+    assert f"{node_cfg['node']['port']}:{node_cfg['node']['port']}" in ports
+    assert f"127.0.0.1:{node_cfg['web']['port']}:{node_cfg['web']['port']}" in ports  # web: host loopback only
+    # Orthanc knows the node by compose service name, AE title and port; the node knows Orthanc likewise
+    assert orthanc_cfg["DicomModalities"]["spine-node"] == [node_cfg["node"]["ae_title"], "node", node_cfg["node"]["port"]]
+    pacs = node_cfg["destinations"]["pacs"]
+    assert (pacs["host"], pacs["port"], pacs["ae_title"]) == ("orthanc", orthanc_cfg["DicomPort"], orthanc_cfg["DicomAet"])
+    assert any(v.endswith("/etc/orthanc/autoroute.lua:ro") for v in orthanc["volumes"])
+    assert orthanc_cfg["LuaScripts"] == ["/etc/orthanc/autoroute.lua"]
+    docker = shutil.which("docker")
+    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
+        run = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"],
+                             capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, run.stderr
+
+
+def test_dockerfile_copies_what_exists_and_runs_unprivileged() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    for line in text.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            for src in line.split()[1:-1]:
+                assert (REPO / src).exists(), f"Dockerfile copies missing {src}"
+    assert "USER dicomnode" in text and "HEALTHCHECK" in text and "read_meta('builtin:spinecord-t2')" in text
+
+
+def test_systemd_unit_verifies_and_is_hardened(tmp_path: Path) -> None:
+    analyze = require_tool("systemd-analyze")
+    unit = (DEPLOY / "dicom-node.service").read_text()
+    for directive in ("User=dicomnode", "ProtectSystem=strict", "ReadWritePaths=/var/lib/dicom-node",
+                      "PrivateTmp=yes", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n"):
+        assert directive in unit
+    exe = shutil.which("dicom-node") or str(Path(REPO / ".venv" / "bin" / "dicom-node"))
+    local = tmp_path / "dicom-node.service"
+    local.write_text(unit.replace("/opt/dicom-node/bin/dicom-node", exe))
+    run = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True, timeout=60)
+    problems = [ln for ln in (run.stdout + run.stderr).splitlines()
+                if "dicom-node.service" in ln and "is not executable" not in ln]
+    assert not problems, problems
+
+
+class LuaOrthanc(LocalOrthanc):
+    """Orthanc with deploy/orthanc/autoroute.lua and the node as modality 'spine-node'."""
+
+    def __init__(self, workdir: Path, node_port: int) -> None:
+        super().__init__(workdir)
+        self.node_port = node_port
+
+    def write_config(self) -> Path:
+        path = super().write_config()
+        cfg = json.loads(path.read_text())
+        cfg.update(LuaScripts=[str(DEPLOY / "orthanc" / "autoroute.lua")], StableAge=1,
+                   DicomModalities={"spine-node": ["SPINE_NODE", "127.0.0.1", self.node_port]})
+        path.write_text(json.dumps(cfg, indent=2))
+        return path
+
+
+def test_orthanc_lua_routes_spine_mr_to_the_node_and_results_back(tmp_path: Path) -> None:
+    storescu = require_tool("storescu")
+    require_tool("Orthanc")
+    require_tool("dciodvfy")
+    src = require_shared("lesion-example/t2_fake_lesion.nii.gz")
+    spine = write_series(src, tmp_path / "spine", series_description="T2 SAG C-SPINE", uid_seed="lua-spine")
+    write_series(src, tmp_path / "brain", series_description="T2 SAG BRAIN", uid_seed="lua-brain", body_part="BRAIN")
+    model = make_tiny_model(tmp_path / "model", thresholds=(0.5, 1.01), patch=(32, 32, 32))
+    default_rules = load_config().routing
+    cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "node"), fsync=False),
+                 models={"default": ModelSettings(path=str(model))}, routing=default_rules)
+    cfg.node.port = 0
+    cfg.completion.idle_seconds, cfg.completion.poll_interval_s = 2.0, 0.2
+    cfg.worker.device, cfg.worker.torch_threads, cfg.worker.poll_interval_s = "cpu", 1, 0.2
+    node = Node(cfg)
+    node.start()
+    try:
+        with LuaOrthanc(tmp_path / "orthanc", node.port) as pacs:
+            node.config.destinations["pacs"] = DestinationSettings(ae_title=pacs.ae_title, port=pacs.dicom_port)
+            for folder in ("spine", "brain"):
+                subprocess.run([storescu, "-aet", "MODALITY", "-aec", pacs.ae_title, "+sd", "+r", "127.0.0.1",
+                                str(pacs.dicom_port), str(tmp_path / folder)], check=True, capture_output=True,
+                               timeout=120)
+            cat = node.catalog
+            wait_until(lambda: cat.query("SELECT 1 FROM jobs WHERE state='done'"), 240, 0.3,
+                       "results of the auto-routed series delivered back to Orthanc")
+            rows = cat.query("SELECT description, calling_ae, received_count FROM series")
+            assert [(r[0], r[1], r[2]) for r in rows] == [("T2 SAG C-SPINE", "ORTHANC", len(spine))]
+            modalities = pacs.series_by_modality()
+            assert len(modalities["SEG"]) == 1 and len(modalities["SR"]) == 1 and len(modalities["MR"]) == 2
+            # the results are not MR: Orthanc must not route them to the node again
+            assert cat.query("SELECT COUNT(*) FROM instances")[0][0] == len(spine)
+    finally:
+        node.stop()
