@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "serve": ("dicom_node.service", "add_serve_arguments", "run_serve", "run the node (listener, completion, worker, dispatch)"),
     "status": ("dicom_node.service", "add_status_arguments", "run_status", "list series and jobs with their states"),
     "retry": ("dicom_node.service", "add_retry_arguments", "run_retry", "queue a failed job's results for sending again"),
+    "backup": ("dicom_node.backup", "add_arguments", "run", "consistent copy of the live catalog (SQLite online backup)"),
     "demo": ("dicom_node.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
     "rules": ("dicom_node.routing", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
     "segment": ("inference.cli", "add_segment_arguments", "run_segment", "segment cord and lesions in a NIfTI file or DICOM folder"),
