@@ -20,6 +20,7 @@ from dicom_node.config import (
     ConfigError, Config, DestinationSettings, ModelSettings, StorageSettings, load_config,
 )
 from dicom_node.local_pacs import LocalOrthanc
+from dicom_node.metrics import stage_durations
 from dicom_node.service import Node
 from inference.nifti_to_dicom import write_series
 from tests.conftest import REPO, require_shared, require_tool
@@ -160,5 +161,11 @@ def test_orthanc_lua_routes_spine_mr_to_the_node_and_results_back(tmp_path: Path
             assert len(modalities["SEG"]) == 1 and len(modalities["SR"]) == 1 and len(modalities["MR"]) == 2
             # the results are not MR: Orthanc must not route them to the node again
             assert cat.query("SELECT COUNT(*) FROM instances")[0][0] == len(spine)
+            # a delivered job: every stage of the latency histogram has its one observation, in order
+            stages = stage_durations(cat)
+            assert {k: len(v) for k, v in stages.items()} == {k: 1 for k in stages}
+            e2e = stages["end_to_end"][0]
+            assert 0 < stages["inference"][0] < e2e and 0 <= stages["dispatch"][0] < e2e
+            assert e2e >= stages["completion_wait"][0] + stages["inference"][0] + stages["encode"][0]
     finally:
         node.stop()
