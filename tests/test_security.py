@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -188,6 +189,9 @@ def test_dataset_growing_past_twice_the_limit_is_cut_while_arriving(tmp_path: Pa
         cut = storescu(scp.port, big)
         assert cut.returncode != 0 and "Success" not in cut.stdout + cut.stderr
         assert stored(scp) == 0
+        deadline = time.monotonic() + 10  # the server thread notices the closed connection a moment later
+        while (scp.limiter.active or scp._incoming) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert scp.limiter.active == 0 and not scp._incoming  # the slot and the counter are freed
         ok = storescu(scp.port, small, small)  # two instances in one association: the counter resets
         assert ok.returncode == 0, ok.stdout + ok.stderr

@@ -49,13 +49,17 @@ def uid(*parts: str) -> str:
     return f"1.2.826.0.1.3680043.8.498.{digits.lstrip('0') or '1'}"
 
 
-def crop_source(source: Path, out: Path) -> Path:
-    """A smaller real volume (keeps CI fast): centre crop, the affine follows the voxels."""
+def crop_source(source: Path, out: Path, half_xy: int = 20, half_z: int | None = 4) -> Path:
+    """A smaller real volume (keeps CI fast): centre crop, the affine follows the voxels.
+
+    `half_z` None keeps every slice (a series long enough to interrupt mid-association).
+    """
     import nibabel as nib
 
     img = nib.load(str(source))
     x, y, z = img.shape[:3]
-    cropped = img.slicer[x // 2 - 20: x // 2 + 20, y // 2 - 20: y // 2 + 20, max(0, z // 2 - 4): z // 2 + 4]
+    zs = slice(None) if half_z is None else slice(max(0, z // 2 - half_z), z // 2 + half_z)
+    cropped = img.slicer[x // 2 - half_xy: x // 2 + half_xy, y // 2 - half_xy: y // 2 + half_xy, zs]
     path = out / "crop.nii.gz"
     nib.save(cropped, str(path))
     return path
