@@ -214,3 +214,35 @@ def test_config_model_entry_pointing_at_nnunet_folder_runs_analyze(folder_a, vol
     np.testing.assert_array_equal(result.cord_mask, seg.cord_mask)
     np.testing.assert_array_equal(result.lesion_mask, seg.lesion_mask)
     assert result.measurements["lesion_count"] >= 1
+
+
+def test_labels_from_dataset_json_and_cord_lesion_mapping():
+    from inference.models.nnunet import CORD_NAMES, LESION_NAMES, Labels
+
+    sciseg = Labels.from_dataset_json({"labels": {"background": 0, "sc": [1, 2], "lesion": 2},
+                                       "regions_class_order": [1, 2]}, "ds")
+    assert sciseg.has_regions and sciseg.regions == ((1, 2), (2,)) and sciseg.num_heads == 2
+    assert sciseg.label_set(CORD_NAMES) == {1, 2} and sciseg.label_set(LESION_NAMES) == {2}
+    cord_only = Labels.from_dataset_json({"labels": {"background": 0, "sc": 1}}, "ds")
+    assert not cord_only.has_regions and cord_only.num_heads == 2 and cord_only.label_set(LESION_NAMES) == set()
+    with pytest.raises(ModelError, match="regions_class_order"):
+        Labels.from_dataset_json({"labels": {"background": 0, "sc": [1, 2], "lesion": 2}}, "ds")
+    with pytest.raises(ModelError, match="consecutive"):
+        Labels.from_dataset_json({"labels": {"background": 0, "sc": 1, "lesion": 3}}, "ds")
+
+
+def test_sct_orientation_codes_round_trip_like_nibabel():
+    from inference.nnunet_runtime import reorientation, sct_to_nibabel_codes
+
+    assert sct_to_nibabel_codes("RPI") == ("L", "A", "S")
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=(7, 5, 3)).astype(np.float32)
+    affine = np.array([[0, 0, -0.9, 10], [-0.8, 0, 0, 20], [0, 0.7, 0, -5], [0, 0, 0, 1]], float)  # PSR
+    reo = reorientation(affine, arr.shape, "RPI")
+    fwd = reo.forward(arr)
+    ref = nib.Nifti1Image(arr, affine).as_reoriented(ornt_transform(io_orientation(affine),
+                                                                     axcodes2ornt(("L", "A", "S"))))
+    np.testing.assert_array_equal(fwd, np.asarray(ref.dataobj))
+    np.testing.assert_allclose(reo.spacing_xyz, ref.header.get_zooms()[:3], rtol=1e-6)
+    np.testing.assert_array_equal(reo.backward(fwd), arr)
+    np.testing.assert_array_equal(reo.backward(np.stack([fwd, 2 * fwd])), np.stack([arr, 2 * arr]))
