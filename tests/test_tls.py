@@ -148,3 +148,38 @@ def test_dispatch_over_tls_to_orthanc(tmp_path: Path, pki: Pki) -> None:
         assert outcome.ok, outcome.status
         assert job_state(cat) == ("done", None)
         assert len(pacs.get("/instances")) == 1
+
+
+def test_tls_settings_from_yaml_resolve_relative_to_the_config(tmp_path: Path, pki: Pki) -> None:
+    """As an operator writes it: cert paths relative to the config file; a bad path names its key."""
+    import shutil
+
+    import yaml
+
+    from dicom_node.config import ConfigError, load_config
+
+    etc = tmp_path / "etc"
+    (etc / "certs").mkdir(parents=True)
+    for src in (pki.server_cert, pki.server_key, pki.ca):
+        shutil.copy(src, etc / "certs" / src.name)
+    tls = {"enabled": True, "cert": "certs/server.crt", "key": "certs/server.key", "ca": "certs/test-ca.crt",
+           "require_client_cert": True}
+    raw = {"node": {"port": 0}, "storage": {"data_dir": "../data", "fsync": False}, "security": {"tls": tls}}
+    (etc / "node.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(etc / "node.yaml")
+    store = InstanceStore(cfg.data_dir, Catalog(cfg.catalog_path), fsync=False)
+    scp = StorageSCP(cfg, store)
+    scp.start()
+    try:
+        echo = dcmtk("echoscu", scp.port, *tls_opts(pki))
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+    finally:
+        scp.stop()
+        store.close()
+        store.catalog.close()
+    (etc / "node.yaml").write_text(yaml.safe_dump({**raw, "security": {"tls": {**tls, "ca": "certs/missing.crt"}}}))
+    with pytest.raises(ConfigError, match=r"security\.tls\.ca: file .*missing\.crt does not exist"):
+        load_config(etc / "node.yaml")
+    (etc / "node.yaml").write_text(yaml.safe_dump({**raw, "security": {"tls": {**tls, "key": "certs/test-ca.crt"}}}))
+    with pytest.raises(ConfigError, match=r"security\.tls\.cert/security\.tls\.key: cannot load"):
+        load_config(etc / "node.yaml")
