@@ -246,3 +246,36 @@ def test_sct_orientation_codes_round_trip_like_nibabel():
     np.testing.assert_allclose(reo.spacing_xyz, ref.header.get_zooms()[:3], rtol=1e-6)
     np.testing.assert_array_equal(reo.backward(fwd), arr)
     np.testing.assert_array_equal(reo.backward(np.stack([fwd, 2 * fwd])), np.stack([arr, 2 * arr]))
+
+
+@pytest.mark.parametrize("reader", ["NibabelIO", "SimpleITKIO"])
+def test_nnunet_file_path_prediction_matches_ours(folder_b, volume, tmp_path, reader):
+    """nnU-Net reading and writing NIfTI files itself (its readers choose the axis order and
+    spacing), sequential predictor: its label file must equal our labels on the same file."""
+    import json
+    import os
+    import shutil
+
+    from inference.engine import segment
+    from inference.models.nnunet import load_nnunet
+    from inference.volume import save_nifti
+
+    folder = tmp_path / "nnUNetTrainer__nnUNetPlans__3d_fullres"
+    shutil.copytree(folder_b, folder)
+    plans = json.loads((folder / "plans.json").read_text())
+    plans["image_reader_writer"] = reader
+    (folder / "plans.json").write_text(json.dumps(plans))
+    image = save_nifti(volume.array, volume.affine, tmp_path / "case_0000.nii.gz")
+    for var in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ.setdefault(var, str(tmp_path))
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    pred = nnUNetPredictor(tile_step_size=0.5, use_mirroring=False, perform_everything_on_device=False,
+                           device=torch.device("cpu"), verbose=False, allow_tqdm=False)
+    pred.initialize_from_trained_model_folder(str(folder), use_folds=("all",))
+    (tmp_path / "out").mkdir()
+    pred.predict_from_files_sequential([[str(image)]], [str(tmp_path / "out" / "case")], False)
+    ref = np.asarray(nib.load(tmp_path / "out" / "case.nii.gz").dataobj)
+    ours = segment(load_nifti(image), load_nnunet(folder, device="cpu")).info["labels"]
+    assert ours.shape == ref.shape
+    assert float((ours == ref).mean()) >= LABEL_AGREEMENT and len(np.unique(ref)) == 3
