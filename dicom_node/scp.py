@@ -244,7 +244,8 @@ class StorageSCP:
                 LOGGER.error("C-STORE from %s refused: %s", calling_ae, short)
                 return _status(STATUS_OUT_OF_RESOURCES, short)
             transfer_syntax = str(event.context.transfer_syntax)
-            stored = self.store.store_encoded(encoded, transfer_syntax, calling_ae)
+            stored = self.store.store_encoded(encoded, transfer_syntax, calling_ae,
+                                              max_pixel_bytes=self.config.security.max_instance_bytes)
         except InvalidInstance as exc:
             LOGGER.error("C-STORE from %s refused: %s", calling_ae, exc)
             return _status(STATUS_CANNOT_UNDERSTAND, str(exc))

@@ -112,11 +112,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-# attributes the store and the catalog need; parsing stops after the last of them (0028,0008)
+# attributes the store and the catalog need, and the declared pixel matrix (checked against the
+# size limit); parsing stops after the last of them (0028,0100), before any bulk data
 HEADER_KEYWORDS = (
     "SOPClassUID", "SOPInstanceUID", "Modality", "SeriesDescription", "PatientID", "StudyInstanceUID",
     "SeriesInstanceUID", "ImagesInAcquisition", "NumberOfTemporalPositions", "InConcatenationTotalNumber",
-    "NumberOfFrames",
+    "SamplesPerPixel", "NumberOfFrames", "Rows", "Columns", "BitsAllocated",
 )
 _HEADER_TAGS = [tag_for_keyword(k) for k in HEADER_KEYWORDS]
 _LAST_HEADER_TAG = max(t for t in _HEADER_TAGS if t is not None)
@@ -150,6 +151,24 @@ def read_header(encoded: bytes, transfer_syntax: str) -> Dataset:
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = ts
     return ds
+
+
+def declared_pixel_bytes(ds: Dataset) -> int:
+    """Bytes the pixel matrix takes once decoded, as the header declares it (0 when it has none).
+
+    The volume builder allocates what the header says; a header declaring 65535 x 65535 with a
+    few bytes of pixel data must be refused at the door, not discovered as a MemoryError later.
+    """
+    def as_int(keyword: str, default: int) -> int:
+        try:
+            value = ds.get(keyword)
+            return max(0, int(value)) if value not in (None, "") else default
+        except (TypeError, ValueError):
+            return default
+
+    rows, cols = as_int("Rows", 0), as_int("Columns", 0)
+    frames, samples, bits = as_int("NumberOfFrames", 1), as_int("SamplesPerPixel", 1), as_int("BitsAllocated", 8)
+    return rows * cols * frames * samples * ((bits + 7) // 8)
 
 
 def _element(group_elem: int, vr: bytes, value: bytes) -> bytes:
@@ -294,9 +313,18 @@ class InstanceStore:
         return Path("instances", path_component(study_uid), path_component(series_uid),
                     path_component(sop_uid) + ".dcm")
 
-    def store_encoded(self, encoded: bytes, transfer_syntax: str, calling_ae: str) -> StoredInstance:
-        """The listener's path: the dataset exactly as received, parsed only for its header."""
-        return self.store(read_header(encoded, transfer_syntax), calling_ae, encoded=encoded)
+    def store_encoded(self, encoded: bytes, transfer_syntax: str, calling_ae: str,
+                      max_pixel_bytes: int = 0) -> StoredInstance:
+        """The listener's path: the dataset exactly as received, parsed only for its header.
+
+        `max_pixel_bytes` (0 = no limit): refuse a header whose declared pixel matrix is larger.
+        """
+        ds = read_header(encoded, transfer_syntax)
+        declared = declared_pixel_bytes(ds)
+        if max_pixel_bytes and declared > max_pixel_bytes:
+            raise InvalidInstance(f"header declares {declared} bytes of pixels (Rows x Columns x frames x bits), "
+                                  f"over {max_pixel_bytes}")
+        return self.store(ds, calling_ae, encoded=encoded)
 
     def store(self, ds: Dataset, calling_ae: str, encoded: bytes | None = None) -> StoredInstance:
         """Write `ds` durably, record it, then return (the caller may acknowledge after this).

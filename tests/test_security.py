@@ -246,3 +246,22 @@ def test_peer_check_failure_fails_closed(tmp_path: Path) -> None:
         scp.policy.check = broken  # type: ignore[method-assign]
         assert rejection(associate(scp.port)) == (1, 1, 3)
         assert scp.limiter.active == 0
+
+
+def test_declared_pixel_matrix_over_the_limit_is_refused(tmp_path: Path) -> None:
+    import pydicom
+    from pynetdicom import build_context
+
+    ds = pydicom.dcmread(require_shared("dicom/pydicom/MR_small.dcm"))
+    ds.Rows = ds.Columns = 65535  # 8.6 GB declared, 8 kB of pixel data
+    with listener(tmp_path) as scp:
+        ae = AE(ae_title="MODALITY")
+        ae.requested_contexts = [build_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)]
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=AET)
+        assert assoc.is_established
+        try:
+            status = assoc.send_c_store(ds)
+        finally:
+            assoc.release()
+        assert status.Status == 0xC000 and "declares" in status.ErrorComment
+        assert stored(scp) == 0

@@ -151,10 +151,10 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
 
     def huge(ds: Dataset, i: int) -> None:
         ds.Rows = ds.Columns = 65535
-    # KNOWN ISSUE (inference.volume): the declared matrix is allocated before the pixel data length is
-    # checked; numpy refuses 128 GiB here (MemoryError, retried as transient) instead of a clear VolumeError
-    add("huge_matrix_declared", renamed(base, out, "huge_matrix_declared", huge), 0, "failed", "",
-        "KNOWN ISSUE: Rows = Columns = 65535 declared, small pixel data: fails as MemoryError, not a clear reason")
+    # the listener refuses a declared matrix over security.max_instance_bytes (0xC000); the volume
+    # builder would otherwise allocate it before checking the pixel data length (MemoryError)
+    add("huge_matrix_declared", renamed(base, out, "huge_matrix_declared", huge), n, "none", "",
+        "Rows = Columns = 65535 declared (8.6 GB), small pixel data: refused at the listener")
 
     def bits8(ds: Dataset, i: int) -> None:
         a = ds.pixel_array.astype(np.float64)
