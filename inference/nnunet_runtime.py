@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from scipy import ndimage
 from inference.models.nnunet import NnUNetModel, NnUNetPlan
 from inference.models.registry import ModelError
 from inference.volume import Volume
+
+if TYPE_CHECKING:
+    from inference.engine import Segmentation
 
 ANISO_THRESHOLD = 3.0
 TILE_STEP = 0.5
