@@ -48,11 +48,22 @@ class CompletionSettings:
 
 
 @dataclass
+class RaySettings:
+    address: str = ""  # Ray cluster (host:port of `ray start --head`); "" = a private local Ray instance
+    actors: int = 1  # model-holding actors = jobs run at once (one per GPU)
+    actor_cpus: float = 1.0  # CPUs reserved per actor
+    actor_gpus: float = 0.0  # GPUs per actor (1 on GPU workers)
+    task_timeout_s: float = 3600.0  # one inference longer than this fails the attempt
+
+
+@dataclass
 class WorkerSettings:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     torch_threads: int = 0  # 0: torch's default
     poll_interval_s: float = 1.0
     max_attempts: int = 2  # a job that fails this often on its own (not dispatch) is failed
+    executor: str = "local"  # local (in the node's process) | ray (actors on a Ray cluster)
+    ray: RaySettings = field(default_factory=RaySettings)
 
 
 @dataclass
@@ -253,6 +264,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("completion.idle_seconds: must be positive")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
+    if cfg.worker.executor not in {"local", "ray"}:
+        raise ConfigError(f"worker.executor: {cfg.worker.executor!r} is not local or ray")
+    if cfg.worker.ray.actors < 1 or cfg.worker.ray.actor_cpus < 0 or cfg.worker.ray.actor_gpus < 0:
+        raise ConfigError("worker.ray: actors must be at least 1, actor_cpus and actor_gpus not negative")
     if cfg.logging.format not in {"text", "json"}:
         raise ConfigError(f"logging.format: {cfg.logging.format!r} is not text or json")
     w = cfg.web

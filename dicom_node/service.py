@@ -13,12 +13,15 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config, ConfigError, load_config
 from dicom_node.metrics import RefusalCounter
 from dicom_node.web import WebServer
+
+if TYPE_CHECKING:
+    from dicom_node.ray_executor import RayAnalyzer
 
 log = logging.getLogger("dicom_node")
 
@@ -38,7 +41,14 @@ class Node:
         self.store = InstanceStore(config.data_dir, self.catalog, fsync=config.storage.fsync)
         self.scp = StorageSCP(config, self.store)
         self.tracker = CompletionTracker(self.catalog, config.completion.idle_seconds)
-        self.worker = Worker(config, self.catalog)
+        self.analyzer: RayAnalyzer | None = None
+        if config.worker.executor == "ray":  # inference on model-holding Ray actors; the rest stays here
+            from dicom_node.ray_executor import RayAnalyzer
+
+            self.analyzer = RayAnalyzer(config)
+            self.worker = Worker(config, self.catalog, analyzer=self.analyzer)
+        else:
+            self.worker = Worker(config, self.catalog)
         self.dispatcher = Dispatcher(config, self.catalog)
         self.refusals = RefusalCounter()
         self.web: WebServer | None = None
@@ -56,11 +66,15 @@ class Node:
         resumed = self.worker.recover()
         if resumed:
             log.info("resumed %d job(s) interrupted by the last stop", resumed)
+        if self.analyzer is not None:
+            self.analyzer.start()
         self.scp.start()
         self._count_refusals()
+        workers = self.analyzer.size if self.analyzer is not None else 1  # one loop per actor
         loops: list[tuple[str, Callable[[], object], float]] = [
             ("completion", self._completion_step, self.config.completion.poll_interval_s),
-            ("worker", self.worker.run_next, self.config.worker.poll_interval_s),
+            *[("worker" if i == 0 else f"worker-{i + 1}", self.worker.run_next, self.config.worker.poll_interval_s)
+              for i in range(workers)],
             ("dispatch", self.dispatcher.run_due, 0.5),
         ]
         for name, step, interval in loops:
@@ -129,6 +143,8 @@ class Node:
         self.scp.stop()
         for t in self._threads:
             t.join(timeout=30)
+        if self.analyzer is not None:
+            self.analyzer.stop()
         self.store.close()
         self.catalog.close()
 
