@@ -26,7 +26,8 @@ from tests.bad_inputs.make_corpus import Case, make_corpus
 from tests.conftest import require_shared, require_tool
 from tests.tiny_model import make_tiny_model
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration,
+              pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom warns on every hostile value, by design
 AET = "SPINE_NODE"
 
 
