@@ -15,6 +15,8 @@ written against the very source instance/frame it came from, so orientation neve
 """
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import uuid
 from collections.abc import Sequence
@@ -77,12 +79,28 @@ def lesion_tracking_id(label: int) -> str:
     return f"Lesion {label}"
 
 
+def _explicit_default_charset(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy naming the default repertoire 'ISO 2022 IR 6' where the source leaves value 1 empty.
+
+    With code extensions (e.g. ['', 'ISO 2022 IR 87'], Japanese) an empty first value means
+    ISO 2022 IR 6 (PS3.3 C.12.1.1.2); highdicom only accepts the explicit term. The source
+    itself is never changed.
+    """
+    charset = ds.get("SpecificCharacterSet")
+    if isinstance(charset, str) or not charset or charset[0] != "":
+        return ds
+    fixed = copy.deepcopy(ds)
+    fixed.SpecificCharacterSet = ["ISO 2022 IR 6", *list(charset)[1:]]
+    return fixed
+
+
 def unique_source(source: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
     """Source datasets once each, by SOP Instance UID (callers may list a multi-frame instance
     once per frame), checked to be one series of one study."""
     index: dict[str, pydicom.Dataset] = {}
     for ds in source:
-        index.setdefault(str(ds.SOPInstanceUID), ds)
+        if str(ds.SOPInstanceUID) not in index:
+            index[str(ds.SOPInstanceUID)] = _explicit_default_charset(ds)
     studies = {str(ds.StudyInstanceUID) for ds in index.values()}
     series = {str(ds.SeriesInstanceUID) for ds in index.values()}
     if len(studies) != 1 or len(series) != 1:

@@ -77,6 +77,10 @@ def _predecessor_dataset(prev: PreviousSR, study_uid: str) -> pydicom.Dataset:
     return ds
 
 
+def _is_multiframe(ds: pydicom.Dataset) -> bool:
+    return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
+
+
 def _value(values: Mapping[str, Any], key: str) -> float | int | None:
     """The number to write, or None when undefined; counts stay int (NUM "2", not "2.0")."""
     raw = values.get(key)
@@ -211,7 +215,9 @@ def build_sr(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=C.MRI_PROCEDURE,
         imaging_measurements=groups,
-        referenced_images=list(source) if image_library else None,
+        # highdicom's TID 1602 descriptors read PixelSpacing etc. at the top level, which a
+        # multi-frame (enhanced) image keeps in its functional groups: list single-frame images only
+        referenced_images=list(source) if image_library and not any(_is_multiframe(ds) for ds in source) else None,
     )
     previous = None
     if previous_sr is not None:

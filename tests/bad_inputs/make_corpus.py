@@ -218,10 +218,8 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
     for name, charset, person, outcome, reason, issue in (
         ("charset_latin1", "ISO_IR 100", "Müller^Jürgen", "done", "", ""),
         ("charset_utf8", "ISO_IR 192", "Łukasz^Żółć=李^小龍", "done", "", ""),
-        # KNOWN ISSUE (results encoding, not the listener): highdicom refuses the multi-valued
-        # ISO 2022 charset of the source when building SEG/SR; stored fine, job fails with the reason
-        ("charset_iso2022_jp", ["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", "failed", "SpecificCharacterSet",
-         "KNOWN ISSUE: SEG/SR building refuses ISO 2022 IR 87; "),
+        # value 1 empty = the default repertoire with code extensions (Japanese, ISO 2022 IR 87)
+        ("charset_iso2022_jp", ["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎", "done", "", ""),
     ):
         def cs(ds: Dataset, i: int, charset=charset, person=person) -> None:
             ds.SpecificCharacterSet = charset
@@ -233,10 +231,7 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
     enhanced = out / "enhanced_mr" / "IM0001.dcm"
     enhanced.parent.mkdir(parents=True)
     write(legacy_enhanced(renamed(base, out, "_enhanced_src")), enhanced)
-    # KNOWN ISSUE (results encoding): building SEG/SR reads PixelSpacing at the top level of the source,
-    # which a (legacy converted) enhanced MR keeps in its functional groups; the volume itself reads fine
-    add("enhanced_mr", [enhanced], 0, "failed", "PixelSpacing",
-        "KNOWN ISSUE: Legacy Converted Enhanced MR, one multi-frame instance: SEG/SR building fails")
+    add("enhanced_mr", [enhanced], 0, "done", "", "Legacy Converted Enhanced MR, one multi-frame instance")
 
     for name, rel in (("sr_document", "dicom/highdicom/sr_document.dcm"), ("seg_object", "dicom/dcmqi/seg.dcm")):
         dst = out / name / "obj.dcm"
