@@ -43,6 +43,7 @@ bench: $(STAMP) peers
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/e2e.py
 	$(VENV)/bin/python bench/inference.py
+	$(VENV)/bin/python bench/ray_throughput.py
 
 clean:
 	rm -rf $(VENV) var build *.egg-info

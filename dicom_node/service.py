@@ -122,8 +122,11 @@ class Node:
             server.bind(evt.EVT_DIMSE_SENT, sent)
 
     def _completion_step(self) -> None:
+        from dicom_node.logsetup import log_context
+
         for series_uid in self.tracker.check():
-            log.info("series %s complete", series_uid)
+            with log_context(series_uid=series_uid):
+                log.info("series %s complete", series_uid)
         self.worker.route_complete_series()
 
     def _loop(self, name: str, step: Callable[[], object], interval: float) -> None:
