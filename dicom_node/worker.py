@@ -35,6 +35,14 @@ def analyze_in_process(volume: Any, model: str, device: str) -> Any:
     return analyze(volume, model=model, device=device)
 
 
+def in_process_analyzer(torch_threads: int) -> Analyzer:
+    """The in-process analyzer, with torch's CPU thread count set once (worker.torch_threads)."""
+    from inference.pipeline import set_cpu_threads
+
+    set_cpu_threads(torch_threads)
+    return analyze_in_process
+
+
 THUMB_NAME = "thumb.png"  # overlay picture for the status page, beside seg.dcm
 THUMB_SIZE = (480, 320)
 
@@ -67,10 +75,10 @@ class ResultFiles:
 
 
 class Worker:
-    def __init__(self, config: Config, catalog: Catalog, analyzer: Analyzer = analyze_in_process) -> None:
+    def __init__(self, config: Config, catalog: Catalog, analyzer: Analyzer | None = None) -> None:
         self.config = config
         self.catalog = catalog
-        self.analyzer = analyzer
+        self.analyzer = analyzer or in_process_analyzer(config.worker.torch_threads)
         self.rules = parse_rules(config.routing)
 
     # ---- recovery -------------------------------------------------------------------------

@@ -28,16 +28,13 @@ def run_segment(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from inference.pipeline import analyze, resolve_model
+    from inference.pipeline import analyze, resolve_model, set_cpu_threads
     from inference.volume import load_volume, save_nifti
 
     start = time.perf_counter()
     progress = _segment_progress(start)
     try:
-        if args.threads > 0:
-            import torch
-
-            torch.set_num_threads(args.threads)
+        set_cpu_threads(args.threads)
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a folder")

@@ -102,6 +102,14 @@ def measure(cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> tuple[d
     return _json_safe(measurements), labels
 
 
+def set_cpu_threads(n: int) -> None:
+    """CPU threads torch may use for inference (0 keeps torch's default): one place for the knob."""
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: str = "auto",
             require_trained: bool = True, progress: "Progress | None" = None) -> Analysis:
     """Segment cord and lesions and measure them; everything comes back in the input grid."""
