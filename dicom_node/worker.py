@@ -11,7 +11,6 @@ import json
 import logging
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,14 +63,24 @@ def write_thumbnail(volume: Any, analysis: Any, path: Path) -> None:
         log.warning("overlay thumbnail %s not written: %s", path, exc)
 
 
+DEFAULT_VARIANT = "binary"
+VARIANTS = ("binary", "binary-sparse", "fractional", "fractional-sparse")
+SC_IMAGES = 3  # key slices burned into Secondary Captures, for PACS that cannot show SEG
+
+
+def seg_variant(dest: Any) -> str:
+    """Which SEG a destination gets: binary or fractional, all frames or only non-empty ones."""
+    kind = "fractional" if dest.seg_fractional else "binary"
+    return f"{kind}-sparse" if dest.seg_omit_empty_frames else kind
+
+
+def variant_uids(uids: dict[str, Any], variant: str) -> dict[str, str]:
+    prefix = "" if variant == DEFAULT_VARIANT else f"{variant}."
+    return {k: uids[prefix + k] for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")}
+
+
 class JobError(Exception):
     """A job cannot succeed on this input (bad series, no cord...): fail it, do not retry."""
-
-
-@dataclass(frozen=True)
-class ResultFiles:
-    seg: Path | None
-    sr: Path | None
 
 
 class Worker:
@@ -192,6 +201,7 @@ class Worker:
         from inference.volume import VolumeError, volume_from_datasets
 
         from dicom_node.results.readback import ResultValidationError
+        from dicom_node.results.secondary_capture import build_secondary_captures
         from dicom_node.results.seg import build_seg
         from dicom_node.results.sr import build_sr
         from dicom_node.results.validate import check_result, write_result
@@ -221,25 +231,47 @@ class Worker:
         timings.update({f"inference.{k}": v for k, v in getattr(analysis, "timings", {}).items()})
 
         t2 = time.monotonic()
-        uids = self._result_uids(job)
         by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
         source = [by_uid[f.sop_instance_uid] for f in dict.fromkeys(volume.frames)]
-        destinations = [self.config.destinations[d] for d in json.loads(job["destinations"])]
-        omit_empty = any(d.seg_omit_empty_frames for d in destinations)
-        seg = build_seg(source, volume.frames, analysis, series_uid=uids["seg_series"],
-                        sop_instance_uid=uids["seg_sop"], omit_empty_frames=omit_empty)
-        previous = self._previous_sr(job)
-        sr = build_sr(source, analysis, seg, series_uid=uids["sr_series"], sop_instance_uid=uids["sr_sop"],
-                      previous_sr=previous)
+        dest_keys = json.loads(job["destinations"])
         out_dir = self.config.data_dir / "results" / f"job-{job_id}"
         out_dir.mkdir(parents=True, exist_ok=True)
-        files = ResultFiles(out_dir / "seg.dcm", out_dir / "sr.dcm")
-        for ds, path in ((seg, files.seg), (sr, files.sr)):
+        uids = self._result_uids(job)
+        previous_uids = self._previous_uids(job)
+
+        def gated(ds: Any, path: Path) -> Path:
             write_result(ds, path)
             try:
                 check_result(path)  # dciodvfy without errors, then highdicom read-back
             except ResultValidationError as exc:
                 raise JobError(str(exc)) from None
+            return path
+
+        # one SEG + SR pair per SEG variant the destinations ask for; the SR references its own SEG
+        pairs: dict[str, list[tuple[str, Path, str]]] = {}
+        for key in dest_keys:
+            variant = seg_variant(self.config.destinations[key])
+            if variant in pairs:
+                continue
+            ids = variant_uids(uids, variant)
+            suffix = "" if variant == DEFAULT_VARIANT else f"-{variant}"
+            seg = build_seg(source, volume.frames, analysis, series_uid=ids["seg_series"],
+                            sop_instance_uid=ids["seg_sop"], omit_empty_frames="sparse" in variant,
+                            fractional="fractional" in variant)
+            previous = None  # the superseded SR of the same variant, for the predecessor reference
+            if previous_uids is not None and f"{variant}.sr_sop" in previous_uids or variant == DEFAULT_VARIANT:
+                old = variant_uids(previous_uids, variant) if previous_uids is not None else None
+                previous = {"series_uid": old["sr_series"], "sop_instance_uid": old["sr_sop"]} if old else None
+            sr = build_sr(source, analysis, seg, series_uid=ids["sr_series"], sop_instance_uid=ids["sr_sop"],
+                          previous_sr=previous)
+            pairs[variant] = [("seg", gated(seg, out_dir / f"seg{suffix}.dcm"), ids["seg_sop"]),
+                              ("sr", gated(sr, out_dir / f"sr{suffix}.dcm"), ids["sr_sop"])]
+        captures: list[tuple[str, Path, str]] = []
+        if any(self.config.destinations[k].secondary_capture for k in dest_keys):
+            sc = build_secondary_captures(source, volume.frames, analysis, series_uid=uids["sc_series"],
+                                          sop_instance_uids=uids["sc_sops"])
+            captures = [(f"sc{n}", gated(ds, out_dir / f"sc-{n}.dcm"), str(ds.SOPInstanceUID))
+                        for n, ds in enumerate(sc, 1)]
         timings["encode_s"] = time.monotonic() - t2
         write_thumbnail(volume, analysis, out_dir / THUMB_NAME)
         timings["completion_wait_s"] = max(0.0, (series["completed_at"] or 0) - (series["last_received"] or 0))
@@ -249,12 +281,12 @@ class Worker:
             state = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
             if state != "running":
                 return  # superseded meanwhile
-            for dest_key in json.loads(job["destinations"]):
+            for dest_key in dest_keys:
                 dest = self.config.destinations[dest_key]
-                for kind, path, uid, wanted in (("seg", files.seg, uids["seg_sop"], dest.send_seg),
-                                                ("sr", files.sr, uids["sr_sop"], dest.send_sr)):
-                    if not wanted:
-                        continue
+                wanted = {"seg": dest.send_seg, "sr": dest.send_sr}
+                items = [i for i in pairs[seg_variant(dest)] if wanted[i[0]]]
+                items += captures if dest.secondary_capture else []
+                for kind, path, uid in items:
                     con.execute(
                         "INSERT OR REPLACE INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
                         "attempts, next_attempt_at) VALUES (?,?,?,?,?,'pending',0,?)",
@@ -267,23 +299,31 @@ class Worker:
         log.info("job %d: results ready (%d lesion(s)), %.1f s inference", job_id,
                  len(analysis.measurements.get("lesions", [])), timings["inference_s"])
 
-    def _result_uids(self, job: Any) -> dict[str, str]:
-        """UIDs of this job's SEG and SR, made once and kept: a re-run or re-send reuses them."""
+    def _result_uids(self, job: Any) -> dict[str, Any]:
+        """UIDs of every result this job can produce, made once and kept: a re-run or re-send reuses them.
+
+        Flat keys seg_series/seg_sop/sr_series/sr_sop are the default (binary, all frames) pair;
+        other SEG variants use keys prefixed "VARIANT." ; Secondary Captures sc_series/sc_sops.
+        """
         if job["result_uids"]:
             return json.loads(job["result_uids"])
-        uids = {k: generate_uid() for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")}
+        uids: dict[str, Any] = {k: generate_uid() for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")}
+        for variant in VARIANTS:
+            if variant != DEFAULT_VARIANT:
+                uids.update({f"{variant}.{k}": generate_uid() for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")})
+        uids["sc_series"] = generate_uid()
+        uids["sc_sops"] = [generate_uid() for _ in range(SC_IMAGES)]
         self._set(job["id"], result_uids=json.dumps(uids))
         return uids
 
-    def _previous_sr(self, job: Any) -> dict[str, str] | None:
-        """The SR this job's SR supersedes (same series, earlier generation), for the predecessor reference."""
+    def _previous_uids(self, job: Any) -> dict[str, Any] | None:
+        """Result UIDs of the job this one supersedes (same series, earlier generation), if any."""
         if not job["supersedes_job"]:
             return None
         row = self.catalog.query("SELECT result_uids FROM jobs WHERE id=?", (job["supersedes_job"],))
         if not row or not row[0]["result_uids"]:
             return None
-        uids = json.loads(row[0]["result_uids"])
-        return {"series_uid": uids["sr_series"], "sop_instance_uid": uids["sr_sop"]}
+        return json.loads(row[0]["result_uids"])
 
     def _set(self, job_id: int, **values: Any) -> None:
         cols = ", ".join(f"{k}=?" for k in values)

@@ -131,3 +131,34 @@ def test_series_that_is_not_a_volume_fails_with_reason(setup, tmp_path: Path) ->
     job = cat.query("SELECT state, reason, attempts FROM jobs WHERE id=?", (job_id,))[0]
     assert job["state"] == "failed" and job["attempts"] == 1
     assert "cannot be made into a volume" in job["reason"] and "position" in job["reason"].lower()
+
+
+def test_destination_options_pick_seg_variant_and_secondary_capture(setup, tmp_path: Path) -> None:
+    cfg, cat, store = setup
+    cfg.destinations["viewer"] = DestinationSettings(port=2, seg_omit_empty_frames=True, seg_fractional=True,
+                                                     secondary_capture=True)
+    cfg.routing[0]["destinations"] = ["pacs", "viewer"]
+    uid = ingest(store, small_series(tmp_path, "T2 SAG SPINE"))
+    CompletionTracker(cat, 30).check()
+    worker = Worker(cfg, cat)
+    (job_id,) = worker.route_complete_series()
+    worker.run_next()
+    job = cat.query("SELECT state, reason FROM jobs WHERE id=?", (job_id,))[0]
+    assert job["state"] == "dispatching", job["reason"]
+    rows = {(r["destination"], r["kind"]): r for r in cat.query("SELECT * FROM dispatches WHERE job_id=?", (job_id,))}
+    assert set(rows) == {("pacs", "seg"), ("pacs", "sr"), ("viewer", "seg"), ("viewer", "sr"),
+                         ("viewer", "sc1"), ("viewer", "sc2"), ("viewer", "sc3")}
+    assert rows["viewer", "seg"]["path"].endswith("seg-fractional-sparse.dcm")
+    full = pydicom.dcmread(cfg.data_dir / rows["pacs", "seg"]["path"])
+    sparse = pydicom.dcmread(cfg.data_dir / rows["viewer", "seg"]["path"])
+    assert full.SegmentationType == "BINARY" and sparse.SegmentationType == "FRACTIONAL"
+    # (omitting empty frames itself is proven in test_results_seg; this model leaves none empty)
+    assert full.SOPInstanceUID != sparse.SOPInstanceUID
+    for dest, seg in (("pacs", full), ("viewer", sparse)):  # each SR references the SEG its destination gets
+        sr = pydicom.dcmread(cfg.data_dir / rows[dest, "sr"]["path"])
+        evidence = {s.ReferencedSOPInstanceUID for st in sr.CurrentRequestedProcedureEvidenceSequence
+                    for se in st.ReferencedSeriesSequence for s in se.ReferencedSOPSequence}
+        assert seg.SOPInstanceUID in evidence
+    sc = pydicom.dcmread(cfg.data_dir / rows["viewer", "sc1"]["path"])
+    assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == full.StudyInstanceUID
+    assert uid == full.ReferencedSeriesSequence[0].SeriesInstanceUID

@@ -23,6 +23,7 @@ from dicom_node.results.readback import (  # noqa: F401  (re-exported: the worke
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
 
 
 @dataclass
@@ -98,8 +99,13 @@ def check_result(path: str | Path) -> ValidationReport:
         readback_seg(path)
     elif sop_class == COMPREHENSIVE_3D_SR_STORAGE:
         readback_sr(path)
+    elif sop_class == SECONDARY_CAPTURE_STORAGE:
+        try:  # the burned-in overlay must decode
+            pydicom.dcmread(str(path)).pixel_array
+        except Exception as exc:
+            raise ResultValidationError(f"{path.name}: Secondary Capture pixels do not decode: {exc}") from None
     else:
-        raise ResultValidationError(f"{path.name}: SOP class {sop_class} is neither SEG nor Comprehensive 3D SR")
+        raise ResultValidationError(f"{path.name}: SOP class {sop_class} is not SEG, Comprehensive 3D SR or Secondary Capture")
     return report
 
 
