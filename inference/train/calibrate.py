@@ -1,0 +1,95 @@
+"""Pick the lesion threshold on TRAINING subjects with freshly painted lesions (never on validation).
+
+    python -m inference.train.calibrate --model var/train/run2/model [--write]
+
+Why: after a short CPU training the lesion probabilities are well ranked but not yet
+calibrated around 0.5; choosing the threshold on validation data would make the model
+card's numbers optimistic, so it is chosen here on training cords with new lesions (a seed
+the training never used) and only then evaluated on the validation subjects.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from inference.train.data import BY_KEY, build_cache, load_split
+from inference.train.lesions import paint_lesions
+
+CANDIDATES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+CALIBRATION_KEYS = ("errsm_11", "errsm_18", "t2s_10062Ses1", "t2s_9418")
+SEED = 777
+
+
+def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(probabilities (2, ...), true cord, true lesion) for painted crops around each cord."""
+    from inference.engine import predict_model_space
+    from inference.models.registry import load_model
+
+    model = load_model(model_spec)
+    spacing = model.meta.spacing_mm
+    train = set(load_split()["train"])
+    bad = [k for k in keys if k not in train]
+    if bad:
+        raise ValueError(f"calibration must use training volumes only; {bad} are not in the training split")
+    rng = np.random.default_rng(SEED)
+    out = []
+    for vol in build_cache(list(keys), spacing):
+        idx = vol.cord_idx
+        lo = np.maximum(idx.min(0) - 24, 0)
+        hi = np.minimum(idx.max(0) + 25, vol.image.shape)
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        for _ in range(copies):
+            img, les, _ = paint_lesions(vol.image[sl], vol.cord[sl] > 0, spacing, rng, n_lesions=3,
+                                        levels=(vol.cord_level, vol.csf_level), sign=BY_KEY[vol.key].lesion_sign)
+            prob = predict_model_space(img, model, normalized=True)
+            out.append((prob, (vol.cord[sl] > 0) | (les > 0), les > 0))
+    return out
+
+
+def best_lesion_threshold(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                          cord_threshold: float = 0.5) -> tuple[float, dict[float, float]]:
+    """Threshold maximising the pooled lesion Dice (lesion kept inside the predicted cord)."""
+    scores = {}
+    for t in CANDIDATES:
+        inter = total = 0
+        for prob, _, les in cases:
+            pred = (prob[1] >= t) & (prob[0] >= cord_threshold)
+            inter += int((pred & les).sum())
+            total += int(pred.sum()) + int(les.sum())
+        scores[t] = 2.0 * inter / max(total, 1)
+    best = max(scores, key=lambda k: scores[k])
+    return best, scores
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m inference.train.calibrate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="model folder (its model.json is updated with --write)")
+    p.add_argument("--write", action="store_true", help="write the chosen lesion threshold into model.json")
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cases = collect(args.model, CALIBRATION_KEYS)
+    best, scores = best_lesion_threshold(cases)
+    print(json.dumps({"lesion_threshold": best, "pooled_lesion_dice_by_threshold": scores}))
+    if args.write:
+        path = Path(args.model) / "model.json"
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta["thresholds"] = [float(meta["thresholds"][0]), float(best)]
+        meta.setdefault("training", {})["threshold_calibration"] = {
+            "volumes": list(CALIBRATION_KEYS), "seed": SEED,
+            "pooled_lesion_dice_by_threshold": {str(k): round(v, 4) for k, v in scores.items()}}
+        path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote thresholds {meta['thresholds']} to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
