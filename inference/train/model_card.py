@@ -78,6 +78,21 @@ def train_command(meta: ModelMeta) -> str:
             + f" --batch {tr.get('batch', 2)} --seed {tr.get('seed', 0)}")
 
 
+def _people(keys: list[str]) -> int:
+    from inference.train.data import BY_KEY
+
+    return len({BY_KEY[k].subject for k in keys if k in BY_KEY})
+
+
+def _calibration(tr: dict[str, Any]) -> str:
+    cal = tr.get("threshold_calibration")
+    if not cal:
+        return " (defaults, not tuned)"
+    return (f" (lesion threshold chosen by `python -m inference.train.calibrate` on training volumes "
+            f"{', '.join(cal['volumes'])} with freshly painted lesions, seed {cal['seed']}; pooled lesion "
+            f"Dice by threshold {cal['pooled_lesion_dice_by_threshold']}; validation data played no part)")
+
+
 def write_card(meta: ModelMeta, result: dict[str, Any]) -> Path:
     tr = meta.extra.get("training", {})
     arch = meta.architecture
@@ -136,11 +151,13 @@ are the same person and both in training. Unlabelled volumes were not used.
   {tr.get('patches')} patches, {tr.get('minutes')} min of training on {tr.get('device')} (2 cores shared with
   other jobs: {sec_per_it:.2f} s per iteration on average; validation time excluded); seed {tr.get('seed')}.
   An "epoch" here is not a pass over a fixed list: patches are drawn on the fly.
+- Thresholds: cord {meta.thresholds[0]}, lesion {meta.thresholds[1]}{_calibration(tr)}.
 
 Reproduce (the timing, not the exact weights, depends on the shared CPU):
 
 ```
 {train_command(meta)}
+.venv/bin/python -m inference.train.calibrate --model var/train/run2/model --write
 .venv/bin/python -m inference.train.evaluate --model var/train/run2/model --card
 ```
 
@@ -149,7 +166,7 @@ Reproduce (the timing, not the exact weights, depends on the shared CPU):
 - **No real lesion labels.** Lesion metrics are measured on lesions painted into real
   validation cords by the same generator family used in training: they show the model finds
   *this kind* of lesion, not that it matches a radiologist on real SCI/MS/DCM lesions.
-- Few people: {len(tr.get('train_volumes', []))} training volumes from about 9 people, 2 validation volumes (one
+- Few people: {len(tr.get('train_volumes', []))} training volumes from {_people(tr.get('train_volumes', []))} people, 2 validation volumes (one
   sagittal T2w, one axial T2*w). All healthy cords; no compression, implants or syrinx.
 - Validation numbers on two subjects have wide uncertainty; they are not a benchmark.
 - Short CPU training (minutes, not nnU-Net's 1000 epochs): expect missed small/faint
