@@ -83,7 +83,9 @@ def test_kill9_mid_association_during_inference_and_during_dispatch(tmp_path: Pa
     series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
 
     with LocalOrthanc(tmp_path / "pacs") as pacs:
-        config = tiny_node_config(tmp_path / "work", pacs)
+        # the series completes by its expected count; a short idle time would complete the partial
+        # series during the restart on a slow machine and make a second job (a different scenario)
+        config = tiny_node_config(tmp_path / "work", pacs, completion={"idle_seconds": 600.0})
         catalog = tmp_path / "work" / "node" / "catalog.sqlite"
         data_dir = catalog.parent
         with NodeProcess(config, tmp_path) as node:
