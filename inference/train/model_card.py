@@ -66,16 +66,24 @@ def results_table(summary: dict[str, Any]) -> str:
 
 
 def train_command(meta: ModelMeta) -> str:
-    """The command that reproduces the training (recorded by train.py, else rebuilt from model.json)."""
+    """A fresh-run command with the final recipe, rebuilt from model.json (resumes are listed apart)."""
     tr = meta.extra.get("training", {})
-    if tr.get("command"):
-        return str(tr["command"])
     budget = str(tr.get("optimizer", "")).split(" over ")[-1].split(" ")[0] or "60"
     return (".venv/bin/python -m inference.train.train --out var/train/run2 --minutes " + budget
             + " --filters " + " ".join(str(f) for f in meta.architecture.get("filters", []))
             + " --patch " + " ".join(str(p) for p in tr.get("train_patch", []))
             + " --infer-patch " + " ".join(str(p) for p in meta.patch_size)
             + f" --batch {tr.get('batch', 2)} --seed {tr.get('seed', 0)}")
+
+
+def _history(tr: dict[str, Any]) -> str:
+    hist = tr.get("history") or []
+    if len(hist) <= 1:
+        return ""
+    notes = "\n".join(f"  - {h}" for h in hist)
+    return ("- The run was stopped and resumed from its checkpoints while the recipe was being fixed "
+            "(the code at each restart is in git history; the lesion loss terms and in-patch lesion "
+            "painting were added during the run, and the budget changed):\n" + notes + "\n")
 
 
 def _people(keys: list[str]) -> int:
@@ -151,7 +159,7 @@ are the same person and both in training. Unlabelled volumes were not used.
   {tr.get('patches')} patches, {tr.get('minutes')} min of training on {tr.get('device')} (2 cores shared with
   other jobs: {sec_per_it:.2f} s per iteration on average; validation time excluded); seed {tr.get('seed')}.
   An "epoch" here is not a pass over a fixed list: patches are drawn on the fly.
-- Thresholds: cord {meta.thresholds[0]}, lesion {meta.thresholds[1]}{_calibration(tr)}.
+{_history(tr)}- Thresholds: cord {meta.thresholds[0]}, lesion {meta.thresholds[1]}{_calibration(tr)}.
 
 Reproduce (the timing, not the exact weights, depends on the shared CPU):
 

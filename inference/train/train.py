@@ -186,6 +186,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def run_history(log_path: Path) -> list[str]:
+    """One line per (re)start of the run, from its log: the card must say how the weights came about."""
+    lines = []
+    if not Path(log_path).is_file():
+        return lines
+    for raw in Path(log_path).read_text(encoding="utf-8").splitlines():
+        rec = json.loads(raw)
+        if rec.get("event") != "start":
+            continue
+        a = rec.get("args", {})
+        lines.append(f"{'resume' if rec.get('resume') else 'start'} at iteration {rec.get('iteration')}: "
+                     f"budget {a.get('minutes')} min, threads {a.get('threads')}, val tile {a.get('infer_patch')}")
+    return lines
+
+
 def _log(path: Path, record: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -255,6 +270,7 @@ def train(args: argparse.Namespace,
             "command": " ".join([".venv/bin/python -m inference.train.train", *sys.argv[1:]])
             if sys.argv and sys.argv[0].endswith("train.py") else None,
             "train_volumes": split["train"], "val_volumes": split["val"],
+            "history": run_history(log_path),
             "quick_val": {k: round(v, 4) for k, v in metrics.items()},
             "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
                         "augment": asdict(cfg.augment)},
