@@ -165,8 +165,8 @@ Reproduce (the timing, not the exact weights, depends on the shared CPU):
 
 ```
 {train_command(meta)}
-.venv/bin/python -m inference.train.calibrate --model var/train/run2/model --write
-.venv/bin/python -m inference.train.evaluate --model var/train/run2/model --card
+.venv/bin/python -m inference.train.calibrate --model var/train/run2/model_last --write
+.venv/bin/python -m inference.train.evaluate --model var/train/run2/model_last --card
 ```
 
 ## Known limitations
