@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -24,6 +23,7 @@ from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore
 from tests.conftest import require_shared, require_tool
 from tests.test_dispatch import job_state, queue_one
+from tests.test_security import listener
 from tests.tls_certs import Pki, make_pki
 
 pytestmark = pytest.mark.integration
@@ -36,22 +36,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-@contextmanager
-def tls_listener(data_dir: Path, pki: Pki, require_client_cert: bool = True) -> Iterator[StorageSCP]:
+def tls_listener(data_dir: Path, pki: Pki, require_client_cert: bool = True) -> AbstractContextManager[StorageSCP]:
+    """test_security's listener with TLS on (server certificate, optional client-certificate check)."""
     tls = ListenerTlsSettings(enabled=True, cert=str(pki.server_cert), key=str(pki.server_key), ca=str(pki.ca),
                               require_client_cert=require_client_cert)
-    cfg = Config(security=SecuritySettings(tls=tls))
-    cfg.node.port, cfg.node.ae_title = 0, AET
-    cfg.node.acse_timeout_s = cfg.node.network_timeout_s = 10
-    store = InstanceStore(data_dir, Catalog(data_dir / "catalog.sqlite"), fsync=False)
-    scp = StorageSCP(cfg, store)
-    scp.start()
-    try:
-        yield scp
-    finally:
-        scp.stop()
-        store.close()
-        store.catalog.close()
+    return listener(data_dir, SecuritySettings(tls=tls), acse_timeout_s=10, network_timeout_s=10)
 
 
 def dcmtk(tool: str, port: int, *opts: str, files: tuple[Path, ...] = ()) -> subprocess.CompletedProcess[str]:
