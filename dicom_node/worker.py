@@ -74,9 +74,16 @@ def seg_variant(dest: Any) -> str:
     return f"{kind}-sparse" if dest.seg_omit_empty_frames else kind
 
 
+PAIR_KEYS = ("seg_series", "seg_sop", "sr_series", "sr_sop")
+
+
+def _uid_prefix(variant: str) -> str:
+    """The default pair keeps flat keys (seg_sop, ...); other variants prefix them ("fractional.seg_sop")."""
+    return "" if variant == DEFAULT_VARIANT else f"{variant}."
+
+
 def variant_uids(uids: dict[str, Any], variant: str) -> dict[str, str]:
-    prefix = "" if variant == DEFAULT_VARIANT else f"{variant}."
-    return {k: uids[prefix + k] for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")}
+    return {k: uids[_uid_prefix(variant) + k] for k in PAIR_KEYS}
 
 
 class JobError(Exception):
@@ -259,9 +266,9 @@ class Worker:
                             sop_instance_uid=ids["seg_sop"], omit_empty_frames="sparse" in variant,
                             fractional="fractional" in variant)
             previous = None  # the superseded SR of the same variant, for the predecessor reference
-            if previous_uids is not None and f"{variant}.sr_sop" in previous_uids or variant == DEFAULT_VARIANT:
-                old = variant_uids(previous_uids, variant) if previous_uids is not None else None
-                previous = {"series_uid": old["sr_series"], "sop_instance_uid": old["sr_sop"]} if old else None
+            if previous_uids is not None:
+                old = variant_uids(previous_uids, variant)
+                previous = {"series_uid": old["sr_series"], "sop_instance_uid": old["sr_sop"]}
             sr = build_sr(source, analysis, seg, series_uid=ids["sr_series"], sop_instance_uid=ids["sr_sop"],
                           previous_sr=previous)
             pairs[variant] = [("seg", gated(seg, out_dir / f"seg{suffix}.dcm"), ids["seg_sop"]),
@@ -307,10 +314,7 @@ class Worker:
         """
         if job["result_uids"]:
             return json.loads(job["result_uids"])
-        uids: dict[str, Any] = {k: generate_uid() for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")}
-        for variant in VARIANTS:
-            if variant != DEFAULT_VARIANT:
-                uids.update({f"{variant}.{k}": generate_uid() for k in ("seg_series", "seg_sop", "sr_series", "sr_sop")})
+        uids: dict[str, Any] = {_uid_prefix(v) + k: generate_uid() for v in VARIANTS for k in PAIR_KEYS}
         uids["sc_series"] = generate_uid()
         uids["sc_sops"] = [generate_uid() for _ in range(SC_IMAGES)]
         self._set(job["id"], result_uids=json.dumps(uids))
