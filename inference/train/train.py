@@ -16,7 +16,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from inference.models.registry import LoadedModel, ModelMeta, build_network, read_meta, save_model
 from inference.train.data import CachedVolume, build_cache, load_split
+from inference.train.lesions import LesionConfig
 from inference.train.sampling import PatchSampler, SamplerConfig
 
 MODEL_NAME = "spinecord-t2"
@@ -183,6 +184,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-iters", type=int, default=0, help="stop after this many iterations (tests)")
     p.add_argument("--version", type=str, default="1.0.0")
     p.add_argument("--cache", type=Path, default=Path("var/cache"))
+    p.add_argument("--p-foreground", type=float, default=SamplerConfig.p_foreground,
+                   help="share of patches centred on the cord")
+    p.add_argument("--p-lesion-free", type=float, default=LesionConfig.p_lesion_free,
+                   help="share of cord patches left without painted lesions (a lesion-focused fine-tune lowers it)")
     return p.parse_args(argv)
 
 
@@ -246,7 +251,8 @@ def train(args: argparse.Namespace,
         val_vols = build_cache(split["val"], spacing, args.cache)
     else:
         train_vols, val_vols = volumes
-    cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing)
+    cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
+                        lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free))
     # a resumed run reseeds from (seed, iteration): reproducible, never repeats the same patches
     stream = patch_stream(train_vols, cfg, args.seed * 100003 + state["iteration"], args.batch, args.workers)
     quick_val = QuickVal(val_vols, spacing)
