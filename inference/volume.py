@@ -46,6 +46,12 @@ class VolumeError(ValueError):
     """Input that cannot be turned into one regular 3D volume; the message says what is wrong."""
 
 
+# Why a cap: the array is allocated from the declared Rows x Columns x slices before any pixel
+# is decoded, so forged headers must not be able to ask for tens of GB. 2**29 float32 voxels
+# (2 GiB) is ~50x a whole-spine MR series (384 x 384 x 60 is 8.8 M voxels).
+MAX_VOXELS = 2**29
+
+
 def load_nifti(path: str | Path) -> Volume:
     """Read a 3D NIfTI file as a float32 Volume (nibabel's affine: sform if set, else qform)."""
     import nibabel as nib
@@ -163,6 +169,7 @@ def _slices_of(ds: Any, index: int) -> list[_Slice]:
     sop_uid = str(ds.get("SOPInstanceUID", ""))
     sop_class = str(ds.get("SOPClassUID", ""))
     n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    _check_native_length(ds, source, n_frames)
     enhanced = "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
     if not enhanced:
         if n_frames > 1:
@@ -195,6 +202,27 @@ def _slices_of(ds: Any, index: int) -> list[_Slice]:
                           *_rescale(_group_item(ds, f, "PixelValueTransformationSequence")),
                           FrameRef(sop_uid, f + 1, sop_class)))
     return out
+
+
+def _check_native_length(ds: Any, source: str, n_frames: int) -> None:
+    """Refuse uncompressed Pixel Data shorter than its header declares, before anything is allocated.
+
+    Encapsulated (compressed) data is checked after decoding, frame by frame.
+    """
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows <= 0 or cols <= 0:
+        raise VolumeError(f"{source}: Rows={ds.get('Rows')} Columns={ds.get('Columns')}; an image needs both > 0")
+    if "PixelData" not in ds:
+        return
+    elem = ds["PixelData"]
+    if getattr(elem, "is_undefined_length", False):
+        return
+    bits = int(ds.get("BitsAllocated", 16) or 16)
+    needed = rows * cols * n_frames * bits // 8
+    have = len(elem.value or b"")
+    if have < needed:
+        raise VolumeError(f"{source}: Pixel Data holds {have} bytes but Rows x Columns x frames x BitsAllocated/8 = "
+                          f"{rows} x {cols} x {n_frames} x {bits}/8 needs {needed}: truncated data or a wrong header")
 
 
 def _check_one_series(datasets: Sequence[Any]) -> None:
@@ -294,6 +322,9 @@ def volume_from_datasets(
                           f"{'...' if len(gaps) > 8 else ''}, tolerance {tol:.3f} mm): missing or extra slices?")
 
     rows, cols = shape0
+    if rows * cols * len(slices) > MAX_VOXELS:
+        raise VolumeError(f"{rows} x {cols} x {len(slices)} voxels is more than the {MAX_VOXELS} a volume may have "
+                          f"(2 GiB as float32); split or downsample the series before sending it")
     array = np.empty((cols, rows, len(slices)), dtype=np.float32)
     cache: dict[int, np.ndarray] = {}
     for k, sl in enumerate(slices):

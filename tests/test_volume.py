@@ -265,7 +265,23 @@ def test_missing_pixel_data(small_series: list[pydicom.Dataset]) -> None:
 
 def test_short_pixel_data(small_series: list[pydicom.Dataset]) -> None:
     small_series[2].PixelData = small_series[2].PixelData[:-40]
-    with pytest.raises(VolumeError, match="pixel data cannot be decoded"):
+    with pytest.raises(VolumeError, match="truncated data or a wrong header"):
+        volume_from_datasets(small_series)
+
+
+def test_forged_matrix_is_refused_before_allocation(small_series: list[pydicom.Dataset]) -> None:
+    """Rows x Columns of 60000 with the real (short) pixel data: refused from the header, no 14 GB array."""
+    for ds in small_series:
+        ds.Rows = ds.Columns = 60000
+    with pytest.raises(VolumeError, match="60000 x 60000 x 1 x 16/8 needs"):
+        volume_from_datasets(small_series)
+
+
+def test_voxel_cap(small_series: list[pydicom.Dataset], monkeypatch: pytest.MonkeyPatch) -> None:
+    import inference.volume as volume_module
+
+    monkeypatch.setattr(volume_module, "MAX_VOXELS", 1000)
+    with pytest.raises(VolumeError, match="more than the 1000 a volume may have"):
         volume_from_datasets(small_series)
 
 
