@@ -1,11 +1,13 @@
 """worker.executor: ray: inference on model-holding actors of a real local Ray cluster.
 
-A head and a second worker node (separate raylet processes, loopback: tests/ray_cluster.py)
-each give one CPU; the node runs with
-two actors, so two series are analysed at once, one per actor. The measurements equal the
-in-process analysis of the same series. Then two more series keep both actors busy and the
-worker node is killed (-9, its whole process group): the job on it fails its attempt, the
-catalog queues it again, and it finishes on the remaining actor with the same numbers.
+The cluster is started as an operator starts one: `ray start --head` and a second worker node
+`ray start --address ...`, two `ray start` process trees, everything on 127.0.0.1
+(tests/ray_cluster.py says how). Each node gives one CPU; the node runs with two actors, so
+two series are analysed at once, one per actor. The measurements equal the in-process
+analysis of the same series. Then two more series keep both actors busy and the worker node is
+killed (-9, its whole process tree: raylet, agents, the actor): the job on it fails its
+attempt, the catalog queues it again, and it finishes on the remaining actor with the same
+numbers.
 """
 from __future__ import annotations
 
