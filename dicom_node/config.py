@@ -68,7 +68,18 @@ class WorkerSettings:
 
 @dataclass
 class ModelSettings:
-    path: str = "builtin:spinecord-t2"  # builtin:NAME or a folder path
+    path: str = "builtin:spinecord-t2"  # builtin:NAME, a model.json folder, or an nnU-Net v2 folder
+    # the rest only for nnU-Net v2 folders (a trainer folder, or a dataset folder holding them);
+    # empty values mean: what nnU-Net's own predictor would run
+    configuration: str = ""  # "" = the trainer folder's own; 3d_fullres in a dataset folder
+    folds: list[int | str] = field(default_factory=list)  # [] = fold_0..N (fold_all when it is the only one)
+    checkpoint: str = "checkpoint_final.pth"  # file name inside each fold_X/
+    use_mirroring: bool = True  # test-time mirroring on the axes the checkpoint allows
+    cord_labels: list[int | str] = field(default_factory=list)  # labels (numbers or names) that are cord
+    lesion_labels: list[int | str] = field(default_factory=list)  # labels that are lesion (also cord)
+
+
+NNUNET_MODEL_KEYS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels")
 
 
 @dataclass
@@ -183,9 +194,25 @@ class Config:
         return path.resolve()
 
     def model_path(self, key: str) -> str:
-        """The model folder (or builtin:NAME) of a `models` entry, relative paths resolved."""
-        spec = self.models[key].path
-        return spec if spec.startswith("builtin:") else str(self._resolve(spec))
+        """The model spec of a `models` entry: builtin:NAME or the folder, relative paths resolved;
+        an nnU-Net entry's settings that differ from the defaults ride along as FOLDER?key=value&...
+        (inference.models.registry.split_spec reads them back, also on a Ray actor)."""
+        m = self.models[key]
+        if m.path.startswith("builtin:"):
+            return m.path
+        folder = str(self._resolve(m.path))
+        options = _nnunet_options(m)
+        if not options:
+            return folder
+        from inference.models.registry import nnunet_spec  # lazy: only nnU-Net entries with settings
+
+        return nnunet_spec(folder, **options)
+
+
+def _nnunet_options(m: ModelSettings) -> dict[str, Any]:
+    """The nnU-Net settings of a models entry that differ from their defaults."""
+    defaults = ModelSettings()
+    return {k: getattr(m, k) for k in NNUNET_MODEL_KEYS if getattr(m, k) != getattr(defaults, k)}
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:
@@ -252,6 +279,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("node.max_associations: must be at least 1")
     if cfg.worker.device != "auto" and cfg.worker.device != "cpu" and not cfg.worker.device.startswith("cuda"):
         raise ConfigError(f"worker.device: {cfg.worker.device!r} is not auto, cpu, cuda or cuda:N")
+    for name, m in cfg.models.items():
+        _validate_model(cfg, name, m)
     for name, p in cfg.pipelines.items():
         if p.model not in cfg.models:
             raise ConfigError(f"pipelines.{name}.model: {p.model!r} is not a key of models ({', '.join(cfg.models)})")
@@ -292,6 +321,47 @@ def _validate(cfg: Config) -> None:
         for dest in rule.destinations:
             if dest not in cfg.destinations:
                 raise ConfigError(f"routing rule {rule.name!r}: destination {dest!r} is not a key of destinations")
+
+
+def _validate_model(cfg: Config, name: str, m: ModelSettings) -> None:
+    """An nnU-Net entry is checked against its folder now (folds, checkpoint, configuration,
+    labels: JSON and file names, nothing unpickled), so a wrong setting stops the node at start
+    with the key named, not the first job."""
+    options = _nnunet_options(m)
+    for key in ("folds", "cord_labels", "lesion_labels"):
+        for i, v in enumerate(getattr(m, key)):
+            if isinstance(v, bool) or not isinstance(v, (int, str)):
+                raise ConfigError(f"models.{name}.{key}[{i}]: expected a number or a name, got {v!r}")
+    if m.path.startswith("builtin:"):
+        folder = None
+    else:
+        folder = cfg.path(m.path)
+        if (folder / "model.json").is_file():
+            folder = None
+    if folder is None:
+        if options:
+            key = next(iter(options))
+            raise ConfigError(f"models.{name}.{key}: only nnU-Net v2 folders take {key}; {m.path} is a "
+                              "model.json model (remove the setting)")
+        return
+    nnunet_files = (folder / "plans.json").is_file() or (folder.is_dir() and any(
+        (p / "plans.json").is_file() for p in folder.iterdir() if p.is_dir()))
+    if not nnunet_files and not options:
+        return  # a model folder that is not there (yet): /health reports it, as for model.json folders
+    if not folder.exists():
+        w = cfg.worker
+        if w.executor == "ray" and w.ray.address:
+            return  # on a Ray cluster the folder may live on the workers only; their load says what is wrong
+        raise ConfigError(f"models.{name}.path: {folder} does not exist")
+    from inference.models.nnunet import SettingError, resolve_settings  # lazy: imports torch
+
+    try:
+        resolve_settings(folder, m.configuration or None, m.folds or None, m.checkpoint,
+                         m.cord_labels or None, m.lesion_labels or None)
+    except SettingError as exc:
+        raise ConfigError(f"models.{name}.{exc.key}: {exc}") from None
+    except ValueError as exc:  # ModelError: the folder itself is broken (bad JSON, unsupported plans)
+        raise ConfigError(f"models.{name}.path: {exc}") from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

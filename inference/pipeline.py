@@ -67,7 +67,8 @@ def resolve_model(model: "str | LoadedModel", device: str = "auto",
     if require_trained and not meta.trained:
         raise ModelError(f"model {meta.name} ({meta.folder}) is not trained (model.json has "
                          f"trained: false); refusing to segment with placeholder weights")
-    return model if isinstance(model, LoadedModel) else load_model(meta.folder, device=device)
+    # the spec itself, not meta.folder: an nnU-Net spec carries its settings (folds, mirroring, ...)
+    return model if isinstance(model, LoadedModel) else load_model(model, device=device)
 
 
 def _json_safe(value: Any) -> Any:

@@ -319,9 +319,155 @@ def _plain_keys(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def find_folds(folder: Path, checkpoint: str = DEFAULT_CHECKPOINT) -> list[str]:
-    """fold_0..fold_N and fold_all that hold the checkpoint, in nnU-Net's order (numbers, then 'all')."""
+    """The folds nnU-Net's predictor uses when none are named: fold_0..fold_N that hold the
+    checkpoint, in numeric order, never fold_all beside them (nnU-Net's auto-detection skips it);
+    fold_all alone when it is the only fold with the checkpoint (SCT ships models that way)."""
     found = [p.name[5:] for p in folder.glob("fold_*") if (p / checkpoint).is_file()]
-    return sorted(found, key=lambda f: (f == "all", int(f) if f.isdigit() else 0, f))
+    numbered = sorted((f for f in found if f.isdigit()), key=int)
+    return numbered or (["all"] if "all" in found else [])
+
+
+# ------------------------------------------------------------------------------ settings
+
+class SettingError(ModelError):
+    """A model setting does not fit the folder; `key` names the setting (path, configuration,
+    folds, checkpoint, cord_labels, lesion_labels) so the node's config can name models.NAME.KEY."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+@dataclass(frozen=True)
+class FolderChoice:
+    """A folder with its settings resolved: what runs, decided from JSON and file names only."""
+
+    folder: Path  # the trainer folder (TRAINER__PLANS__CONFIGURATION)
+    plan: NnUNetPlan
+    folds: tuple[str, ...]
+    checkpoint: str
+    cord_labels: frozenset[int]  # cord including lesion
+    lesion_labels: frozenset[int]
+
+
+def trainer_folders(root: Path) -> list[Path]:
+    """TRAINER__PLANS__CONFIGURATION folders (with plans.json and dataset.json) inside a dataset folder."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and folder_configuration(p) and is_nnunet_folder(p))
+
+
+def _pick_folder(root: Path, configuration: str | None) -> Path:
+    """`root` is a trainer folder, or a dataset folder holding one per configuration."""
+    if is_nnunet_folder(root):
+        own = folder_configuration(root)
+        if configuration and own and configuration != own:
+            raise SettingError("configuration", f"{configuration!r}, but {root} is the {own!r} folder; set "
+                               f"configuration: {own} (or leave it empty), or point path at the dataset folder")
+        return root
+    if not root.exists():
+        raise SettingError("path", f"{root} does not exist")
+    subs = trainer_folders(root)
+    if not subs:
+        raise SettingError("path", f"{root} is not an nnU-Net v2 trained-model folder (plans.json, dataset.json, "
+                           "fold_*/) nor a dataset folder holding TRAINER__PLANS__CONFIGURATION folders")
+    want = configuration or DEFAULT_CONFIGURATION
+    match = [p for p in subs if folder_configuration(p) == want]
+    names = ", ".join(p.name for p in subs)
+    if not match:
+        raise SettingError("configuration", f"{want!r}: no {want} folder in {root} (found: {names})")
+    if len(match) > 1:
+        raise SettingError("path", f"{root} holds several {want} folders ({', '.join(p.name for p in match)}); "
+                           "point path at the one to use")
+    return match[0]
+
+
+def _label_values(spec: Sequence[int | str], labels: Labels, key: str, where: str) -> set[int]:
+    """Integer labels for `spec`: integers as they are, names looked up in dataset.json's labels
+    (a region name gives every label in it)."""
+    fg_names = [k for k in labels.names if k not in ("background", "ignore")]
+    valid = set(labels.all_labels) - {0}
+    out: set[int] = set()
+    for item in spec:
+        if isinstance(item, bool):
+            raise SettingError(key, f"{item!r} is not a label (an integer or a name from {where})")
+        if isinstance(item, int) or (isinstance(item, str) and item.strip().isdigit()):
+            value = int(item)
+            if value not in valid:
+                raise SettingError(key, f"label {value} is not a foreground label of {where} "
+                                   f"(labels: {sorted(valid)}, names: {fg_names})")
+            out.add(value)
+        elif isinstance(item, str) and item in fg_names:
+            out |= labels.label_set(re.compile(f"^{re.escape(item)}$"))
+        else:
+            raise SettingError(key, f"{item!r} is neither a label number nor a label name of {where} "
+                               f"(names: {fg_names})")
+    return out
+
+
+def resolve_settings(path: str | Path, configuration: str | None = None, folds: Sequence[str | int] | None = None,
+                     checkpoint: str = DEFAULT_CHECKPOINT, cord_labels: Sequence[int | str] | None = None,
+                     lesion_labels: Sequence[int | str] | None = None) -> FolderChoice:
+    """Check a folder's settings against its files (JSON and file names; nothing is unpickled).
+
+    `configuration`: None/"" = the trainer folder's own, or 3d_fullres in a dataset folder.
+    `folds`: None/[] = what nnU-Net's predictor uses (numbered folds; fold_all only when alone).
+    `cord_labels` / `lesion_labels`: numbers or dataset.json names; None/[] = found by name
+    ("sc", "cord", ... / "lesion", ...). The cord always includes the lesion labels.
+    Raises SettingError naming the setting at fault and what to do about it.
+    """
+    root = Path(path).expanduser().resolve()
+    configuration = configuration or None
+    if not checkpoint or Path(checkpoint).name != checkpoint or checkpoint in (".", ".."):
+        raise SettingError("checkpoint", f"{checkpoint!r} must be a file name inside each fold folder "
+                           f"(like {DEFAULT_CHECKPOINT} or checkpoint_best.pth), not a path")
+    folder = _pick_folder(root, configuration)
+    conf = configuration or folder_configuration(folder) or DEFAULT_CONFIGURATION
+    available = _read_json(folder / "plans.json").get("configurations", {})
+    if conf not in available:
+        raise SettingError("configuration", f"{conf!r} is not in {folder / 'plans.json'} "
+                           f"(configurations: {', '.join(available) or 'none'})")
+    try:
+        plan = read_plan(folder, conf)
+    except ModelError as exc:
+        raise SettingError("configuration" if "cascade" in str(exc) else "path", str(exc)) from None
+    if len(plan.patch_size) != 3:
+        raise SettingError("configuration", f"{conf!r} in {folder} has a {len(plan.patch_size)}D patch; only 3D "
+                           "configurations (3d_fullres, 3d_lowres) run here")
+    present = sorted(p.name[5:] for p in folder.glob("fold_*") if p.is_dir())
+    if folds:
+        names: list[str] = []
+        for f in folds:
+            name = str(f).strip()
+            if isinstance(f, bool) or not (name.isdigit() or name == "all"):
+                raise SettingError("folds", f"{f!r} is not a fold (a number like 0, or all)")
+            name = str(int(name)) if name.isdigit() else name
+            if name in names:
+                raise SettingError("folds", f"fold {name} is listed twice")
+            if name not in present:
+                raise SettingError("folds", f"fold_{name} is not in {folder} (folds there: {', '.join(present) or 'none'})")
+            names.append(name)
+        for name in names:
+            if not (folder / f"fold_{name}" / checkpoint).is_file():
+                have = sorted(p.name for p in (folder / f"fold_{name}").glob("*.pth"))
+                raise SettingError("checkpoint", f"fold_{name}/{checkpoint} is missing in {folder} "
+                                   f"(fold_{name} holds: {', '.join(have) or 'no .pth file'})")
+    else:
+        names = find_folds(folder, checkpoint)
+        if not names:
+            have = sorted({p.name for p in folder.glob("fold_*/*.pth")})
+            key = "checkpoint" if have else "path"
+            raise SettingError(key, f"no fold_*/{checkpoint} in {folder}"
+                               + (f" (checkpoints there: {', '.join(have)})" if have else " (no fold_* with a checkpoint)"))
+    where = str(folder / "dataset.json")
+    lab = plan.labels
+    lesion = _label_values(lesion_labels, lab, "lesion_labels", where) if lesion_labels else lab.label_set(LESION_NAMES)
+    cord = _label_values(cord_labels, lab, "cord_labels", where) if cord_labels else lab.label_set(CORD_NAMES)
+    if not cord:
+        raise SettingError("cord_labels", f"no label of {where} is named like the spinal cord "
+                           f"({[k for k in lab.names if k != 'background']}); name the cord's labels in cord_labels")
+    return FolderChoice(folder=folder, plan=plan, folds=tuple(names), checkpoint=checkpoint,
+                        cord_labels=frozenset(cord | lesion), lesion_labels=frozenset(lesion))
 
 
 # ------------------------------------------------------------------------------ loaded model
@@ -349,9 +495,11 @@ def nnunet_meta(plan: NnUNetPlan, folds: Sequence[str], checkpoint: str) -> Mode
         orientation=plan.image_orientation or "as-read", normalization=",".join(plan.normalization_schemes),
         patch_size=plan.patch_size,  # type: ignore[arg-type]
         regions=("cord", "lesion"), activation="sigmoid" if plan.labels.has_regions else "softmax",
-        thresholds=(0.5, 0.5), weights=",".join(f"fold_{f}/{checkpoint}" for f in folds), trained=True,
+        # `weights` is one file (the first fold's) so a readiness check can stat it; all are in extra
+        thresholds=(0.5, 0.5), weights=f"fold_{folds[0]}/{checkpoint}", trained=True,
         description=f"nnU-Net v2 model folder {plan.folder}",
-        extra={"format": "nnunetv2", "configuration": plan.configuration, "folds": list(folds)},
+        extra={"format": "nnunetv2", "configuration": plan.configuration, "folds": list(folds),
+               "checkpoints": [f"fold_{f}/{checkpoint}" for f in folds]},
     )
 
 
@@ -361,17 +509,11 @@ def folder_configuration(folder: Path) -> str | None:
     return parts[2] if len(parts) == 3 and parts[2] else None
 
 
-def read_nnunet_meta(folder: str | Path, checkpoint: str = DEFAULT_CHECKPOINT) -> ModelMeta:
+def read_nnunet_meta(folder: str | Path, configuration: str | None = None, folds: Sequence[str | int] | None = None,
+                     checkpoint: str = DEFAULT_CHECKPOINT, **_: Any) -> ModelMeta:
     """ModelMeta from the JSON files only (no checkpoint is unpickled): for listings and config checks."""
-    root = Path(folder).expanduser().resolve()
-    plans = _read_json(root / "plans.json")
-    conf = folder_configuration(root)
-    if conf not in plans.get("configurations", {}):
-        conf = DEFAULT_CONFIGURATION
-    folds = find_folds(root, checkpoint)
-    if not folds:
-        raise ModelError(f"{root}: no fold_*/{checkpoint} found")
-    return nnunet_meta(read_plan(root, conf), folds, checkpoint)
+    choice = resolve_settings(folder, configuration, folds, checkpoint)
+    return nnunet_meta(choice.plan, choice.folds, checkpoint)
 
 
 def _compiled(net: torch.nn.Module, plan: NnUNetPlan, dev: torch.device) -> torch.nn.Module:
@@ -396,36 +538,33 @@ _LOCK = threading.Lock()
 
 def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | None = None,
                 folds: Sequence[str | int] | None = None, checkpoint: str = DEFAULT_CHECKPOINT,
-                use_mirroring: bool = True, cord_labels: Sequence[int] | None = None,
-                lesion_labels: Sequence[int] | None = None, compile: bool = False) -> NnUNetModel:
+                use_mirroring: bool = True, cord_labels: Sequence[int | str] | None = None,
+                lesion_labels: Sequence[int | str] | None = None, compile: bool = False) -> NnUNetModel:
     """Load (once per process) every requested fold of an nnU-Net v2 folder onto `device`.
 
-    `configuration`: None takes the one the checkpoint was trained with (else 3d_fullres).
-    `cord_labels` / `lesion_labels`: integer labels that make up the cord (incl. lesion) and the
-    lesion; by default found from dataset.json names ("sc", "cord", ... / "lesion", ...).
+    `folder`: a trainer folder (TRAINER__PLANS__CONFIGURATION) or a dataset folder holding them.
+    `configuration`, `folds`, `checkpoint`, `cord_labels`, `lesion_labels`: see resolve_settings
+    (defaults: what nnUNetPredictor would run). `use_mirroring`: test-time mirroring on the axes
+    the checkpoint allows (nnU-Net's default: on).
     `compile`: torch.compile each fold (inductor, weights frozen) and warm it up on one patch
     here, so the one-off compile (about a minute per fold on CPU, needs a C compiler) is paid
     at load and every case after runs the fused kernels; falls back to eager if it fails.
     """
-    root = Path(folder).expanduser().resolve()
-    if not is_nnunet_folder(root):
-        raise ModelError(f"{root}: not an nnU-Net v2 model folder (needs plans.json, dataset.json, fold_*/{checkpoint})")
-    fold_names = [str(f) for f in folds] if folds is not None else find_folds(root, checkpoint)
-    if not fold_names:
-        raise ModelError(f"{root}: no fold_*/{checkpoint} found")
+    choice = resolve_settings(folder, configuration, folds, checkpoint, cord_labels, lesion_labels)
+    root, fold_names = choice.folder, list(choice.folds)
     dev = pick_device(device)
-    key = (str(root), str(dev), configuration, tuple(fold_names), checkpoint, use_mirroring,
-           tuple(cord_labels or ()), tuple(lesion_labels or ()), compile)
+    key = (str(root), str(dev), choice.plan.configuration, tuple(fold_names), checkpoint, bool(use_mirroring),
+           tuple(sorted(choice.cord_labels)), tuple(sorted(choice.lesion_labels)), compile)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
         ckpts = [load_checkpoint(root / f"fold_{f}" / checkpoint) for f in fold_names]
+        plan = choice.plan
         trained_conf = (ckpts[0].get("init_args") or {}).get("configuration")
-        conf = configuration or trained_conf or folder_configuration(root) or DEFAULT_CONFIGURATION
-        if trained_conf and conf != trained_conf:
-            raise ModelError(f"{root}: checkpoints were trained with configuration {trained_conf!r}, "
-                             f"not {conf!r}; drop the configuration setting or pick the matching folder")
-        plan = read_plan(root, conf)
+        if trained_conf and plan.configuration != trained_conf:
+            raise SettingError("configuration", f"{root}: checkpoints were trained with configuration "
+                               f"{trained_conf!r}, not {plan.configuration!r}; drop the configuration setting "
+                               "or pick the matching folder")
         if plan.num_input_channels != 1:
             raise ModelError(f"{root}: the model takes {plan.num_input_channels} input channels; only "
                              "single-image models are supported")
@@ -442,16 +581,10 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
                 net.to(memory_format=torch.channels_last_3d)
             nets.append(_compiled(net, plan, dev) if compile else net)
         axes = ckpts[0].get("inference_allowed_mirroring_axes")
-        lab = plan.labels
-        lesion = set(lesion_labels) if lesion_labels is not None else lab.label_set(LESION_NAMES)
-        cord = set(cord_labels) if cord_labels is not None else lab.label_set(CORD_NAMES)
-        if not cord:
-            raise ModelError(f"{root}/dataset.json: no label named like the spinal cord among "
-                             f"{list(lab.names)}; pass cord_labels (and lesion_labels)")
         loaded = NnUNetModel(
             meta=nnunet_meta(plan, fold_names, checkpoint), network=nets[0], device=dev, plan=plan,
             networks=nets, folds=tuple(fold_names), mirror_axes=tuple(int(a) for a in axes or ()),
-            use_mirroring=use_mirroring, cord_labels=frozenset(cord | lesion), lesion_labels=frozenset(lesion),
+            use_mirroring=bool(use_mirroring), cord_labels=choice.cord_labels, lesion_labels=choice.lesion_labels,
         )
         _CACHE[key] = loaded
         return loaded

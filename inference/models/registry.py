@@ -17,6 +17,17 @@
 
 ``builtin:NAME`` names a folder shipped in ``inference/models/NAME``.
 Weights load once per process (``load_model`` caches by resolved folder and device).
+
+An nnU-Net v2 folder (``plans.json`` + ``dataset.json``, or a dataset folder holding
+TRAINER__PLANS__CONFIGURATION folders) runs with nnU-Net's own semantics
+(``inference.models.nnunet``). Its settings travel inside the spec string, so the spec alone says
+what runs wherever it goes (worker thread, Ray actor, health check)::
+
+    FOLDER?configuration=3d_fullres&folds=0,1&checkpoint=checkpoint_best.pth&use_mirroring=false
+           &cord_labels=1,2&lesion_labels=lesion
+
+Keys are NNUNET_OPTIONS, values URL-quoted, lists comma-separated; a key left out takes the
+default (what nnUNetPredictor runs). ``dicom_node.config`` writes such specs from a models entry.
 """
 from __future__ import annotations
 
@@ -25,6 +36,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 import torch
 
@@ -68,10 +80,72 @@ class ModelMeta:
         }
 
 
+NNUNET_OPTIONS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels")
+_LIST_OPTIONS = ("folds", "cord_labels", "lesion_labels")
+
+
+def nnunet_spec(folder: str | Path, **options: Any) -> str:
+    """FOLDER?key=value&... for the options that are set (None, "" and [] are left out)."""
+    parts = []
+    for key in NNUNET_OPTIONS:
+        value = options.get(key)
+        if value is None or value == "" or (isinstance(value, (list, tuple)) and not value):
+            continue
+        if key in _LIST_OPTIONS:
+            text = ",".join(quote(str(v), safe="") for v in value)
+        elif key == "use_mirroring":
+            text = "true" if value else "false"
+        else:
+            text = quote(str(value), safe="")
+        parts.append(f"{key}={text}")
+    unknown = set(options) - set(NNUNET_OPTIONS)
+    if unknown:
+        raise ModelError(f"unknown nnU-Net option(s) {sorted(unknown)} (known: {', '.join(NNUNET_OPTIONS)})")
+    return str(folder) + ("?" + "&".join(parts) if parts else "")
+
+
+def split_spec(spec: str | Path) -> tuple[str, dict[str, Any]]:
+    """(folder, options) of a model spec; options only when the part after the last '?' is
+    key=value pairs with NNUNET_OPTIONS keys (a '?' inside a folder name stays part of it)."""
+    text = str(spec)
+    base, sep, query = text.rpartition("?")
+    if not sep or "=" not in query:
+        return text, {}
+    pairs = query.split("&")
+    if not all("=" in p and p.split("=", 1)[0] in NNUNET_OPTIONS for p in pairs):
+        return text, {}
+    options: dict[str, Any] = {}
+    for p in pairs:
+        key, raw = p.split("=", 1)
+        if key in _LIST_OPTIONS:
+            items = [unquote(v) for v in raw.split(",") if v]
+            options[key] = [int(v) if v.isdigit() else v for v in items]
+        elif key == "use_mirroring":
+            if raw.lower() not in ("true", "false", "1", "0"):
+                raise ModelError(f"model spec {text!r}: use_mirroring={raw!r} is not true or false")
+            options[key] = raw.lower() in ("true", "1")
+        else:
+            options[key] = unquote(raw)
+    return base, options
+
+
 def _is_nnunet(spec: str | Path) -> bool:
-    folder = Path(str(spec)).expanduser()
-    return not str(spec).startswith("builtin:") and (folder / "plans.json").is_file() \
-        and (folder / "dataset.json").is_file() and not (folder / "model.json").is_file()
+    """An nnU-Net v2 trainer folder, or a dataset folder holding them (never a model.json folder)."""
+    if str(spec).startswith("builtin:"):
+        return False
+    path, options = split_spec(spec)
+    folder = Path(path).expanduser()
+    if (folder / "model.json").is_file():
+        return False
+    if (folder / "plans.json").is_file() and (folder / "dataset.json").is_file():
+        return True
+    if options:  # settings only nnU-Net folders take: let its loader say what is wrong with the folder
+        return True
+    try:
+        return folder.is_dir() and any((p / "plans.json").is_file() and len(p.name.split("__")) == 3
+                                       for p in folder.iterdir())
+    except OSError:
+        return False
 
 
 def resolve_folder(spec: str | Path) -> Path:
@@ -86,7 +160,8 @@ def resolve_folder(spec: str | Path) -> Path:
 def read_meta(spec: str | Path) -> ModelMeta:
     if _is_nnunet(spec):  # a bring-your-own nnU-Net v2 folder (plans.json + dataset.json)
         from inference.models.nnunet import read_nnunet_meta
-        return read_nnunet_meta(spec)
+        path, options = split_spec(spec)
+        return read_nnunet_meta(path, **options)
     folder = resolve_folder(spec)
     try:
         raw = json.loads((folder / "model.json").read_text(encoding="utf-8"))
@@ -147,7 +222,8 @@ def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:
     """Load (once per process) the model's network with its weights, in eval mode."""
     if _is_nnunet(spec):
         from inference.models.nnunet import load_nnunet
-        return load_nnunet(spec, device)
+        path, options = split_spec(spec)
+        return load_nnunet(path, device, **options)
     meta = read_meta(spec)
     dev = pick_device(device)
     key = (str(meta.folder), str(dev))
