@@ -122,3 +122,24 @@ def test_resume_without_checkpoint_says_what_to_do(tmp_path):
     args = train_mod.parse_args(["--out", str(tmp_path / "none"), "--minutes", "1", "--resume"])
     with pytest.raises(SystemExit, match="no checkpoint"):
         train_mod.train(args, volumes=([fake_volume("a")], [fake_volume("v")]))
+
+
+def test_fine_tune_records_its_parent_and_the_card_shows_both_stages(tmp_path):
+    from inference.train.model_card import train_command, write_card
+
+    common = ["--minutes", "5", "--patch", "16", "16", "32", "--filters", "4", "8", "16", "--batch", "1",
+              "--workers", "0", "--threads", "1", "--val-minutes", "100", "--max-iters", "1"]
+    vols = ([fake_volume("a")], [fake_volume("v", 2)])
+    parent = train_mod.train(train_mod.parse_args(["--out", str(tmp_path / "s1")] + common), volumes=vols)
+    child = train_mod.train(train_mod.parse_args(
+        ["--out", str(tmp_path / "s2"), "--init", str(parent), "--lr", "0.001", "--p-foreground", "0.9",
+         "--p-lesion-free", "0.1", "--version", "1.1.0"] + common), volumes=vols)
+    meta = read_meta(child)
+    tr = meta.extra["training"]
+    assert tr["init_from"]["version"] == "1.0.0" and tr["init_from"]["training"]["iterations"] == 1
+    assert tr["sampler"]["p_foreground"] == 0.9 and tr["sampler"]["lesions"]["p_lesion_free"] == 0.1
+    first, second = train_command(meta).splitlines()
+    assert "--out var/train/stage1" in first and "--init" not in first
+    assert "--init var/train/stage1/model_last --lr 0.001 --p-foreground 0.9 --p-lesion-free 0.1" in second
+    text = write_card(meta, {"summary": {}, "rows": []}).read_text()
+    assert "**Stage 1** (spinecord-t2 1.0.0)" in text and "0 (10 % of patches)" in text

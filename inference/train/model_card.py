@@ -66,14 +66,55 @@ def results_table(summary: dict[str, Any]) -> str:
 
 
 def train_command(meta: ModelMeta) -> str:
-    """A fresh-run command with the final recipe, rebuilt from model.json (resumes are listed apart)."""
+    """Fresh-run commands with the final recipe, rebuilt from model.json (resumes are listed apart).
+
+    A fine-tune gives two commands: the parent's run, then the fine-tune started from its export.
+    """
     tr = meta.extra.get("training", {})
+    parent = tr.get("init_from")
+    first = "var/train/stage1" if parent else "var/train/run2"
+    cmds = []
+    if parent:
+        cmds.append(_one_command(first, parent.get("training", {}), meta))
+    cmd = _one_command("var/train/stage2" if parent else first, tr, meta)
+    if parent:
+        sampler = tr.get("sampler", {})
+        cmd += (f" --init {first}/model_last --lr {tr.get('lr', 0.002)}"
+                f" --p-foreground {sampler.get('p_foreground')}"
+                f" --p-lesion-free {sampler.get('lesions', {}).get('p_lesion_free')}")
+    cmds.append(cmd)
+    return "\n".join(cmds)
+
+
+def _one_command(out: str, tr: dict[str, Any], meta: ModelMeta) -> str:
     budget = str(tr.get("optimizer", "")).split(" over ")[-1].split(" ")[0] or "60"
-    return (".venv/bin/python -m inference.train.train --out var/train/run2 --minutes " + budget
+    return (f".venv/bin/python -m inference.train.train --out {out} --minutes " + budget
             + " --filters " + " ".join(str(f) for f in meta.architecture.get("filters", []))
             + " --patch " + " ".join(str(p) for p in tr.get("train_patch", []))
             + " --infer-patch " + " ".join(str(p) for p in meta.patch_size)
             + f" --batch {tr.get('batch', 2)} --seed {tr.get('seed', 0)}")
+
+
+def _stages(tr: dict[str, Any]) -> str:
+    """For a fine-tune: the parent's training first (the weights it started from)."""
+    parent = tr.get("init_from")
+    if not parent:
+        return ""
+    ptr = parent.get("training", {})
+    hist = "".join(f"\n    - {h}" for h in ptr.get("history", []))
+    return (f"- **Stage 1** ({parent.get('name')} {parent.get('version')}): {ptr.get('optimizer')}, "
+            f"{ptr.get('iterations')} iterations, {ptr.get('patches')} patches, {ptr.get('minutes')} min on "
+            f"{ptr.get('device')}, patches {ptr.get('train_patch')}, "
+            f"{int(100 * ptr.get('sampler', {}).get('p_foreground', 0))} % centred on the cord, "
+            f"{int(100 * ptr.get('sampler', {}).get('lesions', {}).get('p_lesion_free', 0))} % of patches "
+            f"lesion-free; loss {ptr.get('loss')}; restarts (the lesion loss terms and in-patch "
+            f"lesion painting were added during stage 1):{hist}\n"
+            "- **Stage 2** (this version): fine-tuned from stage 1's final weights with a lesion-focused "
+            "sampler (below), a fresh optimizer and its own learning-rate schedule.\n")
+
+
+def _final_folder(tr: dict[str, Any]) -> str:
+    return "var/train/stage2/model_last" if tr.get("init_from") else "var/train/run2/model_last"
 
 
 def _history(tr: dict[str, Any]) -> str:
@@ -81,9 +122,12 @@ def _history(tr: dict[str, Any]) -> str:
     if len(hist) <= 1:
         return ""
     notes = "\n".join(f"  - {h}" for h in hist)
-    return ("- The run was stopped and resumed from its checkpoints while the recipe was being fixed "
-            "(the code at each restart is in git history; the lesion loss terms and in-patch lesion "
-            "painting were added during the run, and the budget changed):\n" + notes + "\n")
+    if tr.get("init_from"):
+        why = "(the budget was extended; the code at each restart is in git history)"
+    else:
+        why = ("while the recipe was being fixed (the code at each restart is in git history; the lesion "
+               "loss terms and in-patch lesion painting were added during the run, and the budget changed)")
+    return f"- The run was stopped and resumed from its checkpoints {why}:\n" + notes + "\n"
 
 
 def _people(keys: list[str]) -> int:
@@ -146,7 +190,7 @@ are the same person and both in training. Unlabelled volumes were not used.
   {sum(1 for _ in arch.get('filters', []))} levels; sliding-window tile {list(meta.patch_size)}.
 - Patches {tr.get('train_patch')} × batch {tr.get('batch')}, {int(100 * tr.get('sampler', {}).get('p_foreground', 0))} % centred on the cord
   (foreground oversampling as nnU-Net), sampling weight per acquisition group.
-- Synthetic lesions (`inference/train/lesions.py`): 0 (25 %) to 3 per patch; irregular
+{_stages(tr)}- Synthetic lesions (`inference/train/lesions.py`): 0 ({int(100 * tr.get('sampler', {}).get('lesions', {}).get('p_lesion_free', 0.25))} % of patches) to {tr.get('sampler', {}).get('lesions', {}).get('max_lesions', 3)} per patch; irregular
   (smoothed noise on an ellipsoid), elongated along the local cord centerline, 2–40 mm long,
   hyperintense towards the CSF level with an edema-like falloff, 25 % with a hypointense
   haemorrhagic core, 35 % centred on the cord border; label = painted voxels inside the cord.
@@ -165,8 +209,8 @@ Reproduce (the timing, not the exact weights, depends on the shared CPU):
 
 ```
 {train_command(meta)}
-.venv/bin/python -m inference.train.calibrate --model var/train/run2/model_last --write
-.venv/bin/python -m inference.train.evaluate --model var/train/run2/model_last --card
+.venv/bin/python -m inference.train.calibrate --model {_final_folder(tr)} --write
+.venv/bin/python -m inference.train.evaluate --model {_final_folder(tr)} --card
 ```
 
 ## Known limitations

@@ -109,6 +109,20 @@ def model_meta(args: argparse.Namespace, arch: dict[str, Any], training: dict[st
     }
 
 
+def init_record(folder: str | Path) -> dict[str, Any]:
+    """What a fine-tune started from: the parent model's identity and its own training record.
+
+    Why: a fine-tuned model's card must say how the starting weights came about, and the
+    parent's model.json may be overwritten when the fine-tune is shipped in its place.
+    """
+    meta = read_meta(folder)
+    tr = meta.extra.get("training", {})
+    keep = ("iterations", "patches", "minutes", "batch", "train_patch", "optimizer", "loss", "seed", "device",
+            "history", "sampler")
+    return {"name": meta.name, "version": meta.version, "folder": str(folder),
+            "training": {k: tr[k] for k in keep if k in tr}}
+
+
 def loaded(network: torch.nn.Module, arch: dict[str, Any], args: argparse.Namespace,
            device: torch.device) -> LoadedModel:
     """Wrap the training network so the engine's sliding window can run on it."""
@@ -244,6 +258,7 @@ def train(args: argparse.Namespace,
             raise SystemExit(f"--init {args.init}: architecture differs from --filters {args.filters}")
         net.load_state_dict(torch.load(meta.folder / meta.weights, map_location="cpu", weights_only=True))
 
+    parent = init_record(args.init) if args.init else None
     split = load_split()
     spacing = tuple(args.spacing)
     if volumes is None:
@@ -280,7 +295,10 @@ def train(args: argparse.Namespace,
             "quick_val": {k: round(v, 4) for k, v in metrics.items()},
             "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
                         "augment": asdict(cfg.augment)},
+            "lr": args.lr,
         }
+        if parent is not None:
+            training["init_from"] = parent
         save_model(folder, model_meta(args, arch, training), net)
 
     net.train()
