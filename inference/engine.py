@@ -2,8 +2,8 @@
 
 Steps: input grid -> model space (RAS by flips/permutations, model spacing, z-score) ->
 sliding-window inference over the body only (Gaussian-weighted tiles, overlap 0.5) ->
-sigmoid -> back to the input grid (exact shape) -> thresholds -> largest cord component ->
-lesion restricted to the cord.
+sigmoid -> back to the input grid (exact shape) -> thresholds -> cord = largest component of
+(cord region or lesion region) -> lesion restricted to that cord.
 
 Most of a spine field of view is air in front of and behind the body: tiles that hold no
 body voxel are skipped and the image is cropped to the body's bounding box before tiling,
@@ -219,9 +219,19 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def postprocess(cord_prob: np.ndarray, lesion_prob: np.ndarray,
                 thresholds: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Threshold, keep the largest cord component, and keep lesion voxels only inside the cord."""
-    cord = largest_component(cord_prob >= thresholds[0])
-    lesion = ((lesion_prob >= thresholds[1]) & (cord > 0)).astype(np.uint8)
+    """Region semantics as nnU-Net/SCIseg: cord = cord region OR lesion region, then its largest
+    component; lesion = lesion region inside that cord.
+
+    Why the union: the lesion region is a sub-region of the cord, and a bright T2 lesion looks
+    like CSF to the cord channel, which often stays below its threshold there. nnU-Net's
+    region-to-label conversion labels such voxels lesion (hence cord) whatever the cord
+    channel says; intersecting with the cord channel instead erased 60-75 % of true lesion
+    voxels (pooled lesion Dice 0.17 -> 0.74 on painted training cords with this rule). The
+    largest-component step still drops lesion specks that do not touch the cord.
+    """
+    lesion_region = lesion_prob >= thresholds[1]
+    cord = largest_component((cord_prob >= thresholds[0]) | lesion_region)
+    lesion = (lesion_region & (cord > 0)).astype(np.uint8)
     return cord, lesion
 
 

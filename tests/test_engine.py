@@ -189,6 +189,21 @@ def test_postprocess_keeps_largest_cord_component_and_lesions_inside_it() -> Non
     assert l.sum() == 3 * 3 * 4 and not (l & (1 - c)).any()
 
 
+def test_postprocess_bright_lesion_the_cord_channel_missed_is_cord_and_lesion() -> None:
+    """Region semantics (nnU-Net/SCIseg): a lesion-region voxel is cord even where the cord channel
+    is low, as long as it touches the cord; a lesion blob away from the cord is still dropped."""
+    cord = np.zeros((30, 30, 30), np.float32)
+    cord[10:20, 10:20, 2:28] = 0.9
+    lesion = np.zeros_like(cord)
+    cord[12:16, 12:16, 10:15] = 0.2  # the cord channel misses a bright lesion...
+    lesion[12:16, 12:16, 10:15] = 0.8  # ...the lesion channel finds it
+    lesion[16:22, 12:16, 10:15] = 0.8  # and it bulges past the cord border (still touching)
+    lesion[25:28, 25:28, 25:28] = 0.9  # not touching the cord
+    c, l = engine.postprocess(cord, lesion, (0.5, 0.5))
+    assert l.sum() == 4 * 4 * 5 + 6 * 4 * 5 and c[13, 13, 12] == 1 and c[21, 13, 12] == 1
+    assert c.sum() == 10 * 10 * 26 + 2 * 4 * 5 and l[26, 26, 26] == 0 and c[26, 26, 26] == 0
+
+
 def test_largest_component_on_empty_mask() -> None:
     assert engine.largest_component(np.zeros((4, 4, 4), bool)).sum() == 0
 

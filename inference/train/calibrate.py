@@ -19,7 +19,7 @@ import numpy as np
 from inference.train.data import BY_KEY, build_cache, load_split
 from inference.train.lesions import paint_lesions
 
-CANDIDATES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
+CANDIDATES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8)
 CALIBRATION_KEYS = ("errsm_11", "errsm_18", "t2s_10062Ses1", "t2s_9418")
 SEED = 777
 
@@ -52,12 +52,14 @@ def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2) -> list[tup
 
 def best_lesion_threshold(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                           cord_threshold: float = 0.5) -> tuple[float, dict[float, float]]:
-    """Threshold maximising the pooled lesion Dice (lesion kept inside the predicted cord)."""
+    """Threshold maximising the pooled lesion Dice, with the engine's own post-processing."""
+    from inference.engine import postprocess
+
     scores = {}
     for t in CANDIDATES:
         inter = total = 0
         for prob, _, les in cases:
-            pred = (prob[1] >= t) & (prob[0] >= cord_threshold)
+            pred = postprocess(prob[0], prob[1], (cord_threshold, t))[1] > 0
             inter += int((pred & les).sum())
             total += int(pred.sum()) + int(les.sum())
         scores[t] = 2.0 * inter / max(total, 1)

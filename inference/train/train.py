@@ -154,17 +154,18 @@ class QuickVal:
             self.items.append((v.key + "+lesions", painted, np.maximum(cord, les), les))
 
     def __call__(self, model: LoadedModel) -> dict[str, float]:
-        from inference.engine import predict_model_space
+        from inference.engine import postprocess, predict_model_space
 
         model.network.eval()
         out: dict[str, float] = {}
         for key, img, cord, les in self.items:
             prob = predict_model_space(img, model, normalized=True)
-            out[f"{key}/cord_dice"] = _dice(prob[0] > 0.5, cord > 0)
-            if les.any():  # as the engine: lesion only inside the predicted cord
-                out[f"{key}/lesion_dice"] = _dice((prob[1] > 0.5) & (prob[0] > 0.5), les > 0)
+            cord_pred, les_pred = postprocess(prob[0], prob[1], (0.5, 0.5))  # the engine's rule
+            out[f"{key}/cord_dice"] = _dice(cord_pred > 0, cord > 0)
+            if les.any():
+                out[f"{key}/lesion_dice"] = _dice(les_pred > 0, les > 0)
             else:
-                out[f"{key}/false_lesion_vox"] = float((prob[1] > 0.5).sum())
+                out[f"{key}/false_lesion_vox"] = float(les_pred.sum())
         model.network.train()
         cords = [v for k, v in out.items() if k.endswith("cord_dice")]
         lesions = [v for k, v in out.items() if k.endswith("lesion_dice")]
