@@ -143,3 +143,23 @@ def test_fine_tune_records_its_parent_and_the_card_shows_both_stages(tmp_path):
     assert "--init var/train/stage1/model_last --lr 0.001 --p-foreground 0.9 --p-lesion-free 0.1" in second
     text = write_card(meta, {"summary": {}, "rows": []}).read_text()
     assert "**Stage 1** (spinecord-t2 1.0.0)" in text and "0 (10 % of patches)" in text
+
+
+def test_calibration_takes_the_best_dice_within_the_false_lesion_limit():
+    from inference.train.calibrate import best_lesion_threshold
+
+    cord = np.zeros((20, 20, 40), bool)
+    cord[6:14, 6:14, :] = True
+    cord_p = cord.astype(np.float32)
+    les = np.zeros_like(cord)
+    les[8:12, 8:12, 10:20] = True
+    les_p = np.where(les, 0.9, 0.0).astype(np.float32)
+    les_p[7:13, 7:13, 9:21] = np.maximum(les_p[7:13, 7:13, 9:21], 0.3)  # a halo: low thresholds over-segment
+    free_p = np.zeros_like(les_p)
+    free_p[8:11, 8:11, 30:33] = 0.45  # 27 mm³ false lesion below threshold 0.5 in a healthy cord
+    cases = [(np.stack([cord_p, les_p]), cord, les), (np.stack([cord_p, free_p]), cord, np.zeros_like(les))]
+    best, scores, false_mm3 = best_lesion_threshold(cases)
+    assert false_mm3[0.4] == 27.0 and false_mm3[0.5] == 0.0
+    assert scores[0.3] < scores[0.4] == scores[0.5] == 1.0 and best == 0.5
+    best_any, _, _ = best_lesion_threshold(cases, max_false_mm3=1000.0)
+    assert best_any == 0.35  # without the limit the first threshold with Dice 1.0 wins

@@ -3,7 +3,8 @@
     python -m inference.train.calibrate --model var/train/run2/model [--write]
 
 Why: after a short CPU training the lesion probabilities are well ranked but not yet
-calibrated around 0.5; choosing the threshold on validation data would make the model
+calibrated around 0.5 (the threshold with the best pooled Dice is taken among those that keep
+false lesions on the unpainted training cords within the card's 20 mm³); choosing the threshold on validation data would make the model
 card's numbers optimistic, so it is chosen here on training cords with new lesions (a seed
 the training never used) and only then evaluated on the validation subjects.
 """
@@ -22,10 +23,16 @@ from inference.train.lesions import paint_lesions
 CANDIDATES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8)
 CALIBRATION_KEYS = ("errsm_11", "errsm_18", "t2s_10062Ses1", "t2s_9418")
 SEED = 777
+MAX_FALSE_LESION_MM3 = 20.0  # the model card's target for lesion-free volumes
 
 
-def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(probabilities (2, ...), true cord, true lesion) for painted crops around each cord."""
+def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2,
+            lesion_free: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(probabilities (2, ...), true cord, true lesion) for painted crops around each cord.
+
+    With ``lesion_free`` one unpainted crop per volume is added (empty true lesion): what the
+    false-lesion limit is checked on.
+    """
     from inference.engine import predict_model_space
     from inference.models.registry import load_model
 
@@ -42,6 +49,9 @@ def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2) -> list[tup
         lo = np.maximum(idx.min(0) - 24, 0)
         hi = np.minimum(idx.max(0) + 25, vol.image.shape)
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        if lesion_free:
+            prob = predict_model_space(vol.image[sl], model, normalized=True)
+            out.append((prob, vol.cord[sl] > 0, np.zeros(prob.shape[1:], bool)))
         for _ in range(copies):
             img, les, _ = paint_lesions(vol.image[sl], vol.cord[sl] > 0, spacing, rng, n_lesions=3,
                                         levels=(vol.cord_level, vol.csf_level), sign=BY_KEY[vol.key].lesion_sign)
@@ -51,20 +61,35 @@ def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2) -> list[tup
 
 
 def best_lesion_threshold(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-                          cord_threshold: float = 0.5) -> tuple[float, dict[float, float]]:
-    """Threshold maximising the pooled lesion Dice, with the engine's own post-processing."""
-    from inference.engine import postprocess
+                          cord_threshold: float = 0.5, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                          max_false_mm3: float = MAX_FALSE_LESION_MM3) -> tuple[float, dict[float, float], dict[float, float]]:
+    """Threshold maximising the pooled lesion Dice, with the engine's own post-processing, among
+    those whose largest false lesion on the lesion-free cases stays within ``max_false_mm3``.
 
-    scores = {}
+    Returns (threshold, pooled Dice by threshold, largest false lesion mm³ by threshold).
+    Why the limit: a healthy cord reported with a lesion is the error a radiologist notices
+    first; the model card's target is the same number, but it is checked here on training
+    cords only.
+    """
+    from inference.engine import postprocess
+    from inference.train.evaluate import largest_component_mm3
+
+    painted = [c for c in cases if c[2].any()]
+    free = [c for c in cases if not c[2].any()]
+    scores: dict[float, float] = {}
+    false_mm3: dict[float, float] = {}
     for t in CANDIDATES:
         inter = total = 0
-        for prob, _, les in cases:
+        for prob, _, les in painted:
             pred = postprocess(prob[0], prob[1], (cord_threshold, t))[1] > 0
             inter += int((pred & les).sum())
             total += int(pred.sum()) + int(les.sum())
         scores[t] = 2.0 * inter / max(total, 1)
-    best = max(scores, key=lambda k: scores[k])
-    return best, scores
+        false_mm3[t] = max((largest_component_mm3(postprocess(prob[0], prob[1], (cord_threshold, t))[1], spacing)
+                            for prob, _, _ in free), default=0.0)
+    allowed = [t for t in CANDIDATES if false_mm3[t] <= max_false_mm3] or [max(CANDIDATES)]
+    best = max(allowed, key=lambda k: scores[k])
+    return best, scores, false_mm3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,16 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    cases = collect(args.model, CALIBRATION_KEYS)
-    best, scores = best_lesion_threshold(cases)
-    print(json.dumps({"lesion_threshold": best, "pooled_lesion_dice_by_threshold": scores}))
+    from inference.models.registry import read_meta
+
+    cases = collect(args.model, CALIBRATION_KEYS, lesion_free=True)
+    best, scores, false_mm3 = best_lesion_threshold(cases, spacing=read_meta(args.model).spacing_mm)
+    print(json.dumps({"lesion_threshold": best, "pooled_lesion_dice_by_threshold": scores,
+                      "largest_false_lesion_mm3_by_threshold": false_mm3}))
     if args.write:
         path = Path(args.model) / "model.json"
         meta = json.loads(path.read_text(encoding="utf-8"))
         meta["thresholds"] = [float(meta["thresholds"][0]), float(best)]
         meta.setdefault("training", {})["threshold_calibration"] = {
             "volumes": list(CALIBRATION_KEYS), "seed": SEED,
-            "pooled_lesion_dice_by_threshold": {str(k): round(v, 4) for k, v in scores.items()}}
+            "pooled_lesion_dice_by_threshold": {str(k): round(v, 4) for k, v in scores.items()},
+            "largest_false_lesion_mm3_by_threshold": {str(k): round(v, 1) for k, v in false_mm3.items()},
+            "max_false_lesion_mm3": MAX_FALSE_LESION_MM3}
         path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         print(f"wrote thresholds {meta['thresholds']} to {path}")
     return 0

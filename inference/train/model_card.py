@@ -142,7 +142,11 @@ def _calibration(tr: dict[str, Any]) -> str:
         return " (defaults, not tuned)"
     return (f" (lesion threshold chosen by `python -m inference.train.calibrate` on training volumes "
             f"{', '.join(cal['volumes'])} with freshly painted lesions, seed {cal['seed']}; pooled lesion "
-            f"Dice by threshold {cal['pooled_lesion_dice_by_threshold']}; validation data played no part)")
+            f"Dice by threshold {cal['pooled_lesion_dice_by_threshold']}"
+            + (f"; largest false lesion on the same cords unpainted, mm³, by threshold "
+               f"{cal['largest_false_lesion_mm3_by_threshold']}, allowed <= {cal.get('max_false_lesion_mm3')}"
+               if "largest_false_lesion_mm3_by_threshold" in cal else "")
+            + "; validation data played no part)")
 
 
 def write_card(meta: ModelMeta, result: dict[str, Any]) -> Path:
