@@ -77,9 +77,11 @@ class ModelSettings:
     use_mirroring: bool = True  # test-time mirroring on the axes the checkpoint allows
     cord_labels: list[int | str] = field(default_factory=list)  # labels (numbers or names) that are cord
     lesion_labels: list[int | str] = field(default_factory=list)  # labels that are lesion (also cord)
+    fast_cpu: bool = False  # CPU: faster kernels, same labels, probabilities not bit-identical to nnU-Net
 
 
-NNUNET_MODEL_KEYS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels")
+NNUNET_MODEL_KEYS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels",
+                     "fast_cpu")
 
 
 @dataclass

@@ -258,13 +258,18 @@ def preprocess(image: np.ndarray, spacing: Sequence[float], plan: NnUNetPlan) ->
 @lru_cache(maxsize=4)
 def gaussian_map(patch: tuple[int, ...]) -> np.ndarray:
     """nnU-Net's importance map: a delta blurred with sigma = patch/8 (scipy, truncated at 4 sigma),
-    scaled to a peak of 10, rounded to float16 as nnU-Net stores it, zeros lifted to the minimum."""
+    scaled to a peak of 10, rounded to float16 as nnU-Net stores it, zeros lifted to the minimum.
+
+    The float64 -> float16 rounding is torch's, as in nnU-Net: numpy's differs on some values
+    (torch rounds through float32; at the SCIseg patch 104 weights differ by one float16 step,
+    enough to change tile sums downstream)."""
     delta = np.zeros(patch)
     delta[tuple(p // 2 for p in patch)] = 1
     g = ndimage.gaussian_filter(delta, [p * SIGMA_SCALE for p in patch], 0, mode="constant", cval=0)
-    g = (g / (g.max() / GAUSSIAN_PEAK)).astype(np.float16)
-    g[g == 0] = g[g != 0].min()
-    return g.astype(np.float32)
+    g /= g.max() / GAUSSIAN_PEAK
+    half = torch.from_numpy(g).to(torch.float16)
+    half[half == 0] = half[half != 0].min()
+    return half.float().numpy()
 
 
 def tile_steps(size: Sequence[int], patch: Sequence[int], step: float = TILE_STEP) -> list[list[int]]:
@@ -313,26 +318,44 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
     norm = torch.zeros(padded_shape, dtype=store, device=dev)
     g = torch.from_numpy(gaussian_map(tuple(patch))).to(device=dev, dtype=store)
     combos = _mirror_combos(model.mirror_axes) if model.use_mirroring else []
-    batch = max(1, tile_batch or (4 if cuda else 1))
+    views = [()] + combos  # what each tile is run as: itself, then each mirror (nnU-Net's order)
+    # network passes per forward: tiles x mirrors flattened, so mirrors batch too. On CPU one
+    # pass at a time, as nnU-Net (the same conv calls give the same bits); with fast_cpu two: that
+    # moves every convolution onto oneDNN (PyTorch runs small single-sample ones on a slower
+    # path), at one more tile's activations in memory
+    batch = max(1, tile_batch or (4 if cuda else 2 if model.fast_cpu else 1))
+    group = max(1, batch // len(views))  # tiles whose passes are in flight together
+    layout = torch.channels_last_3d if model.channels_last else torch.contiguous_format
     if info is not None:
-        info.update(tiles=len(starts), folds=n_folds, mirrors=len(combos) + 1, network_shape=tuple(padded_shape))
+        info.update(tiles=len(starts), folds=n_folds, mirrors=len(views), network_shape=tuple(padded_shape),
+                    batch=batch)
     n_done = 0
     with torch.inference_mode(), torch.autocast("cuda", enabled=cuda):
-        for b0 in range(0, len(starts), batch):
-            chunk = starts[b0:b0 + batch]
+        for b0 in range(0, len(starts), group):
+            chunk = starts[b0:b0 + group]
             sls = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in chunk]
-            x = torch.stack([x_all[(slice(None), *sl)] for sl in sls])
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
+            tiles = [x_all[(slice(None), *sl)] for sl in sls]
+            passes = [(t, axes) for t in range(len(tiles)) for axes in views]
             for f, net in enumerate(model.networks):
-                y = net(x)
-                for axes in combos:
-                    y += torch.flip(net(torch.flip(x, axes)), axes)
-                if combos:
-                    y /= len(combos) + 1
-                if y.shape[1] != heads:
-                    raise ModelError(f"network gives {y.shape[1]} outputs, dataset.json implies {heads}")
-                for sl, yi in zip(sls, y):
+                outs: list[torch.Tensor] = []
+                for p0 in range(0, len(passes), batch):
+                    sub = passes[p0:p0 + batch]
+                    x = torch.stack([torch.flip(tiles[t], [a - 1 for a in axes]) if axes else tiles[t]
+                                     for t, axes in sub]).contiguous(memory_format=layout)
+                    y = net(x)
+                    if y.shape[1] != heads:
+                        raise ModelError(f"network gives {y.shape[1]} outputs, dataset.json implies {heads}")
+                    if not cuda:
+                        y = y.contiguous()  # channels-last logits: dense again before the accumulation
+                    outs.extend(y.unbind(0))
+                for t, sl in enumerate(sls):
+                    # per tile, as nnU-Net: plain pass, += each un-flipped mirror in order, / count
+                    own = outs[t * len(views):(t + 1) * len(views)]
+                    yi = own[0]
+                    for axes, ym in zip(combos, own[1:]):
+                        yi += torch.flip(ym, [a - 1 for a in axes])
+                    if combos:
+                        yi /= len(views)
                     yi = yi.to(dev) * g  # fp32 (or autocast fp16) product, stored in `store`
                     acc[(f, slice(None), *sl)] += yi
             for sl in sls:

@@ -131,9 +131,9 @@ def make_folder(folder: Path, plans: dict[str, Any], dataset: dict[str, Any], fo
     return folder
 
 
-def nnunet_predict(folder: Path, image_zyx: np.ndarray, spacing_zyx: Sequence[float],
-                   folds: Sequence[str], mirroring: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """nnunetv2's own predictor, in process (predict_single_npy_array spawns no workers).
+def nnunet_predictor(folder: Path, folds: Sequence[str], mirroring: bool = True,
+                     checkpoint: str = "checkpoint_final.pth") -> Any:
+    """nnunetv2's own nnUNetPredictor for the folder on CPU, initialised (weights loaded).
     `folds` explicitly: nnU-Net's auto-detection skips fold_all."""
     import os
 
@@ -146,9 +146,20 @@ def nnunet_predict(folder: Path, image_zyx: np.ndarray, spacing_zyx: Sequence[fl
     pred = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                            perform_everything_on_device=False, device=torch.device("cpu"),
                            verbose=False, verbose_preprocessing=False, allow_tqdm=False)
-    pred.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds), checkpoint_name="checkpoint_final.pth")
+    pred.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds), checkpoint_name=checkpoint)
+    return pred
+
+
+def predictor_predict(pred: Any, image_zyx: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """One case through an initialised predictor (predict_single_npy_array spawns no workers)."""
     # C-contiguous (1, z, y, x) float32, as nnU-Net's own file readers hand it over
     image = np.ascontiguousarray(np.asarray(image_zyx, np.float32)[None])
     seg, probs = pred.predict_single_npy_array(image,
                                                {"spacing": [float(s) for s in spacing_zyx]}, None, None, True)
     return np.asarray(seg), np.asarray(probs)
+
+
+def nnunet_predict(folder: Path, image_zyx: np.ndarray, spacing_zyx: Sequence[float],
+                   folds: Sequence[str], mirroring: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """nnunetv2's own predictor, in process, on one image (labels and probabilities, zyx)."""
+    return predictor_predict(nnunet_predictor(folder, folds, mirroring), image_zyx, spacing_zyx)

@@ -46,11 +46,12 @@ def test_spec_round_trip() -> None:
     from inference.models.registry import nnunet_spec, split_spec
 
     spec = nnunet_spec("/m/x", configuration="3d_lowres", folds=[0, "all"], checkpoint="checkpoint best.pth",
-                       use_mirroring=False, cord_labels=[1, "spinal cord"], lesion_labels=["a,b&c=d"])
+                       use_mirroring=False, cord_labels=[1, "spinal cord"], lesion_labels=["a,b&c=d"], fast_cpu=True)
     folder, options = split_spec(spec)
     assert folder == "/m/x"
     assert options == {"configuration": "3d_lowres", "folds": [0, "all"], "checkpoint": "checkpoint best.pth",
-                       "use_mirroring": False, "cord_labels": [1, "spinal cord"], "lesion_labels": ["a,b&c=d"]}
+                       "use_mirroring": False, "cord_labels": [1, "spinal cord"], "lesion_labels": ["a,b&c=d"],
+                       "fast_cpu": True}
     assert nnunet_spec("/m/x", folds=[], configuration="", use_mirroring=None) == "/m/x"
     assert split_spec("/odd?dir/x") == ("/odd?dir/x", {})  # not settings: part of the folder name
     assert split_spec("/odd?name=1") == ("/odd?name=1", {})

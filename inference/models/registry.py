@@ -24,7 +24,7 @@ TRAINER__PLANS__CONFIGURATION folders) runs with nnU-Net's own semantics
 what runs wherever it goes (worker thread, Ray actor, health check)::
 
     FOLDER?configuration=3d_fullres&folds=0,1&checkpoint=checkpoint_best.pth&use_mirroring=false
-           &cord_labels=1,2&lesion_labels=lesion
+           &cord_labels=1,2&lesion_labels=lesion&fast_cpu=true
 
 Keys are NNUNET_OPTIONS, values URL-quoted, lists comma-separated; a key left out takes the
 default (what nnUNetPredictor runs). ``dicom_node.config`` writes such specs from a models entry.
@@ -80,7 +80,9 @@ class ModelMeta:
         }
 
 
-NNUNET_OPTIONS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels")
+NNUNET_OPTIONS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels",
+                  "fast_cpu")
+_BOOL_OPTIONS = ("use_mirroring", "fast_cpu")
 _LIST_OPTIONS = ("folds", "cord_labels", "lesion_labels")
 
 
@@ -93,7 +95,7 @@ def nnunet_spec(folder: str | Path, **options: Any) -> str:
             continue
         if key in _LIST_OPTIONS:
             text = ",".join(quote(str(v), safe="") for v in value)
-        elif key == "use_mirroring":
+        elif key in _BOOL_OPTIONS:
             text = "true" if value else "false"
         else:
             text = quote(str(value), safe="")
@@ -120,9 +122,9 @@ def split_spec(spec: str | Path) -> tuple[str, dict[str, Any]]:
         if key in _LIST_OPTIONS:
             items = [unquote(v) for v in raw.split(",") if v]
             options[key] = [int(v) if v.isdigit() else v for v in items]
-        elif key == "use_mirroring":
+        elif key in _BOOL_OPTIONS:
             if raw.lower() not in ("true", "false", "1", "0"):
-                raise ModelError(f"model spec {text!r}: use_mirroring={raw!r} is not true or false")
+                raise ModelError(f"model spec {text!r}: {key}={raw!r} is not true or false")
             options[key] = raw.lower() in ("true", "1")
         else:
             options[key] = unquote(raw)
