@@ -6,7 +6,8 @@
     options: --threads N (2), --repeat N (alternating runs, fastest counts), --cases N (cases per
              process, 2: the first case and one with everything resident), --folds N, --mirror,
              --spacing MM (0.8: 24 tiles), --crop ZxYxX (a corner of the volume, quicker),
-             --sides nnunet,ours,fast (which to run), ours only: --tile-batch N, --compile
+             --sides nnunet,ours,fast (which to run), --env KEY=VALUE (every side's process),
+             ours only: --tile-batch N, --compile
 
 Sides: nnunet = nnUNetPredictor; ours = our runtime as configured by default (nnU-Net's own
 arithmetic: output identical to the bit); fast = ours with fast_cpu (channels-last, fused norms,
@@ -125,7 +126,8 @@ def run_side(side: str, folder: Path, out: Path, args: argparse.Namespace) -> di
     cmd += (["--crop", args.crop] if args.crop else []) + (["--mirror"] if args.mirror else [])
     if side != "nnunet":
         cmd += (["--compile"] if args.compile else []) + (["--fast"] if side == "fast" else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    env = {**os.environ, **dict(e.split("=", 1) for e in args.env)}  # the same for every side
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{side} failed:\n{proc.stderr[-4000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -149,6 +151,8 @@ def main() -> None:
     ap.add_argument("--mirror", action="store_true", help="mirroring TTA on 3 axes (8x the network work)")
     ap.add_argument("--tile-batch", type=int, default=0, help="ours: network passes per forward (0: default)")
     ap.add_argument("--sides", default="nnunet,ours,fast", help="comma-separated: nnunet, ours, fast")
+    ap.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                    help="environment for every side's process (e.g. glibc malloc or THP settings)")
     ap.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help="ours: torch.compile at load (paid in load time)")
     ap.add_argument("--worker", choices=["ours", "nnunet"], help=argparse.SUPPRESS)
@@ -170,7 +174,8 @@ def main() -> None:
               f"folds {args.folds}, mirroring {args.mirror}, {args.threads} threads, cases/process {args.cases}, "
               f"image {args.image}{' crop ' + args.crop if args.crop else ''}"
               f"{'; ours compiled' if args.compile else ''}"
-              f"{f'; tile batch {args.tile_batch}' if args.tile_batch else ''}", flush=True)
+              f"{f'; tile batch {args.tile_batch}' if args.tile_batch else ''}"
+              f"{'; env ' + ' '.join(args.env) if args.env else ''}", flush=True)
         runs: dict[str, list[dict]] = {side: [] for side in sides}
         for r in range(args.repeat):  # rotate the order (shared machines drift)
             for side in sides[r % len(sides):] + sides[:r % len(sides)]:

@@ -22,6 +22,10 @@ Order of operations, as nnU-Net's predictor does it for one image:
 
 nnU-Net keeps tile sums and exported logits in float16; by default we do the same, in the
 same order, so outputs match it (half_accumulation=False keeps float32 throughout instead).
+On CPU the default makes the very same network calls as nnU-Net (one pass at a time, the
+network as built), so the output is nnUNetPredictor's to the bit; a model loaded with fast_cpu
+runs faster kernels and batched passes instead, and because float16 sums amplify float32
+rounding differences, its probabilities then differ by up to a float16 step of the logits.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from inference.models.nnunet import NnUNetModel, NnUNetPlan
+from inference.models.nnunet import NnUNetModel, NnUNetPlan, default_tile_batch
 from inference.models.registry import ModelError
 from inference.volume import Volume
 
@@ -319,11 +323,8 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
     g = torch.from_numpy(gaussian_map(tuple(patch))).to(device=dev, dtype=store)
     combos = _mirror_combos(model.mirror_axes) if model.use_mirroring else []
     views = [()] + combos  # what each tile is run as: itself, then each mirror (nnU-Net's order)
-    # network passes per forward: tiles x mirrors flattened, so mirrors batch too. On CPU one
-    # pass at a time, as nnU-Net (the same conv calls give the same bits); with fast_cpu two: that
-    # moves every convolution onto oneDNN (PyTorch runs small single-sample ones on a slower
-    # path), at one more tile's activations in memory
-    batch = max(1, tile_batch or (4 if cuda else 2 if model.fast_cpu else 1))
+    # network passes per forward (default_tile_batch): tiles x mirrors flattened, so mirrors batch too
+    batch = max(1, tile_batch or default_tile_batch(dev, model.fast_cpu))
     group = max(1, batch // len(views))  # tiles whose passes are in flight together
     layout = torch.channels_last_3d if model.channels_last else torch.contiguous_format
     if info is not None:

@@ -205,6 +205,28 @@ def test_fused_instance_norm_is_instance_norm_and_leaky_relu(layout, batch):
     assert fuse_norms(tracked) == 0  # running statistics: not an instance norm at inference, left alone
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_in_place_instance_norm_gives_torchs_bits(batch):
+    """The default CPU path's norm: same ATen kernel as InstanceNorm3d, written into its input."""
+    import copy
+
+    from inference.models.nnunet import InstanceNormInPlace, norms_in_place
+
+    torch.manual_seed(batch)
+    block = torch.nn.Sequential(torch.nn.Conv3d(2, 6, 3, padding=1), torch.nn.InstanceNorm3d(6, affine=True),
+                                torch.nn.LeakyReLU(0.01, inplace=True), torch.nn.Dropout3d(0.0),
+                                torch.nn.Conv3d(6, 4, 3, padding=1), torch.nn.Dropout3d(0.0),
+                                torch.nn.InstanceNorm3d(4, affine=True)).eval()
+    block[1].weight.data.uniform_(0.5, 1.5)
+    block[1].bias.data.normal_()
+    mod = copy.deepcopy(block)
+    assert norms_in_place(mod) == 1  # the second norm follows a dropout, not the conv: left as built
+    assert isinstance(mod[1], InstanceNormInPlace) and type(mod[6]) is torch.nn.InstanceNorm3d
+    x = torch.randn(batch, 2, 9, 20, 14) * 4 + 3
+    with torch.inference_mode():
+        assert torch.equal(mod(x), block(x))
+
+
 def test_resampling_matches_nnunet_both_anisotropy_paths():
     _need_nnunet()
     from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape

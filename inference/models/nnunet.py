@@ -326,33 +326,77 @@ class InstanceNormAct(torch.nn.Module):
         return x
 
 
-def fuse_norms(net: torch.nn.Module) -> int:
-    """Swap every conv -> InstanceNorm3d (-> LeakyReLU) run inside an nn.Sequential for
-    conv -> InstanceNormAct (the activation folded in); returns how many. Only where the norm's
-    input is the conv's own fresh output (so in place is safe) and the norm uses batch statistics."""
-    count = 0
+class InstanceNormInPlace(torch.nn.Module):
+    """nnU-Net's InstanceNorm3d computed by the same ATen kernel as torch's instance_norm (batch
+    norm over the (1, N*C, ...) view, batch statistics), but written into its input: the same
+    bits, without allocating a new activation (fresh pages of a 250 MB tensor cost about as much
+    as the normalisation itself). Only used where the input is a convolution's own fresh output."""
+
+    def __init__(self, norm: torch.nn.Module) -> None:
+        super().__init__()
+        self.weight, self.bias, self.eps = norm.weight, norm.bias, float(norm.eps)
+        self.momentum = 0.0 if norm.momentum is None else float(norm.momentum)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_contiguous() or x.dim() < 3:
+            return torch.nn.functional.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps,
+                                                     momentum=self.momentum)
+        n, c = x.shape[:2]
+        flat = x.view(1, n * c, *x.shape[2:])  # what at::instance_norm hands to batch norm
+        w = None if self.weight is None else self.weight.repeat(n)
+        b = None if self.bias is None else self.bias.repeat(n)
+        stats = [torch.empty(n * c, dtype=x.dtype, device=x.device) for _ in range(2)]
+        torch.ops.aten.native_batch_norm.out(flat, w, b, None, None, True, self.momentum, self.eps,
+                                             out=flat, save_mean=stats[0], save_invstd=stats[1])
+        return x
+
+
+def _norms_after_convs(net: torch.nn.Module):
+    """(sequential, index, norm, next module) for every InstanceNorm3d (batch statistics) that
+    directly follows a Conv3d inside an nn.Sequential: its input is the conv's fresh output."""
     for seq in list(net.modules()):
         if not isinstance(seq, torch.nn.Sequential):
             continue
         mods = list(seq)
         for i, m in enumerate(mods):
-            if not (type(m) is torch.nn.InstanceNorm3d and i > 0 and isinstance(mods[i - 1], torch.nn.Conv3d)
-                    and not m.track_running_stats):
-                continue
-            nxt = mods[i + 1] if i + 1 < len(mods) else None
-            if type(nxt) is torch.nn.LeakyReLU:
-                seq[i], seq[i + 1] = InstanceNormAct(m, float(nxt.negative_slope)), torch.nn.Identity()
-            elif type(nxt) is torch.nn.ReLU:
-                seq[i], seq[i + 1] = InstanceNormAct(m, 0.0), torch.nn.Identity()
-            else:
-                seq[i] = InstanceNormAct(m, None)
-            count += 1
+            if type(m) is torch.nn.InstanceNorm3d and i > 0 and isinstance(mods[i - 1], torch.nn.Conv3d) \
+                    and not m.track_running_stats:
+                yield seq, i, m, (mods[i + 1] if i + 1 < len(mods) else None)
+
+
+def fuse_norms(net: torch.nn.Module) -> int:
+    """Swap every conv -> InstanceNorm3d (-> LeakyReLU/ReLU) run inside an nn.Sequential for
+    conv -> InstanceNormAct (the activation folded in); returns how many."""
+    count = 0
+    for seq, i, m, nxt in list(_norms_after_convs(net)):
+        if type(nxt) is torch.nn.LeakyReLU:
+            seq[i], seq[i + 1] = InstanceNormAct(m, float(nxt.negative_slope)), torch.nn.Identity()
+        elif type(nxt) is torch.nn.ReLU:
+            seq[i], seq[i + 1] = InstanceNormAct(m, 0.0), torch.nn.Identity()
+        else:
+            seq[i] = InstanceNormAct(m, None)
+        count += 1
     return count
 
 
-def prepare_for_cpu(net: torch.nn.Module) -> torch.nn.Module:
-    """The CPU form of a loaded (eval) network: channels-last 3D convolutions (oneDNN's faster
-    layout for these sizes) and the fused in-place instance norms."""
+def norms_in_place(net: torch.nn.Module) -> int:
+    """Swap every conv -> InstanceNorm3d inside an nn.Sequential for InstanceNormInPlace (same
+    bits); activations stay as built (nnU-Net's LeakyReLU already runs in place)."""
+    count = 0
+    for seq, i, m, _ in list(_norms_after_convs(net)):
+        seq[i] = InstanceNormInPlace(m)
+        count += 1
+    return count
+
+
+def prepare_for_cpu(net: torch.nn.Module, fast: bool) -> torch.nn.Module:
+    """The CPU form of a loaded (eval) network. Default: the norms write in place, nothing else
+    changes (bit-identical). fast: channels-last 3D convolutions (oneDNN's faster layout for
+    these sizes) and the fused in-place norm + activation (float32 rounding differs)."""
+    if not fast:
+        norms_in_place(net)
+        return net
     fuse_norms(net)
     return net.to(memory_format=torch.channels_last_3d)
 
@@ -597,13 +641,24 @@ def read_nnunet_meta(folder: str | Path, configuration: str | None = None, folds
     return nnunet_meta(choice.plan, choice.folds, checkpoint)
 
 
-def _compiled(net: torch.nn.Module, plan: NnUNetPlan, dev: torch.device) -> torch.nn.Module:
+def default_tile_batch(device: torch.device, fast_cpu: bool) -> int:
+    """Network passes per forward: 4 on GPU; on CPU one, as nnU-Net (the same conv calls give the
+    same bits), or two with fast_cpu (that moves every convolution onto oneDNN: PyTorch runs
+    small single-sample ones on a slower path), at one more tile's activations in memory."""
+    return 4 if device.type == "cuda" else 2 if fast_cpu else 1
+
+
+def _compiled(net: torch.nn.Module, plan: NnUNetPlan, dev: torch.device, batch: int,
+              channels_last: bool) -> torch.nn.Module:
     """torch.compile with frozen weights (constant-folded, prepacked convolutions), warmed up on
-    one zero patch so compilation happens now rather than inside the first case."""
+    zero patches shaped as the runtime's forwards (`batch` passes, its memory layout) so the
+    compilation happens now rather than inside the first case (a smaller last batch of a case
+    compiles once more, then is cached too). Measured on CPU: no gain over eager at nnU-Net's
+    patch (oneDNN convolutions dominate either way); kept for experiments."""
     try:
         fast = torch.compile(net, dynamic=False, options={"freezing": True})
-        x = torch.zeros((1, plan.num_input_channels, *plan.patch_size), device=dev)
-        if dev.type == "cuda":
+        x = torch.zeros((batch, plan.num_input_channels, *plan.patch_size), device=dev)
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), torch.autocast("cuda", enabled=dev.type == "cuda"):
             fast(x)
@@ -667,9 +722,11 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
             net.to(dev).eval()
             if dev.type == "cuda":
                 net.to(memory_format=torch.channels_last_3d)
-            elif fast_cpu:
-                prepare_for_cpu(net)
-            nets.append(_compiled(net, plan, dev) if compile else net)
+            else:
+                prepare_for_cpu(net, fast=bool(fast_cpu))
+            channels_last = dev.type == "cuda" or bool(fast_cpu)
+            nets.append(_compiled(net, plan, dev, default_tile_batch(dev, fast_cpu), channels_last)
+                        if compile else net)
         axes = ckpts[0].get("inference_allowed_mirroring_axes")
         loaded = NnUNetModel(
             meta=nnunet_meta(plan, fold_names, checkpoint), network=nets[0], device=dev, plan=plan,
