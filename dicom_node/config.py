@@ -15,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from inference.models.spec import NNUNET_OPTIONS, nnunet_spec
+
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 
@@ -80,8 +82,6 @@ class ModelSettings:
     fast_cpu: bool = False  # CPU: faster kernels, same labels, probabilities not bit-identical to nnU-Net
 
 
-NNUNET_MODEL_KEYS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels",
-                     "fast_cpu")
 
 
 @dataclass
@@ -198,7 +198,7 @@ class Config:
     def model_path(self, key: str) -> str:
         """The model spec of a `models` entry: builtin:NAME or the folder, relative paths resolved;
         an nnU-Net entry's settings that differ from the defaults ride along as FOLDER?key=value&...
-        (inference.models.registry.split_spec reads them back, also on a Ray actor)."""
+        (inference.models.spec.split_spec reads them back, also on a Ray actor)."""
         m = self.models[key]
         if m.path.startswith("builtin:"):
             return m.path
@@ -206,15 +206,13 @@ class Config:
         options = _nnunet_options(m)
         if not options:
             return folder
-        from inference.models.registry import nnunet_spec  # lazy: only nnU-Net entries with settings
-
         return nnunet_spec(folder, **options)
 
 
 def _nnunet_options(m: ModelSettings) -> dict[str, Any]:
     """The nnU-Net settings of a models entry that differ from their defaults."""
     defaults = ModelSettings()
-    return {k: getattr(m, k) for k in NNUNET_MODEL_KEYS if getattr(m, k) != getattr(defaults, k)}
+    return {k: getattr(m, k) for k in NNUNET_OPTIONS if getattr(m, k) != getattr(defaults, k)}
 
 
 def _check(value: Any, tp: Any, key: str) -> Any:

@@ -36,19 +36,16 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote
 
 import torch
+
+from inference.models.spec import NNUNET_OPTIONS, ModelError, nnunet_spec, split_spec  # noqa: F401 (re-exported)
 
 BUILTIN_DIR = Path(__file__).resolve().parent
 REQUIRED_KEYS = (
     "name", "version", "architecture", "spacing_mm", "orientation", "normalization",
     "patch_size", "regions", "activation", "thresholds", "weights",
 )
-
-
-class ModelError(ValueError):
-    """The model folder is missing, malformed, or not usable for this request."""
 
 
 @dataclass(frozen=True)
@@ -78,57 +75,6 @@ class ModelMeta:
             "thresholds": list(self.thresholds), "weights": self.weights, "trained": self.trained,
             "description": self.description, **self.extra,
         }
-
-
-NNUNET_OPTIONS = ("configuration", "folds", "checkpoint", "use_mirroring", "cord_labels", "lesion_labels",
-                  "fast_cpu")
-_BOOL_OPTIONS = ("use_mirroring", "fast_cpu")
-_LIST_OPTIONS = ("folds", "cord_labels", "lesion_labels")
-
-
-def nnunet_spec(folder: str | Path, **options: Any) -> str:
-    """FOLDER?key=value&... for the options that are set (None, "" and [] are left out)."""
-    parts = []
-    for key in NNUNET_OPTIONS:
-        value = options.get(key)
-        if value is None or value == "" or (isinstance(value, (list, tuple)) and not value):
-            continue
-        if key in _LIST_OPTIONS:
-            text = ",".join(quote(str(v), safe="") for v in value)
-        elif key in _BOOL_OPTIONS:
-            text = "true" if value else "false"
-        else:
-            text = quote(str(value), safe="")
-        parts.append(f"{key}={text}")
-    unknown = set(options) - set(NNUNET_OPTIONS)
-    if unknown:
-        raise ModelError(f"unknown nnU-Net option(s) {sorted(unknown)} (known: {', '.join(NNUNET_OPTIONS)})")
-    return str(folder) + ("?" + "&".join(parts) if parts else "")
-
-
-def split_spec(spec: str | Path) -> tuple[str, dict[str, Any]]:
-    """(folder, options) of a model spec; options only when the part after the last '?' is
-    key=value pairs with NNUNET_OPTIONS keys (a '?' inside a folder name stays part of it)."""
-    text = str(spec)
-    base, sep, query = text.rpartition("?")
-    if not sep or "=" not in query:
-        return text, {}
-    pairs = query.split("&")
-    if not all("=" in p and p.split("=", 1)[0] in NNUNET_OPTIONS for p in pairs):
-        return text, {}
-    options: dict[str, Any] = {}
-    for p in pairs:
-        key, raw = p.split("=", 1)
-        if key in _LIST_OPTIONS:
-            items = [unquote(v) for v in raw.split(",") if v]
-            options[key] = [int(v) if v.isdigit() else v for v in items]
-        elif key in _BOOL_OPTIONS:
-            if raw.lower() not in ("true", "false", "1", "0"):
-                raise ModelError(f"model spec {text!r}: {key}={raw!r} is not true or false")
-            options[key] = raw.lower() in ("true", "1")
-        else:
-            options[key] = unquote(raw)
-    return base, options
 
 
 def _is_nnunet(spec: str | Path) -> bool:
