@@ -353,7 +353,7 @@ def _validate_model(cfg: Config, name: str, m: ModelSettings) -> None:
         if w.executor == "ray" and w.ray.address:
             return  # on a Ray cluster the folder may live on the workers only; their load says what is wrong
         raise ConfigError(f"models.{name}.path: {folder} does not exist")
-    from inference.models.nnunet import SettingError, resolve_settings  # lazy: imports torch
+    from inference.models.nnunet_folder import SettingError, resolve_settings  # torch-free: JSON and file names
 
     try:
         resolve_settings(folder, m.configuration or None, m.folds or None, m.checkpoint,

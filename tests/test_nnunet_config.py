@@ -8,6 +8,7 @@ nnunetv2 and compares with nnUNetPredictor run with the same folds, checkpoint a
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -200,3 +201,71 @@ def test_settings_reach_the_loaded_model_and_match_nnunet(tmp_path: Path) -> Non
     # the default entry on the same folder is a different model (both folds, final checkpoint, mirroring)
     default = load_model(load_config(_config(tmp_path, f"    path: {folder}")).model_path("seg"), device="cpu")
     assert default is not model and default.folds == ("0", "1") and default.use_mirroring
+
+
+def test_config_check_does_not_import_torch(tmp_path: Path) -> None:
+    """The node's process reads its config without torch (dicom_node never imports it): checking
+    an nnU-Net entry's settings reads JSON and file names only."""
+    import subprocess
+    import sys
+
+    folder = _json_folder(tmp_path)
+    cfg = _config(tmp_path, f"    path: {folder}\n    folds: [0]")
+    code = ("import sys\nfrom dicom_node.config import load_config\n"
+            f"cfg = load_config({str(cfg)!r})\nassert cfg.model_path('seg').endswith('?folds=0')\n"
+            "from dicom_node.health import model_state\nassert model_state(cfg.model_path('seg'))[0]\n"
+            "assert 'torch' not in sys.modules, 'loading the config imported torch'\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_health_judges_nnunet_settings(tmp_path: Path) -> None:
+    """/health resolves the spec's settings against the folder as the worker's load would: a
+    setting that does not fit is not loadable, with the setting named."""
+    from dicom_node.health import model_state
+    from inference.models.spec import nnunet_spec
+
+    dataset = tmp_path / "Dataset901_RandomCord"
+    _json_folder(dataset)
+    ok, loaded, detail = model_state(nnunet_spec(dataset, folds=[1]))
+    assert ok and not loaded, detail
+    assert "Dataset901_RandomCord" in detail and "3d_fullres" in detail and "folds 1 " in detail
+    assert "folds 0,1 " in model_state(str(dataset))[2]  # nnU-Net's own default folds
+    for spec, message in [
+        (nnunet_spec(dataset, folds=[7]), r"setting folds: fold_7 is not in .* \(folds there: 0, 1, all\)"),
+        (nnunet_spec(dataset, configuration="2d"), r"setting configuration: '2d': no 2d folder in "),
+        (nnunet_spec(dataset, checkpoint="checkpoint_best.pth"), r"setting checkpoint: no fold_\*/checkpoint_best"),
+        (nnunet_spec(dataset, lesion_labels=[5]), r"setting lesion_labels: label 5 is not a foreground label"),
+        (nnunet_spec(tmp_path / "gone", folds=[0]), r"setting path: .*gone does not exist"),
+    ]:
+        ok, loaded, detail = model_state(spec)
+        assert not ok and not loaded
+        assert re.search(message, detail), detail
+    (dataset / TRAINER / "plans.json").write_text("{not json")
+    ok, _, detail = model_state(str(dataset))
+    assert not ok and re.search(r"plans\.json: not valid JSON", detail), detail
+
+
+def test_health_sees_the_loaded_nnunet_model(tmp_path: Path) -> None:
+    """Loaded: this process's nnU-Net loader holds the spec's folder with the same settings."""
+    pytest.importorskip("nnunetv2")
+    from dicom_node.health import model_state
+    from inference.models import registry
+    from inference.models.spec import nnunet_spec
+    from tests.nnunet_folder import make_folder
+
+    plans = plans_dict([1.0, 0.9, 2.8], [32, 48, 8], [4, 8, 16], [[1, 1, 1], [2, 2, 1], [2, 2, 2]])
+    dataset = tmp_path / "Dataset901_RandomCord"
+    make_folder(dataset / TRAINER, plans, dataset_dict(True, None), ["0", "1"], (0, 1, 2))
+    spec = nnunet_spec(dataset, folds=[1], use_mirroring=False)
+    ok, loaded, detail = model_state(spec)
+    assert ok and not loaded, detail
+    registry.load_model(spec, device="cpu")
+    ok, loaded, detail = model_state(spec)
+    assert ok and loaded, detail
+    assert "folds 1 " in detail
+    # other settings on the same folder are another model, not loaded yet
+    assert not model_state(nnunet_spec(dataset, folds=[1]))[1]
+    assert not model_state(nnunet_spec(dataset, folds=[0, 1], use_mirroring=False))[1]
+    assert model_state(str(dataset / TRAINER) + "?folds=1&use_mirroring=false")[1]  # same folder, named directly

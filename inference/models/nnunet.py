@@ -3,10 +3,11 @@
 A folder such as ``Dataset101_SCIseg/nnUNetTrainer__nnUNetPlans__3d_fullres`` holds
 ``dataset.json`` (labels, optional ``regions_class_order`` and SCT's ``image_orientation``),
 ``plans.json`` (per-configuration spacing, patch, normalisation, resampling, architecture)
-and ``fold_*/checkpoint_final.pth``. This module parses those once, builds the network with
-``dynamic-network-architectures`` (the same package nnU-Net builds it with, so checkpoint
-keys match) and keeps one network per fold resident; ``inference.nnunet_runtime`` then
-reproduces nnU-Net's preprocessing, sliding window and export on it.
+and ``fold_*/checkpoint_final.pth``. ``inference.models.nnunet_folder`` parses those (without
+torch, re-exported here); this module builds the network with ``dynamic-network-architectures``
+(the same package nnU-Net builds it with, so checkpoint keys match) and keeps one network per
+fold resident; ``inference.nnunet_runtime`` then reproduces nnU-Net's preprocessing, sliding
+window and export on it.
 
 Why a separate loader rather than model.json: sites already trust these folders as shipped
 (SCIseg, SCT's contrast-agnostic model); converting them would be one more thing to get wrong.
@@ -14,216 +15,23 @@ Why a separate loader rather than model.json: sites already trust these folders 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import pkgutil
-import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
+from inference.models.nnunet_folder import (  # noqa: F401 (re-exported: callers import them from here)
+    CORD_NAMES, DEFAULT_CHECKPOINT, DEFAULT_CONFIGURATION, LESION_NAMES, FolderChoice, Labels, NnUNetPlan,
+    SettingError, find_folds, folder_configuration, is_nnunet_folder, read_plan, resolve_settings,
+    trainer_folders)
 from inference.models.registry import LoadedModel, ModelError, ModelMeta, pick_device
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONFIGURATION = "3d_fullres"
-DEFAULT_CHECKPOINT = "checkpoint_final.pth"
-# names (lower case) that say a label/region is the cord or a lesion, as used by SCT models
-CORD_NAMES = re.compile(r"^(sc|cord|spinal[_ -]?cord|spinalcord|sc[_ -]?seg)$", re.I)
-LESION_NAMES = re.compile(r"^(lesion|lesions|ms[_ -]?lesion|sci[_ -]?lesion|edema|lesion[_ -]?seg)$", re.I)
-
-
-def is_nnunet_folder(folder: str | Path) -> bool:
-    """A trained-model folder in nnU-Net v2's own layout (and not one of our model.json folders)."""
-    f = Path(folder).expanduser()
-    return (f / "plans.json").is_file() and (f / "dataset.json").is_file() and not (f / "model.json").is_file()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: missing (an nnU-Net model folder needs plans.json and dataset.json)") from None
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{path}: not valid JSON ({exc})") from None
-
-
-# ------------------------------------------------------------------------------ labels
-
-@dataclass(frozen=True)
-class Labels:
-    """nnU-Net's label semantics: region-based (sigmoid per region) or classes (softmax)."""
-
-    names: dict[str, Any]  # dataset.json "labels", in file order
-    has_regions: bool
-    regions: tuple[tuple[int, ...], ...]  # foreground regions, one network output each (regions only)
-    regions_class_order: tuple[int, ...]  # label written where region i > 0.5, in this order
-    all_labels: tuple[int, ...]  # sorted, without the ignore label
-
-    @property
-    def num_heads(self) -> int:
-        return len(self.regions) if self.has_regions else len(self.all_labels)
-
-    @classmethod
-    def from_dataset_json(cls, ds: dict[str, Any], where: str) -> "Labels":
-        labels = ds.get("labels")
-        if not isinstance(labels, dict) or "background" not in labels:
-            raise ModelError(f"{where}: 'labels' must be a mapping with 'background': 0")
-        if labels["background"] not in (0, [0]):
-            raise ModelError(f"{where}: label 'background' must be 0, got {labels['background']!r}")
-
-        def values(v: Any) -> tuple[int, ...]:
-            return tuple(int(x) for x in v) if isinstance(v, (list, tuple)) else (int(v),)
-
-        has_regions = any(isinstance(v, (list, tuple)) and len(v) > 1 for v in labels.values())
-        all_labels = tuple(sorted({x for k, v in labels.items() if k != "ignore" for x in values(v)}))
-        regions: list[tuple[int, ...]] = []
-        order: tuple[int, ...] = ()
-        if has_regions:
-            for k, v in labels.items():
-                vals = values(v)
-                if k == "ignore" or set(vals) == {0}:
-                    continue
-                regions.append(vals)
-            rco = ds.get("regions_class_order")
-            if rco is None or len(rco) != len(regions):
-                raise ModelError(f"{where}: region-based labels need 'regions_class_order' with one entry per "
-                                 f"foreground region ({len(regions)}), got {rco!r}")
-            order = tuple(int(c) for c in rco)
-        elif all_labels != tuple(range(len(all_labels))):
-            raise ModelError(f"{where}: class labels must be consecutive from 0, got {list(all_labels)}")
-        return cls(names=dict(labels), has_regions=has_regions, regions=tuple(regions),
-                   regions_class_order=order, all_labels=all_labels)
-
-    def label_set(self, pattern: re.Pattern[str]) -> set[int]:
-        """Integer labels whose dataset.json name matches `pattern` (a region name gives its own label:
-        the one regions_class_order writes for it)."""
-        out: set[int] = set()
-        fg = [(k, v) for k, v in self.names.items() if k not in ("background", "ignore")]
-        for i, (k, v) in enumerate(fg):
-            if not pattern.match(k.strip()):
-                continue
-            if isinstance(v, (list, tuple)) and len(v) > 1:
-                out.update(int(x) for x in v)
-            else:
-                out.add(int(v[0] if isinstance(v, (list, tuple)) else v))
-        return out
-
-
-# ------------------------------------------------------------------------------ plans
-
-@dataclass(frozen=True)
-class NnUNetPlan:
-    """What inference needs from plans.json + dataset.json, parsed once per folder."""
-
-    folder: Path
-    configuration: str
-    spacing: tuple[float, ...]  # target spacing, in nnU-Net's transposed (z, y, x) axis order
-    patch_size: tuple[int, ...]
-    transpose_forward: tuple[int, ...]
-    transpose_backward: tuple[int, ...]
-    normalization_schemes: tuple[str, ...]
-    use_mask_for_norm: tuple[bool, ...]
-    intensity_properties: dict[str, dict[str, float]]
-    resampling_data: tuple[str, dict[str, Any]]
-    resampling_probabilities: tuple[str, dict[str, Any]]
-    architecture: dict[str, Any]  # network_class_name, arch_kwargs, _kw_requires_import
-    labels: Labels
-    num_input_channels: int
-    image_orientation: str | None  # SCT orientation code ("RPI"), or None: use the array as read
-    dataset_name: str
-    plans_name: str
-    raw_plans: dict[str, Any] = field(repr=False, default_factory=dict)
-
-
-def _resolve_configuration(plans: dict[str, Any], name: str, where: str, seen: tuple[str, ...] = ()) -> dict:
-    configs = plans.get("configurations", {})
-    if name not in configs:
-        raise ModelError(f"{where}: configuration {name!r} not in plans (available: {', '.join(configs) or 'none'})")
-    conf = dict(configs[name])
-    parent = conf.get("inherits_from")
-    if parent:
-        if parent in seen:
-            raise ModelError(f"{where}: circular 'inherits_from' {' -> '.join(seen + (name, parent))}")
-        base = _resolve_configuration(plans, parent, where, seen + (name,))
-        base.update(conf)
-        conf = base
-    return conf
-
-
-def _architecture_from_old_fields(conf: dict[str, Any], where: str) -> dict[str, Any]:
-    """Older nnU-Net v2 plans (before the `architecture` block) name the UNet and its sizes in
-    plain fields; rebuild the same keyword arguments nnU-Net derives from them."""
-    try:
-        cls = conf["UNet_class_name"]
-        n_stages = len(conf["n_conv_per_stage_encoder"])
-        dim = len(conf["patch_size"])
-        base, cap = int(conf["UNet_base_num_features"]), int(conf["unet_max_num_features"])
-        kwargs = {
-            "n_stages": n_stages,
-            "features_per_stage": [min(base * 2 ** i, cap) for i in range(n_stages)],
-            "conv_op": f"torch.nn.Conv{dim}d",
-            "kernel_sizes": conf["conv_kernel_sizes"],
-            "strides": conf["pool_op_kernel_sizes"],
-            ("n_conv_per_stage" if cls == "PlainConvUNet" else "n_blocks_per_stage"): conf["n_conv_per_stage_encoder"],
-            "n_conv_per_stage_decoder": conf["n_conv_per_stage_decoder"],
-            "conv_bias": True,
-            "norm_op": f"torch.nn.InstanceNorm{dim}d",
-            "norm_op_kwargs": {"eps": 1e-05, "affine": True},
-            "dropout_op": None, "dropout_op_kwargs": None,
-            "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
-        }
-    except KeyError as exc:
-        raise ModelError(f"{where}: plans have neither an 'architecture' block nor the older field {exc}") from None
-    if cls not in ("PlainConvUNet", "ResidualEncoderUNet"):
-        raise ModelError(f"{where}: old-format plans name UNet_class_name {cls!r}; only PlainConvUNet and "
-                         "ResidualEncoderUNet can be rebuilt (re-plan with a current nnU-Net)")
-    return {"network_class_name": f"dynamic_network_architectures.architectures.unet.{cls}",
-            "arch_kwargs": kwargs, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]}
-
-
-def read_plan(folder: str | Path, configuration: str = DEFAULT_CONFIGURATION) -> NnUNetPlan:
-    folder = Path(folder).expanduser().resolve()
-    plans = _read_json(folder / "plans.json")
-    ds = _read_json(folder / "dataset.json")
-    where = str(folder / "plans.json")
-    conf = _resolve_configuration(plans, configuration, where)
-    if conf.get("previous_stage"):
-        raise ModelError(f"{where}: configuration {configuration!r} is a cascade stage (needs "
-                         f"{conf['previous_stage']!r} first); cascades are not supported, use 3d_fullres")
-    arch = conf.get("architecture") or _architecture_from_old_fields(conf, where)
-    channels = ds.get("channel_names") or ds.get("modality") or {}
-    n_in = len(channels)
-    props = plans.get("foreground_intensity_properties_per_channel",
-                      plans.get("foreground_intensity_properties_by_modality", {}))
-    norm = tuple(str(s) for s in conf.get("normalization_schemes", []))
-    if len(norm) != n_in:
-        raise ModelError(f"{where}: {len(norm)} normalization_schemes for {n_in} input channels")
-    orientation = ds.get("image_orientation")
-    if orientation is not None and not re.fullmatch(r"[RLAPSI]{3}", str(orientation).upper()):
-        raise ModelError(f"{folder / 'dataset.json'}: image_orientation {orientation!r} is not a 3-letter code like 'RPI'")
-    tf = tuple(int(i) for i in plans.get("transpose_forward", (0, 1, 2)))
-    tb = tuple(int(i) for i in plans.get("transpose_backward", np.argsort(tf)))
-
-    def fn(key: str) -> tuple[str, dict[str, Any]]:
-        return str(conf.get(key, "resample_data_or_seg_to_shape")), dict(conf.get(key + "_kwargs", {}))
-
-    return NnUNetPlan(
-        folder=folder, configuration=configuration,
-        spacing=tuple(float(s) for s in conf["spacing"]), patch_size=tuple(int(p) for p in conf["patch_size"]),
-        transpose_forward=tf, transpose_backward=tb, normalization_schemes=norm,
-        use_mask_for_norm=tuple(bool(b) for b in conf.get("use_mask_for_norm", [False] * n_in)),
-        intensity_properties={str(k): dict(v) for k, v in props.items()},
-        resampling_data=fn("resampling_fn_data"), resampling_probabilities=fn("resampling_fn_probabilities"),
-        architecture=dict(arch), labels=Labels.from_dataset_json(ds, str(folder / "dataset.json")),
-        num_input_channels=n_in, image_orientation=str(orientation).upper() if orientation else None,
-        dataset_name=str(plans.get("dataset_name", ds.get("name", folder.parent.name))),
-        plans_name=str(plans.get("plans_name", "nnUNetPlans")), raw_plans=plans,
-    )
 
 
 # ------------------------------------------------------------------------------ network
@@ -441,158 +249,6 @@ def _plain_keys(state: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def find_folds(folder: Path, checkpoint: str = DEFAULT_CHECKPOINT) -> list[str]:
-    """The folds nnU-Net's predictor uses when none are named: fold_0..fold_N that hold the
-    checkpoint, in numeric order, never fold_all beside them (nnU-Net's auto-detection skips it);
-    fold_all alone when it is the only fold with the checkpoint (SCT ships models that way)."""
-    found = [p.name[5:] for p in folder.glob("fold_*") if (p / checkpoint).is_file()]
-    numbered = sorted((f for f in found if f.isdigit()), key=int)
-    return numbered or (["all"] if "all" in found else [])
-
-
-# ------------------------------------------------------------------------------ settings
-
-class SettingError(ModelError):
-    """A model setting does not fit the folder; `key` names the setting (path, configuration,
-    folds, checkpoint, cord_labels, lesion_labels) so the node's config can name models.NAME.KEY."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-
-
-@dataclass(frozen=True)
-class FolderChoice:
-    """A folder with its settings resolved: what runs, decided from JSON and file names only."""
-
-    folder: Path  # the trainer folder (TRAINER__PLANS__CONFIGURATION)
-    plan: NnUNetPlan
-    folds: tuple[str, ...]
-    checkpoint: str
-    cord_labels: frozenset[int]  # cord including lesion
-    lesion_labels: frozenset[int]
-
-
-def trainer_folders(root: Path) -> list[Path]:
-    """TRAINER__PLANS__CONFIGURATION folders (with plans.json and dataset.json) inside a dataset folder."""
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and folder_configuration(p) and is_nnunet_folder(p))
-
-
-def _pick_folder(root: Path, configuration: str | None) -> Path:
-    """`root` is a trainer folder, or a dataset folder holding one per configuration."""
-    if is_nnunet_folder(root):
-        own = folder_configuration(root)
-        if configuration and own and configuration != own:
-            raise SettingError("configuration", f"{configuration!r}, but {root} is the {own!r} folder; set "
-                               f"configuration: {own} (or leave it empty), or point path at the dataset folder")
-        return root
-    if not root.exists():
-        raise SettingError("path", f"{root} does not exist")
-    subs = trainer_folders(root)
-    if not subs:
-        raise SettingError("path", f"{root} is not an nnU-Net v2 trained-model folder (plans.json, dataset.json, "
-                           "fold_*/) nor a dataset folder holding TRAINER__PLANS__CONFIGURATION folders")
-    want = configuration or DEFAULT_CONFIGURATION
-    match = [p for p in subs if folder_configuration(p) == want]
-    names = ", ".join(p.name for p in subs)
-    if not match:
-        raise SettingError("configuration", f"{want!r}: no {want} folder in {root} (found: {names})")
-    if len(match) > 1:
-        raise SettingError("path", f"{root} holds several {want} folders ({', '.join(p.name for p in match)}); "
-                           "point path at the one to use")
-    return match[0]
-
-
-def _label_values(spec: Sequence[int | str], labels: Labels, key: str, where: str) -> set[int]:
-    """Integer labels for `spec`: integers as they are, names looked up in dataset.json's labels
-    (a region name gives every label in it)."""
-    fg_names = [k for k in labels.names if k not in ("background", "ignore")]
-    valid = set(labels.all_labels) - {0}
-    out: set[int] = set()
-    for item in spec:
-        if isinstance(item, bool):
-            raise SettingError(key, f"{item!r} is not a label (an integer or a name from {where})")
-        if isinstance(item, int) or (isinstance(item, str) and item.strip().isdigit()):
-            value = int(item)
-            if value not in valid:
-                raise SettingError(key, f"label {value} is not a foreground label of {where} "
-                                   f"(labels: {sorted(valid)}, names: {fg_names})")
-            out.add(value)
-        elif isinstance(item, str) and item in fg_names:
-            out |= labels.label_set(re.compile(f"^{re.escape(item)}$"))
-        else:
-            raise SettingError(key, f"{item!r} is neither a label number nor a label name of {where} "
-                               f"(names: {fg_names})")
-    return out
-
-
-def resolve_settings(path: str | Path, configuration: str | None = None, folds: Sequence[str | int] | None = None,
-                     checkpoint: str = DEFAULT_CHECKPOINT, cord_labels: Sequence[int | str] | None = None,
-                     lesion_labels: Sequence[int | str] | None = None) -> FolderChoice:
-    """Check a folder's settings against its files (JSON and file names; nothing is unpickled).
-
-    `configuration`: None/"" = the trainer folder's own, or 3d_fullres in a dataset folder.
-    `folds`: None/[] = what nnU-Net's predictor uses (numbered folds; fold_all only when alone).
-    `cord_labels` / `lesion_labels`: numbers or dataset.json names; None/[] = found by name
-    ("sc", "cord", ... / "lesion", ...). The cord always includes the lesion labels.
-    Raises SettingError naming the setting at fault and what to do about it.
-    """
-    root = Path(path).expanduser().resolve()
-    configuration = configuration or None
-    if not checkpoint or Path(checkpoint).name != checkpoint or checkpoint in (".", ".."):
-        raise SettingError("checkpoint", f"{checkpoint!r} must be a file name inside each fold folder "
-                           f"(like {DEFAULT_CHECKPOINT} or checkpoint_best.pth), not a path")
-    folder = _pick_folder(root, configuration)
-    conf = configuration or folder_configuration(folder) or DEFAULT_CONFIGURATION
-    available = _read_json(folder / "plans.json").get("configurations", {})
-    if conf not in available:
-        raise SettingError("configuration", f"{conf!r} is not in {folder / 'plans.json'} "
-                           f"(configurations: {', '.join(available) or 'none'})")
-    try:
-        plan = read_plan(folder, conf)
-    except ModelError as exc:
-        raise SettingError("configuration" if "cascade" in str(exc) else "path", str(exc)) from None
-    if len(plan.patch_size) != 3:
-        raise SettingError("configuration", f"{conf!r} in {folder} has a {len(plan.patch_size)}D patch; only 3D "
-                           "configurations (3d_fullres, 3d_lowres) run here")
-    present = sorted(p.name[5:] for p in folder.glob("fold_*") if p.is_dir())
-    if folds:
-        names: list[str] = []
-        for f in folds:
-            name = str(f).strip()
-            if isinstance(f, bool) or not (name.isdigit() or name == "all"):
-                raise SettingError("folds", f"{f!r} is not a fold (a number like 0, or all)")
-            name = str(int(name)) if name.isdigit() else name
-            if name in names:
-                raise SettingError("folds", f"fold {name} is listed twice")
-            if name not in present:
-                raise SettingError("folds", f"fold_{name} is not in {folder} (folds there: {', '.join(present) or 'none'})")
-            names.append(name)
-        for name in names:
-            if not (folder / f"fold_{name}" / checkpoint).is_file():
-                have = sorted(p.name for p in (folder / f"fold_{name}").glob("*.pth"))
-                raise SettingError("checkpoint", f"fold_{name}/{checkpoint} is missing in {folder} "
-                                   f"(fold_{name} holds: {', '.join(have) or 'no .pth file'})")
-    else:
-        names = find_folds(folder, checkpoint)
-        if not names:
-            have = sorted({p.name for p in folder.glob("fold_*/*.pth")})
-            key = "checkpoint" if have else "path"
-            raise SettingError(key, f"no fold_*/{checkpoint} in {folder}"
-                               + (f" (checkpoints there: {', '.join(have)})" if have else " (no fold_* with a checkpoint)"))
-    where = str(folder / "dataset.json")
-    lab = plan.labels
-    lesion = _label_values(lesion_labels, lab, "lesion_labels", where) if lesion_labels else lab.label_set(LESION_NAMES)
-    cord = _label_values(cord_labels, lab, "cord_labels", where) if cord_labels else lab.label_set(CORD_NAMES)
-    if not cord:
-        raise SettingError("cord_labels", f"no label of {where} is named like the spinal cord "
-                           f"({[k for k in lab.names if k != 'background']}); name the cord's labels in cord_labels")
-    return FolderChoice(folder=folder, plan=plan, folds=tuple(names), checkpoint=checkpoint,
-                        cord_labels=frozenset(cord | lesion), lesion_labels=frozenset(lesion))
-
-
 # ------------------------------------------------------------------------------ loaded model
 
 @dataclass
@@ -626,12 +282,6 @@ def nnunet_meta(plan: NnUNetPlan, folds: Sequence[str], checkpoint: str) -> Mode
         extra={"format": "nnunetv2", "configuration": plan.configuration, "folds": list(folds),
                "checkpoints": [f"fold_{f}/{checkpoint}" for f in folds]},
     )
-
-
-def folder_configuration(folder: Path) -> str | None:
-    """nnU-Net names result folders TRAINER__PLANS__CONFIGURATION; the last part is the configuration."""
-    parts = folder.name.split("__")
-    return parts[2] if len(parts) == 3 and parts[2] else None
 
 
 def read_nnunet_meta(folder: str | Path, configuration: str | None = None, folds: Sequence[str | int] | None = None,
@@ -668,8 +318,36 @@ def _compiled(net: torch.nn.Module, plan: NnUNetPlan, dev: torch.device, batch: 
         return net
 
 
-_CACHE: dict[tuple, NnUNetModel] = {}
+class _Key(NamedTuple):
+    """What makes two loads the same model in this process."""
+
+    folder: str
+    device: str
+    configuration: str
+    folds: tuple[str, ...]
+    checkpoint: str
+    use_mirroring: bool
+    cord_labels: tuple[int, ...]
+    lesion_labels: tuple[int, ...]
+    fast_cpu: bool
+    compile: bool
+
+
+def _key(choice: FolderChoice, device: str, use_mirroring: bool, fast_cpu: bool, compile: bool) -> _Key:
+    return _Key(str(choice.folder), device, choice.plan.configuration, choice.folds, choice.checkpoint,
+                bool(use_mirroring), tuple(sorted(choice.cord_labels)), tuple(sorted(choice.lesion_labels)),
+                bool(fast_cpu), bool(compile))
+
+
+_CACHE: dict[_Key, NnUNetModel] = {}
 _LOCK = threading.Lock()
+
+
+def is_loaded(choice: FolderChoice, use_mirroring: bool = True, fast_cpu: bool = False) -> bool:
+    """Whether this process holds `choice` with these options, on any device, compiled or not:
+    for /health, which must not wait on a load in progress (no lock: reads a snapshot)."""
+    want = _key(choice, "", use_mirroring, fast_cpu, False)
+    return any(k._replace(device="", compile=False) == want for k in list(_CACHE))
 
 
 def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | None = None,
@@ -696,8 +374,7 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
     choice = resolve_settings(folder, configuration, folds, checkpoint, cord_labels, lesion_labels)
     root, fold_names = choice.folder, list(choice.folds)
     dev = pick_device(device)
-    key = (str(root), str(dev), choice.plan.configuration, tuple(fold_names), checkpoint, bool(use_mirroring),
-           tuple(sorted(choice.cord_labels)), tuple(sorted(choice.lesion_labels)), bool(fast_cpu), compile)
+    key = _key(choice, str(dev), use_mirroring, fast_cpu, compile)
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]

@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from inference.models.nnunet_folder import is_nnunet_spec
 from inference.models.spec import NNUNET_OPTIONS, ModelError, nnunet_spec, split_spec  # noqa: F401 (re-exported)
 
 BUILTIN_DIR = Path(__file__).resolve().parent
@@ -77,25 +78,6 @@ class ModelMeta:
         }
 
 
-def _is_nnunet(spec: str | Path) -> bool:
-    """An nnU-Net v2 trainer folder, or a dataset folder holding them (never a model.json folder)."""
-    if str(spec).startswith("builtin:"):
-        return False
-    path, options = split_spec(spec)
-    folder = Path(path).expanduser()
-    if (folder / "model.json").is_file():
-        return False
-    if (folder / "plans.json").is_file() and (folder / "dataset.json").is_file():
-        return True
-    if options:  # settings only nnU-Net folders take: let its loader say what is wrong with the folder
-        return True
-    try:
-        return folder.is_dir() and any((p / "plans.json").is_file() and len(p.name.split("__")) == 3
-                                       for p in folder.iterdir())
-    except OSError:
-        return False
-
-
 def resolve_folder(spec: str | Path) -> Path:
     """`builtin:NAME` -> the shipped folder; anything else is a path."""
     s = str(spec)
@@ -106,7 +88,7 @@ def resolve_folder(spec: str | Path) -> Path:
 
 
 def read_meta(spec: str | Path) -> ModelMeta:
-    if _is_nnunet(spec):  # a bring-your-own nnU-Net v2 folder (plans.json + dataset.json)
+    if is_nnunet_spec(spec):  # a bring-your-own nnU-Net v2 folder (plans.json + dataset.json)
         from inference.models.nnunet import read_nnunet_meta
         path, options = split_spec(spec)
         return read_nnunet_meta(path, **options)
@@ -168,7 +150,7 @@ def pick_device(setting: str = "auto") -> torch.device:
 
 def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:
     """Load (once per process) the model's network with its weights, in eval mode."""
-    if _is_nnunet(spec):
+    if is_nnunet_spec(spec):
         from inference.models.nnunet import load_nnunet
         path, options = split_spec(spec)
         return load_nnunet(path, device, **options)
