@@ -58,6 +58,7 @@ def check_model(model: LoadedModel) -> None:
         raise ModelError(f"model {meta.name}: regions {list(meta.regions)} must start with cord, lesion")
     if len(meta.thresholds) < 2:
         raise ModelError(f"model {meta.name}: thresholds needs [t_cord, t_lesion]")
+    mirror_axes(model)
     factor = total_stride(meta.architecture)
     if any(p % f for p, f in zip(meta.patch_size, factor)):
         raise ModelError(f"model {meta.name}: patch_size {list(meta.patch_size)} must be a multiple of the "
@@ -129,6 +130,40 @@ def default_tile_batch(device: torch.device) -> int:
     return 4 if device.type == "cuda" else 1
 
 
+def mirror_axes(model: LoadedModel) -> tuple[int, ...]:
+    """Model-space axes (RAS: 0 = left-right) to mirror at test time, from model.json's
+    `test_time_mirroring`; each combination is one more forward pass, logits averaged as nnU-Net does.
+
+    Why only where the model says so: mirroring is valid only along axes the training
+    augmentation flipped (the spine is left-right symmetric, not head-feet or front-back).
+    """
+    raw = model.meta.extra.get("test_time_mirroring", [])
+    if not isinstance(raw, list) or any(not isinstance(a, int) or isinstance(a, bool) or a not in (0, 1, 2)
+                                        for a in raw) or len(set(raw)) != len(raw):
+        raise ModelError(f"model {model.meta.name}: test_time_mirroring {raw!r} must be a list of distinct "
+                         "axes 0, 1, 2 (RAS; 0 = left-right), e.g. [0]")
+    return tuple(raw)
+
+
+def _forward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    y = net(x)
+    if isinstance(y, (list, tuple)):  # deep-supervision outputs: full resolution first
+        y = y[0]
+    return y.float()
+
+
+def forward_mirrored(net: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
+    """Logits of `x` (N, 1, X, Y, Z) averaged over every combination of flips along `axes`."""
+    combos = [c for k in range(len(axes) + 1) for c in itertools.combinations(axes, k)]
+    total = None
+    for combo in combos:
+        dims = [a + 2 for a in combo]
+        y = _forward(net, torch.flip(x, dims) if dims else x)
+        y = torch.flip(y, dims) if dims else y
+        total = y if total is None else total + y
+    return total / len(combos)
+
+
 def predict_model_space(array: np.ndarray, model: LoadedModel, *, normalized: bool = False,
                         progress: Progress | None = None, tile_batch: int | None = None,
                         skip_background: bool = True, info: dict | None = None) -> np.ndarray:
@@ -174,6 +209,8 @@ def predict_model_space(array: np.ndarray, model: LoadedModel, *, normalized: bo
     dev = model.device
     net = model.network
     n_out = len(model.meta.regions)
+    axes = mirror_axes(model)
+    info.update(mirror_axes=list(axes))
     batch = max(1, tile_batch or default_tile_batch(dev))
     weight = torch.from_numpy(gaussian_importance(patch)).to(dev)
     image = torch.from_numpy(padded).to(dev)
@@ -185,13 +222,10 @@ def predict_model_space(array: np.ndarray, model: LoadedModel, *, normalized: bo
             chunk = tiles_run[b0:b0 + batch]
             regions = [tuple(slice(s, s + p) for s, p in zip(t, patch)) for t in chunk]
             x = torch.stack([image[r] for r in regions])[:, None]
-            y = net(x)
-            if isinstance(y, (list, tuple)):  # deep-supervision outputs: full resolution first
-                y = y[0]
+            y = forward_mirrored(net, x, axes)
             if y.shape[1] != n_out:
                 raise ModelError(f"model {model.meta.name}: network gives {y.shape[1]} channels, "
                                  f"model.json lists {n_out} regions")
-            y = y.float()
             for r, yi in zip(regions, y):
                 acc[(slice(None), *r)] += yi * weight
                 norm[r] += weight

@@ -1,6 +1,8 @@
 """Engine and preprocessing: geometry round trips, post-processing, weights cache, real network run."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -284,3 +286,50 @@ def test_real_cord_masks_survive_the_model_space_round_trip(rel: str) -> None:
     assert 2 * (back & ref).sum() / (back.sum() + ref.sum()) > 0.99
     shift = apply_affine(img.affine, np.argwhere(back).mean(0)) - apply_affine(img.affine, np.argwhere(ref).mean(0))
     assert np.linalg.norm(shift) < 0.05
+
+
+class _Ramp(torch.nn.Module):
+    """Logits = input times a ramp along X: not mirror-symmetric, so mirroring changes the result."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1.0, 2.0, x.shape[2]).view(1, 1, -1, 1, 1)
+        return torch.cat([x * ramp, x * ramp], dim=1)
+
+
+def test_forward_mirrored_averages_the_logits_of_each_flip() -> None:
+    x = torch.rand(2, 1, 6, 5, 4)
+    ramp = torch.linspace(-1.0, 2.0, 6).view(1, 1, -1, 1, 1)
+    net = _Ramp()
+    assert torch.equal(engine.forward_mirrored(net, x, ()), net(x))
+    expected = x * (ramp + torch.flip(ramp, [2])) / 2
+    assert torch.allclose(engine.forward_mirrored(net, x, (0,)), torch.cat([expected, expected], 1), atol=1e-6)
+    # flips along axes the ramp does not vary on change nothing
+    assert torch.allclose(engine.forward_mirrored(net, x, (1, 2)), net(x), atol=1e-6)
+
+
+def test_test_time_mirroring_makes_the_prediction_left_right_equivariant(tmp_path) -> None:
+    arr = np.random.default_rng(5).random((32, 40, 36)).astype(np.float32)  # one tile across X
+    flipped = np.ascontiguousarray(arr[::-1])
+    make_tiny_model(tmp_path / "plain")
+    plain = registry.load_model(tmp_path / "plain", device="cpu")
+    a, b = (engine.predict_model_space(x, plain, normalized=True) for x in (arr, flipped))
+    assert np.abs(a[:, ::-1] - b).max() > 1e-3  # random weights: not symmetric by themselves
+    folder = make_tiny_model(tmp_path / "mirrored")
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "test_time_mirroring": [0]}))
+    mirrored = registry.load_model(folder, device="cpu")
+    info: dict = {}
+    a = engine.predict_model_space(arr, mirrored, normalized=True, info=info)
+    b = engine.predict_model_space(flipped, mirrored, normalized=True)
+    assert info["mirror_axes"] == [0]
+    np.testing.assert_allclose(a[:, ::-1], b, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [[3], [0, 0], "0", [True]])
+def test_test_time_mirroring_must_name_distinct_axes(tmp_path, bad) -> None:
+    folder = make_tiny_model(tmp_path)
+    meta = json.loads((folder / "model.json").read_text())
+    (folder / "model.json").write_text(json.dumps({**meta, "test_time_mirroring": bad}))
+    model = registry.load_model(folder, device="cpu")
+    with pytest.raises(registry.ModelError, match="test_time_mirroring"):
+        engine.segment(Volume(np.ones((8, 8, 8), np.float32), np.eye(4)), model)

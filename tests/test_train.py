@@ -143,6 +143,22 @@ def test_fine_tune_records_its_parent_and_the_card_shows_both_stages(tmp_path):
     assert "--init var/train/stage1/model_last --lr 0.001 --p-foreground 0.9 --p-lesion-free 0.1" in second
     text = write_card(meta, {"summary": {}, "rows": []}).read_text()
     assert "**Stage 1** (spinecord-t2 1.0.0)" in text and "0 (10 % of patches)" in text
+    assert "test-time mirroring along left-right" in text  # the trainer flipped left-right
+    assert meta.extra["test_time_mirroring"] == [0]
+
+    # a fine-tune of the fine-tune keeps the whole chain: three stages, three commands
+    grandchild = train_mod.train(train_mod.parse_args(
+        ["--out", str(tmp_path / "s3"), "--init", str(child), "--lr", "0.0005", "--p-lesion-free", "0.25",
+         "--version", "1.2.0"] + common), volumes=vols)
+    meta3 = read_meta(grandchild)
+    assert meta3.extra["training"]["init_from"]["training"]["init_from"]["version"] == "1.0.0"
+    cmds = train_command(meta3).splitlines()
+    assert len(cmds) == 3 and "--out var/train/stage3" in cmds[2]
+    assert "--init var/train/stage2/model_last --lr 0.0005" in cmds[2]
+    assert "--init var/train/stage1/model_last --lr 0.001" in cmds[1]
+    text = write_card(meta3, {"summary": {}, "rows": []}).read_text()
+    assert "**Stage 2** (spinecord-t2 1.1.0, fine-tuned from stage 1's final weights)" in text
+    assert "**Stage 3** (this version)" in text and "var/train/stage3/model_last" in text
 
 
 def test_calibration_takes_the_best_dice_within_the_false_lesion_limit():

@@ -65,24 +65,40 @@ def results_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def lineage(tr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(label, training record) of every stage, first run first, this version last.
+
+    Why a chain: each fine-tune keeps its parent's record under `init_from` (train.init_record),
+    and the parent may itself be a fine-tune; the card must show how the weights came about.
+    """
+    chain: list[tuple[str, dict[str, Any]]] = [("this version", tr)]
+    parent = tr.get("init_from")
+    while parent:
+        ptr = parent.get("training", {})
+        chain.append((f"{parent.get('name')} {parent.get('version')}", ptr))
+        parent = ptr.get("init_from")
+    return chain[::-1]
+
+
+def _stage_folder(i: int, n: int) -> str:
+    return f"var/train/stage{i + 1}" if n > 1 else "var/train/run2"
+
+
 def train_command(meta: ModelMeta) -> str:
     """Fresh-run commands with the final recipe, rebuilt from model.json (resumes are listed apart).
 
-    A fine-tune gives two commands: the parent's run, then the fine-tune started from its export.
+    A fine-tune gives one command per stage, each started from the previous stage's export.
     """
-    tr = meta.extra.get("training", {})
-    parent = tr.get("init_from")
-    first = "var/train/stage1" if parent else "var/train/run2"
+    chain = lineage(meta.extra.get("training", {}))
     cmds = []
-    if parent:
-        cmds.append(_one_command(first, parent.get("training", {}), meta))
-    cmd = _one_command("var/train/stage2" if parent else first, tr, meta)
-    if parent:
-        sampler = tr.get("sampler", {})
-        cmd += (f" --init {first}/model_last --lr {tr.get('lr', 0.002)}"
-                f" --p-foreground {sampler.get('p_foreground')}"
-                f" --p-lesion-free {sampler.get('lesions', {}).get('p_lesion_free')}")
-    cmds.append(cmd)
+    for i, (_, tr) in enumerate(chain):
+        cmd = _one_command(_stage_folder(i, len(chain)), tr, meta)
+        if i > 0:
+            sampler = tr.get("sampler", {})
+            cmd += (f" --init {_stage_folder(i - 1, len(chain))}/model_last --lr {tr.get('lr', 0.002)}"
+                    f" --p-foreground {sampler.get('p_foreground')}"
+                    f" --p-lesion-free {sampler.get('lesions', {}).get('p_lesion_free')}")
+        cmds.append(cmd)
     return "\n".join(cmds)
 
 
@@ -96,25 +112,30 @@ def _one_command(out: str, tr: dict[str, Any], meta: ModelMeta) -> str:
 
 
 def _stages(tr: dict[str, Any]) -> str:
-    """For a fine-tune: the parent's training first (the weights it started from)."""
-    parent = tr.get("init_from")
-    if not parent:
+    """For a fine-tune: every earlier stage (the weights it started from), then this one."""
+    chain = lineage(tr)
+    if len(chain) == 1:
         return ""
-    ptr = parent.get("training", {})
-    hist = "".join(f"\n    - {h}" for h in ptr.get("history", []))
-    return (f"- **Stage 1** ({parent.get('name')} {parent.get('version')}): {ptr.get('optimizer')}, "
-            f"{ptr.get('iterations')} iterations, {ptr.get('patches')} patches, {ptr.get('minutes')} min on "
-            f"{ptr.get('device')}, patches {ptr.get('train_patch')}, "
-            f"{int(100 * ptr.get('sampler', {}).get('p_foreground', 0))} % centred on the cord, "
-            f"{int(100 * ptr.get('sampler', {}).get('lesions', {}).get('p_lesion_free', 0))} % of patches "
-            f"lesion-free; loss {ptr.get('loss')}; restarts (the lesion loss terms and in-patch "
-            f"lesion painting were added during stage 1):{hist}\n"
-            "- **Stage 2** (this version): fine-tuned from stage 1's final weights with a lesion-focused "
-            "sampler (below), a fresh optimizer and its own learning-rate schedule.\n")
+    out = []
+    for i, (label, ptr) in enumerate(chain[:-1]):
+        hist = "".join(f"\n    - {h}" for h in ptr.get("history", []))
+        first = (" (the lesion loss terms and in-patch lesion painting were added during stage 1)"
+                 if i == 0 else "")
+        out.append(f"- **Stage {i + 1}** ({label}"
+                   + (f", fine-tuned from stage {i}'s final weights" if i else "") + "): "
+                   f"{ptr.get('optimizer')}, {ptr.get('iterations')} iterations, {ptr.get('patches')} patches, "
+                   f"{ptr.get('minutes')} min on {ptr.get('device')}, patches {ptr.get('train_patch')}, "
+                   f"{int(100 * ptr.get('sampler', {}).get('p_foreground', 0))} % centred on the cord, "
+                   f"{int(100 * ptr.get('sampler', {}).get('lesions', {}).get('p_lesion_free', 0))} % of patches "
+                   f"lesion-free; loss {ptr.get('loss')}; restarts{first}:{hist}\n")
+    out.append(f"- **Stage {len(chain)}** (this version): fine-tuned from stage {len(chain) - 1}'s final weights "
+               "with the sampler below, a fresh optimizer and its own learning-rate schedule.\n")
+    return "".join(out)
 
 
 def _final_folder(tr: dict[str, Any]) -> str:
-    return "var/train/stage2/model_last" if tr.get("init_from") else "var/train/run2/model_last"
+    chain = lineage(tr)
+    return f"{_stage_folder(len(chain) - 1, len(chain))}/model_last"
 
 
 def _history(tr: dict[str, Any]) -> str:
@@ -128,6 +149,15 @@ def _history(tr: dict[str, Any]) -> str:
         why = ("while the recipe was being fixed (the code at each restart is in git history; the lesion "
                "loss terms and in-patch lesion painting were added during the run, and the budget changed)")
     return f"- The run was stopped and resumed from its checkpoints {why}:\n" + notes + "\n"
+
+
+def _inference(meta: ModelMeta) -> str:
+    axes = meta.extra.get("test_time_mirroring") or []
+    if not axes:
+        return "- Inference: one pass per sliding-window tile (no test-time mirroring).\n"
+    names = ", ".join({0: "left-right", 1: "antero-posterior", 2: "head-feet"}[a] for a in axes)
+    return (f"- Inference: test-time mirroring along {names} (`test_time_mirroring` {list(axes)} in model.json: "
+            f"{2 ** len(axes)} passes per tile, logits averaged as nnU-Net does; training flipped the same axes).\n")
 
 
 def _people(keys: list[str]) -> int:
@@ -207,7 +237,7 @@ are the same person and both in training. Unlabelled volumes were not used.
   {tr.get('patches')} patches, {tr.get('minutes')} min of training on {tr.get('device')} (2 cores shared with
   other jobs: {sec_per_it:.2f} s per iteration on average; validation time excluded); seed {tr.get('seed')}.
   An "epoch" here is not a pass over a fixed list: patches are drawn on the fly.
-{_history(tr)}- Thresholds: cord {meta.thresholds[0]}, lesion {meta.thresholds[1]}{_calibration(tr)}.
+{_history(tr)}{_inference(meta)}- Thresholds: cord {meta.thresholds[0]}, lesion {meta.thresholds[1]}{_calibration(tr)}.
 
 Reproduce (the timing, not the exact weights, depends on the shared CPU):
 

@@ -103,6 +103,8 @@ def model_meta(args: argparse.Namespace, arch: dict[str, Any], training: dict[st
         "spacing_mm": list(args.spacing), "orientation": "RAS", "normalization": "zscore",
         "patch_size": list(args.infer_patch or args.patch), "regions": ["cord", "lesion"],
         "activation": "sigmoid", "thresholds": [0.5, 0.5], "weights": "weights.pt", "trained": True,
+        # left-right test-time mirroring is valid because training flipped left-right
+        "test_time_mirroring": [0] if training.get("sampler", {}).get("augment", {}).get("p_mirror_lr", 0) > 0 else [],
         "description": ("Spinal cord + intramedullary lesion segmentation (region-based, SCIseg-like) "
                         "trained on CPU from real cords with synthetic lesions; see MODEL_CARD.md."),
         "training": training,
@@ -118,7 +120,7 @@ def init_record(folder: str | Path) -> dict[str, Any]:
     meta = read_meta(folder)
     tr = meta.extra.get("training", {})
     keep = ("iterations", "patches", "minutes", "batch", "train_patch", "optimizer", "loss", "seed", "device",
-            "history", "sampler")
+            "history", "sampler", "lr", "init_from")  # init_from: a fine-tune of a fine-tune keeps the chain
     return {"name": meta.name, "version": meta.version, "folder": str(folder),
             "training": {k: tr[k] for k in keep if k in tr}}
 
