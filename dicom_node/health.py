@@ -21,6 +21,7 @@ from dicom_node.config import Config
 from dicom_node.security import DiskThreshold
 from inference.models.nnunet_folder import (DEFAULT_CHECKPOINT, SettingError, is_nnunet_spec,
                                             resolve_settings)
+from inference.models.meta import read_meta
 from inference.models.spec import ModelError, split_spec
 
 
@@ -81,7 +82,6 @@ def model_state(spec: str) -> tuple[bool, bool, str]:
     """
     if is_nnunet_spec(spec):
         return nnunet_state(spec)
-    from inference.models.registry import read_meta  # lazy: dicom_node never imports torch itself
 
     try:
         meta = read_meta(spec)

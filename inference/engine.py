@@ -23,7 +23,7 @@ import torch
 from scipy import ndimage
 
 from inference import preprocess
-from inference.models.registry import LoadedModel, ModelError
+from inference.models.registry import LoadedModel, ModelError, mirror_axes
 from inference.volume import Volume
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -58,7 +58,7 @@ def check_model(model: LoadedModel) -> None:
         raise ModelError(f"model {meta.name}: regions {list(meta.regions)} must start with cord, lesion")
     if len(meta.thresholds) < 2:
         raise ModelError(f"model {meta.name}: thresholds needs [t_cord, t_lesion]")
-    mirror_axes(model)
+    mirror_axes(meta)
     factor = total_stride(meta.architecture)
     if any(p % f for p, f in zip(meta.patch_size, factor)):
         raise ModelError(f"model {meta.name}: patch_size {list(meta.patch_size)} must be a multiple of the "
@@ -130,21 +130,6 @@ def default_tile_batch(device: torch.device) -> int:
     return 4 if device.type == "cuda" else 1
 
 
-def mirror_axes(model: LoadedModel) -> tuple[int, ...]:
-    """Model-space axes (RAS: 0 = left-right) to mirror at test time, from model.json's
-    `test_time_mirroring`; each combination is one more forward pass, logits averaged as nnU-Net does.
-
-    Why only where the model says so: mirroring is valid only along axes the training
-    augmentation flipped (the spine is left-right symmetric, not head-feet or front-back).
-    """
-    raw = model.meta.extra.get("test_time_mirroring", [])
-    if not isinstance(raw, list) or any(not isinstance(a, int) or isinstance(a, bool) or a not in (0, 1, 2)
-                                        for a in raw) or len(set(raw)) != len(raw):
-        raise ModelError(f"model {model.meta.name}: test_time_mirroring {raw!r} must be a list of distinct "
-                         "axes 0, 1, 2 (RAS; 0 = left-right), e.g. [0]")
-    return tuple(raw)
-
-
 def _forward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     y = net(x)
     if isinstance(y, (list, tuple)):  # deep-supervision outputs: full resolution first
@@ -209,7 +194,7 @@ def predict_model_space(array: np.ndarray, model: LoadedModel, *, normalized: bo
     dev = model.device
     net = model.network
     n_out = len(model.meta.regions)
-    axes = mirror_axes(model)
+    axes = mirror_axes(model.meta)
     info.update(mirror_axes=list(axes))
     batch = max(1, tile_batch or default_tile_batch(dev))
     weight = torch.from_numpy(gaussian_importance(patch)).to(dev)

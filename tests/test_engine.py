@@ -1,6 +1,7 @@
 """Engine and preprocessing: geometry round trips, post-processing, weights cache, real network run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -330,6 +331,10 @@ def test_test_time_mirroring_must_name_distinct_axes(tmp_path, bad) -> None:
     folder = make_tiny_model(tmp_path)
     meta = json.loads((folder / "model.json").read_text())
     (folder / "model.json").write_text(json.dumps({**meta, "test_time_mirroring": bad}))
-    model = registry.load_model(folder, device="cpu")
-    with pytest.raises(registry.ModelError, match="test_time_mirroring"):
+    with pytest.raises(registry.ModelError, match="model.json: test_time_mirroring"):
+        registry.read_meta(folder)  # refused where the folder is read: config load, /health, worker
+    model = registry.LoadedModel(meta=dataclasses.replace(registry.read_meta(make_tiny_model(tmp_path / "ok")),
+                                                          extra={"test_time_mirroring": bad}),
+                                 network=torch.nn.Identity(), device=torch.device("cpu"))
+    with pytest.raises(registry.ModelError, match="test_time_mirroring"):  # a meta built in code
         engine.segment(Volume(np.ones((8, 8, 8), np.float32), np.eye(4)), model)

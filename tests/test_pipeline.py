@@ -71,7 +71,9 @@ def test_analyze_refuses_an_untrained_model(tmp_path) -> None:
 
 
 def test_missing_shipped_model_says_so(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(registry, "BUILTIN_DIR", tmp_path)
+    from inference.models import meta
+
+    monkeypatch.setattr(meta, "BUILTIN_DIR", tmp_path)  # where resolve_folder looks
     with pytest.raises(registry.ModelError, match="shipped model builtin:spinecord-t2 is not installed"):
         pipeline.resolve_model(pipeline.DEFAULT_MODEL)
 

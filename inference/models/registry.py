@@ -13,6 +13,8 @@
   thresholds                 [t_cord, t_lesion]
   weights                    file name of the torch state_dict, relative to the folder
   trained                    true for real trained weights; the segment CLI refuses false
+  test_time_mirroring        optional: model-space axes to mirror at inference, e.g. [0] (left-right);
+                             only axes the training flipped; logits averaged over every combination
   description (optional), training (optional: recipe and metrics summary)
 
 ``builtin:NAME`` names a folder shipped in ``inference/models/NAME``.
@@ -39,84 +41,10 @@ from typing import Any
 
 import torch
 
+from inference.models.meta import (  # noqa: F401 (re-exported: callers import them from the registry)
+    BUILTIN_DIR, REQUIRED_KEYS, ModelMeta, mirror_axes, read_meta, resolve_folder)
 from inference.models.nnunet_folder import is_nnunet_spec
 from inference.models.spec import NNUNET_OPTIONS, ModelError, nnunet_spec, split_spec  # noqa: F401 (re-exported)
-
-BUILTIN_DIR = Path(__file__).resolve().parent
-REQUIRED_KEYS = (
-    "name", "version", "architecture", "spacing_mm", "orientation", "normalization",
-    "patch_size", "regions", "activation", "thresholds", "weights",
-)
-
-
-@dataclass(frozen=True)
-class ModelMeta:
-    folder: Path
-    name: str
-    version: str
-    architecture: dict[str, Any]
-    spacing_mm: tuple[float, float, float]
-    orientation: str
-    normalization: str
-    patch_size: tuple[int, int, int]
-    regions: tuple[str, ...]
-    activation: str
-    thresholds: tuple[float, ...]
-    weights: str
-    trained: bool = False
-    description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name, "version": self.version, "architecture": self.architecture,
-            "spacing_mm": list(self.spacing_mm), "orientation": self.orientation,
-            "normalization": self.normalization, "patch_size": list(self.patch_size),
-            "regions": list(self.regions), "activation": self.activation,
-            "thresholds": list(self.thresholds), "weights": self.weights, "trained": self.trained,
-            "description": self.description, **self.extra,
-        }
-
-
-def resolve_folder(spec: str | Path) -> Path:
-    """`builtin:NAME` -> the shipped folder; anything else is a path."""
-    s = str(spec)
-    folder = BUILTIN_DIR / s.split(":", 1)[1] if s.startswith("builtin:") else Path(s).expanduser()
-    if not (folder / "model.json").is_file():
-        raise ModelError(f"model {spec!r}: no model.json in {folder}")
-    return folder.resolve()
-
-
-def read_meta(spec: str | Path) -> ModelMeta:
-    if is_nnunet_spec(spec):  # a bring-your-own nnU-Net v2 folder (plans.json + dataset.json)
-        from inference.models.nnunet import read_nnunet_meta
-        path, options = split_spec(spec)
-        return read_nnunet_meta(path, **options)
-    folder = resolve_folder(spec)
-    try:
-        raw = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ModelError(f"{folder / 'model.json'}: not valid JSON ({exc})") from None
-    missing = [k for k in REQUIRED_KEYS if k not in raw]
-    if missing:
-        raise ModelError(f"{folder / 'model.json'}: missing keys {', '.join(missing)}")
-    if raw["orientation"] != "RAS":
-        raise ModelError(f"{folder / 'model.json'}: orientation {raw['orientation']!r} unsupported (RAS)")
-    if raw["normalization"] != "zscore":
-        raise ModelError(f"{folder / 'model.json'}: normalization {raw['normalization']!r} unsupported (zscore)")
-    known = set(REQUIRED_KEYS) | {"trained", "description"}
-    return ModelMeta(
-        folder=folder, name=str(raw["name"]), version=str(raw["version"]),
-        architecture=dict(raw["architecture"]),
-        spacing_mm=tuple(float(v) for v in raw["spacing_mm"]),  # type: ignore[arg-type]
-        orientation=raw["orientation"], normalization=raw["normalization"],
-        patch_size=tuple(int(v) for v in raw["patch_size"]),  # type: ignore[arg-type]
-        regions=tuple(raw["regions"]), activation=raw["activation"],
-        thresholds=tuple(float(v) for v in raw["thresholds"]), weights=str(raw["weights"]),
-        trained=bool(raw.get("trained", False)), description=str(raw.get("description", "")),
-        extra={k: v for k, v in raw.items() if k not in known},
-    )
-
 
 def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
     """Instantiate the network described by model.json's `architecture` block."""
