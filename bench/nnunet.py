@@ -3,6 +3,7 @@
     python bench/nnunet.py                      # SCIseg-sized network (PlainConvUNet 32->320, 30.8 M
                                                 # parameters, patch 64x160x192) on errsm_11 at 1 mm
     python bench/nnunet.py --size small         # same shape, 1/4 of the channels (quick)
+    python bench/nnunet.py --cli --repeat 3     # per-case commands, start to exit (below)
     options: --threads N (2), --repeat N (alternating runs, fastest counts), --cases N (cases per
              process, 2: the first case and one with everything resident), --folds N, --mirror,
              --spacing MM (0.8: 24 tiles), --crop ZxYxX (a corner of the volume, quicker),
@@ -21,6 +22,28 @@ page faults), later cases are what a running node sees (our weights stay residen
 nnU-Net's predictor object is reused likewise, so both sides get the same treatment).
 Prints wall time (load, first case, steady case), CPU seconds, peak RSS, label agreement, the
 largest probability difference, and the ratios nnU-Net / ours.
+
+--cli measures instead what a site pays when it runs one command per case, because that is how
+SCIseg is run: every case pays interpreter start, imports, model load, and nnU-Net's worker
+processes, while the node keeps the weights resident. Both sides read one file,
+IN_DIR/case_0000.nii.gz (nnU-Net's channel naming; cropped if asked); wall clock runs from
+process start to exit:
+    nnunet  nnUNetv2_predict_from_modelfolder -i IN_DIR -o OUT -m FOLDER -f 0 -device cpu --disable_tta
+    ours    dicom-node segment IN_DIR/case_0000.nii.gz --model "FOLDER?folds=0&use_mirroring=false"
+            --out OUT --device cpu --threads N             (fast: &fast_cpu=true in the spec)
+(--mirror drops --disable_tta and sets use_mirroring=true.) Left at nnU-Net's defaults: -chk
+(checkpoint_final.pth), -npp 3 and -nps 3 (for one case: one preprocessing process and a pool
+of three export processes, each a spawned interpreter that imports torch, beside a forked
+Manager server and multiprocessing's resource tracker), -step_size 0.5, no --save_probabilities,
+progress bar on, --not_on_device off. Threads: on -device cpu nnU-Net's command calls
+torch.set_num_threads(cpu_count()) itself (so OMP_NUM_THREADS alone does not bind it), then runs
+the network with min(that, nnUNet_def_n_proc) threads and sets nnUNet_def_n_proc in its export
+workers (default 8); so both commands get OMP_NUM_THREADS = nnUNet_def_n_proc = N and ours
+--threads N, N = --threads or min(8, cores), nnU-Net's own default. Ours does more per case (probability map, measurements.json). Prints per
+side the fastest wall time of --repeat alternating runs, CPU seconds and the largest process's
+peak RSS of the tree (wait4, as /usr/bin/time -v), the tree's peak summed PSS (sampled from
+/proc), the share of voxels where nnU-Net's label image and our cord/lesion masks agree, and
+nnU-Net / ours. --cases, --tile-batch and --compile do not apply.
 """
 from __future__ import annotations
 
@@ -28,9 +51,12 @@ import argparse
 import json
 import os
 import resource
+import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -138,13 +164,194 @@ def run_side(side: str, folder: Path, out: Path, args: argparse.Namespace) -> di
     return res
 
 
+# --- --cli: each side as the separate command a site runs per case ---------------------------
+
+NNUNET_CLI = "nnUNetv2_predict_from_modelfolder"
+NNUNET_DEFAULT_THREADS = 8  # nnunetv2.configuration.default_num_processes without nnUNet_def_n_proc
+
+
+def cli_threads(requested: int | None) -> int:
+    """Torch threads for both commands: nnU-Net's own CPU default, min(8, cores), unless asked;
+    more than the cores is refused, since nnU-Net's command would quietly use fewer."""
+    cores = os.cpu_count() or 1
+    if requested is None:
+        return min(NNUNET_DEFAULT_THREADS, cores)
+    if not 0 < requested <= cores:
+        raise SystemExit(f"--threads {requested}: --cli needs 1..{cores} (nnU-Net's command caps at the cores)")
+    return requested
+
+
+def cli_input(image: Path, crop: str | None, in_dir: Path) -> Path:
+    """IN_DIR/case_0000.nii.gz, the nnU-Net name for channel 0 of case "case"; both sides read this
+    file. A crop keeps the file's dtype and affine (a corner at index 0 does not move the grid)."""
+    import nibabel as nib
+
+    in_dir.mkdir(parents=True, exist_ok=True)
+    path = in_dir / "case_0000.nii.gz"
+    if not crop:
+        shutil.copyfile(image, path)
+        return path
+    z, y, x = (int(v) for v in crop.lower().split("x"))  # (z, y, x) = nnU-Net's order, as in-process
+    nib.save(nib.load(str(image)).slicer[:x, :y, :z], str(path))
+    return path
+
+
+def cli_command(side: str, folder: Path, in_file: Path, out_dir: Path, threads: int,
+                args: argparse.Namespace) -> list[str]:
+    """The command line of one side; nnU-Net's flags not named here stay at its defaults."""
+    bin_dir = Path(sys.executable).parent
+    folds = [str(f) for f in range(args.folds)]
+    if side == "nnunet":
+        return ([str(bin_dir / NNUNET_CLI), "-i", str(in_file.parent), "-o", str(out_dir), "-m", str(folder),
+                 "-f", *folds, "-device", "cpu"] + ([] if args.mirror else ["--disable_tta"]))
+    spec = f"{folder}?folds={','.join(folds)}&use_mirroring={'true' if args.mirror else 'false'}"
+    spec += "&fast_cpu=true" if side == "fast" else ""
+    return [str(bin_dir / "dicom-node"), "segment", str(in_file), "--model", spec, "--out", str(out_dir),
+            "--device", "cpu", "--threads", str(threads)]
+
+
+def cli_env(threads: int, extra: list[str]) -> dict[str, str]:
+    """The same environment for both commands. nnU-Net's command sets torch to every core itself
+    and then caps the network (and its export workers) at nnUNet_def_n_proc; OMP_NUM_THREADS
+    reaches its preprocessing worker, which sets nothing."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "nnUNet_def_n_proc": str(threads)}
+    return {**env, **dict(e.split("=", 1) for e in extra)}
+
+
+def _children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc/PID/stat (Linux)."""
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # gone meanwhile
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def _tree(root: int) -> list[int]:
+    kids, todo, found = _children_map(), [root], []
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo += kids.get(pid, [])
+    return found
+
+
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: shared pages (torch's libraries in every worker) counted once in all."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _sample_tree(root: int, stop: threading.Event, peak: dict[str, int], every_s: float = 0.2) -> None:
+    """Peak summed PSS and most processes at once of root's tree, until stop."""
+    while not stop.wait(every_s):
+        pids = _tree(root)
+        peak["pss_kb"] = max(peak["pss_kb"], sum(_pss_kb(p) for p in pids))
+        peak["procs"] = max(peak["procs"], len(pids))
+
+
+def run_command(cmd: list[str], env: dict[str, str], log: Path) -> dict:
+    """Wall clock from start to exit; CPU time and largest-process peak RSS of the whole tree from
+    wait4 (what /usr/bin/time -v reports); summed PSS of the tree sampled from /proc."""
+    peak, stop = {"pss_kb": 0, "procs": 0}, threading.Event()
+    with open(log, "w") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        sampler = threading.Thread(target=_sample_tree, args=(proc.pid, stop, peak), daemon=True)
+        sampler.start()
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+    stop.set()
+    sampler.join()
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{log.read_text()[-4000:]}")
+    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "max_rss_mb": ru.ru_maxrss / 1024.0,
+            "tree_pss_mb": peak["pss_kb"] / 1024.0, "procs": peak["procs"]}
+
+
+def cli_agreement(nnunet_out: Path, ours_out: Path, folder: Path, folds: list[str]) -> tuple[float, float, float]:
+    """Shares of voxels where (label in cord labels) == our cord mask, (label in lesion labels) ==
+    our lesion mask, and both; labels as our runtime reads them from the folder's dataset.json."""
+    import nibabel as nib
+
+    from inference.models.nnunet_folder import resolve_settings
+
+    choice = resolve_settings(folder, folds=folds)
+    label = np.asarray(nib.load(str(nnunet_out / "case.nii.gz")).dataobj)
+    cord = np.asarray(nib.load(str(ours_out / "cord.nii.gz")).dataobj) > 0
+    lesion = np.asarray(nib.load(str(ours_out / "lesion.nii.gz")).dataobj) > 0
+    if label.shape != cord.shape or label.shape != lesion.shape:
+        raise SystemExit(f"grids differ: nnU-Net {label.shape}, ours {cord.shape} / {lesion.shape}")
+    cord_ok = np.isin(label, sorted(choice.cord_labels)) == cord
+    lesion_ok = np.isin(label, sorted(choice.lesion_labels)) == lesion
+    return float(cord_ok.mean()), float(lesion_ok.mean()), float((cord_ok & lesion_ok).mean())
+
+
+def main_cli(args: argparse.Namespace, sides: list[str]) -> None:
+    """--cli: alternate the sides' commands --repeat times, then timings, memory and agreement."""
+    if args.compile or args.tile_batch:
+        raise SystemExit("--cli: --compile and --tile-batch are not settings of `dicom-node segment`")
+    threads = cli_threads(args.threads)
+    env = cli_env(threads, args.env)
+    with tempfile.TemporaryDirectory(prefix="bench-nnunet-cli-") as tmp:
+        tmpdir = Path(tmp)
+        folder = make_bench_folder(tmpdir, args.size, args.spacing, args.folds, args.mirror)
+        in_file = cli_input(args.image, args.crop, tmpdir / "in")
+        cmds = {s: cli_command(s, folder, in_file, tmpdir / s, threads, args) for s in sides}
+        print(f"--cli: network {args.size} ({SIZES[args.size]}), patch {PATCH}, spacing {args.spacing} mm, "
+              f"folds {args.folds}, mirroring {args.mirror}, {threads} threads (OMP_NUM_THREADS, "
+              f"nnUNet_def_n_proc, --threads), image {args.image}{' crop ' + args.crop if args.crop else ''}"
+              f"{'; env ' + ' '.join(args.env) if args.env else ''}", flush=True)
+        for side, cmd in cmds.items():
+            print(f"  {side:6s} $ {shlex.join(cmd)}")
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
+        for r in range(args.repeat):  # rotate the order (shared machines drift)
+            for side in sides[r % len(sides):] + sides[:r % len(sides)]:
+                shutil.rmtree(tmpdir / side, ignore_errors=True)  # no stale output can pass the check
+                runs[side].append(run_command(cmds[side], env, tmpdir / f"{side}.log"))
+                print(f"  run {r + 1} {side:6s} {runs[side][-1]['wall_s']:7.1f} s", flush=True)
+        parity = {side: cli_agreement(tmpdir / "nnunet", tmpdir / side, folder, [str(f) for f in range(args.folds)])
+                  for side in sides if side != "nnunet"}
+    print_cli(runs, parity)
+
+
+def print_cli(runs: dict[str, list[dict]], parity: dict[str, tuple[float, float, float]]) -> None:
+    best = {side: {k: min(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
+    for side, b in best.items():
+        print(f"  {side:7s} wall {b['wall_s']:7.1f} s per case  CPU {b['cpu_s']:7.1f} s  peak RSS of the largest "
+              f"process {b['max_rss_mb']:6.0f} MB  peak PSS of the tree {b['tree_pss_mb']:6.0f} MB "
+              f"({b['procs']} processes at most)")
+    n = best["nnunet"]
+    for side, (cord, lesion, both) in parity.items():
+        o = best[side]
+        verdict = "labels agree" if both >= 0.999 else "LABELS DIFFER"
+        print(f"  {side}: {verdict} on {both:.5%} of voxels (cord {cord:.5%}, lesion {lesion:.5%})")
+        print(f"  {side}: nnU-Net / {side}: wall {n['wall_s'] / o['wall_s']:.2f}x, CPU {n['cpu_s'] / o['cpu_s']:.2f}x, "
+              f"peak RSS {n['max_rss_mb'] / o['max_rss_mb']:.2f}x, tree PSS {n['tree_pss_mb'] / o['tree_pss_mb']:.2f}x")
+    print("  (wall: start to exit, fastest of --repeat runs; CPU and peak RSS from wait4 over the process tree; "
+          "PSS sampled every 0.2 s; check what else runs on the machine)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="sciseg")
     ap.add_argument("--image", type=Path, default=DEFAULT_IMAGE)
     ap.add_argument("--crop", help="ZxYxX: predict only this corner of the volume (nnU-Net axis order)")
     ap.add_argument("--spacing", type=float, default=1.0, help="configuration spacing, mm (0.8: 24 tiles)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="torch threads per side (2; --cli: min(8, cores), nnU-Net's)")
+    ap.add_argument("--cli", action="store_true",
+                    help="time the per-case commands (nnU-Net's console script, dicom-node segment)")
     ap.add_argument("--folds", type=int, default=1)
     ap.add_argument("--cases", type=int, default=2, help="cases per process: the first, then steady state")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternating; the fastest counts")
@@ -164,12 +371,17 @@ def main() -> None:
         return
     if not args.image.is_file():
         raise SystemExit(f"{args.image}: not found (pass --image)")
+    sides = [x.strip() for x in args.sides.split(",") if x.strip()]
+    if "nnunet" not in sides or not set(sides) <= {"nnunet", "ours", "fast"} or len(sides) < 2:
+        raise SystemExit("--sides: nnunet and at least one of ours, fast")
+    if args.cli:
+        main_cli(args, sides)
+        return
+    if args.threads is None:
+        args.threads = 2
     with tempfile.TemporaryDirectory(prefix="bench-nnunet-") as tmp:
         tmpdir = Path(tmp)
         folder = make_bench_folder(tmpdir, args.size, args.spacing, args.folds, args.mirror)
-        sides = [x.strip() for x in args.sides.split(",") if x.strip()]
-        if "nnunet" not in sides or not set(sides) <= {"nnunet", "ours", "fast"} or len(sides) < 2:
-            raise SystemExit("--sides: nnunet and at least one of ours, fast")
         print(f"network {args.size} ({SIZES[args.size]}), patch {PATCH}, spacing {args.spacing} mm, "
               f"folds {args.folds}, mirroring {args.mirror}, {args.threads} threads, cases/process {args.cases}, "
               f"image {args.image}{' crop ' + args.crop if args.crop else ''}"
