@@ -144,11 +144,23 @@ def _history(tr: dict[str, Any]) -> str:
         return ""
     notes = "\n".join(f"  - {h}" for h in hist)
     if tr.get("init_from"):
-        why = "(the budget was extended; the code at each restart is in git history)"
+        why = "(to change the budget, or after a crash; the code at each restart is in git history)"
     else:
         why = ("while the recipe was being fixed (the code at each restart is in git history; the lesion "
                "loss terms and in-patch lesion painting were added during the run, and the budget changed)")
     return f"- The run was stopped and resumed from its checkpoints {why}:\n" + notes + "\n"
+
+
+def _by_group(rows: list[dict[str, Any]]) -> str:
+    """Lesion Dice per acquisition group: the pooled mean can hide one contrast doing much worse."""
+    groups: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("lesion_dice") is not None:
+            groups.setdefault(str(r.get("group")), []).append(float(r["lesion_dice"]))
+    if len(groups) < 2:
+        return ""
+    parts = ", ".join(f"{g} {sum(v) / len(v):.3f} ({len(v)} copies)" for g, v in sorted(groups.items()))
+    return f"\nLesion Dice by acquisition group (mean over copies): {parts}.\n"
 
 
 def _inference(meta: ModelMeta) -> str:
@@ -206,7 +218,7 @@ painted-lesion copies use fixed seeds {result.get('seeds', '')}).
 Per case:
 
 {chr(10).join(per_case)}
-
+{_by_group(rows)}
 ## Data and licences
 
 All images are real public data, copied unchanged into `/work/shared/data` (its README keeps
