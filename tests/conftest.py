@@ -35,3 +35,18 @@ def require_shared(rel: str) -> Path:
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared("")
+
+
+def assert_runs_without_torch(code: str) -> None:
+    """Run `code` in a fresh interpreter at the repo root; it must pass and leave torch unimported.
+
+    Why a subprocess: this test process has imported torch long ago, so only a fresh
+    interpreter can show that a code path (config load, /health) does not pull it in.
+    """
+    import subprocess
+    import sys
+
+    code += "\nimport sys\nassert 'torch' not in sys.modules, 'this path imported torch'\n"
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

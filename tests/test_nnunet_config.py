@@ -206,18 +206,14 @@ def test_settings_reach_the_loaded_model_and_match_nnunet(tmp_path: Path) -> Non
 def test_config_check_does_not_import_torch(tmp_path: Path) -> None:
     """The node's process reads its config without torch (dicom_node never imports it): checking
     an nnU-Net entry's settings reads JSON and file names only."""
-    import subprocess
-    import sys
+    from tests.conftest import assert_runs_without_torch
 
     folder = _json_folder(tmp_path)
     cfg = _config(tmp_path, f"    path: {folder}\n    folds: [0]")
-    code = ("import sys\nfrom dicom_node.config import load_config\n"
-            f"cfg = load_config({str(cfg)!r})\nassert cfg.model_path('seg').endswith('?folds=0')\n"
-            "from dicom_node.health import model_state\nassert model_state(cfg.model_path('seg'))[0]\n"
-            "assert 'torch' not in sys.modules, 'loading the config imported torch'\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert_runs_without_torch(
+        f"from dicom_node.config import load_config\ncfg = load_config({str(cfg)!r})\n"
+        "assert cfg.model_path('seg').endswith('?folds=0')\n"
+        "from dicom_node.health import model_state\nassert model_state(cfg.model_path('seg'))[0]\n")
 
 
 def test_health_judges_nnunet_settings(tmp_path: Path) -> None:

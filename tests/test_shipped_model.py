@@ -58,14 +58,8 @@ def test_shipped_model_on_real_validation_cord(model):
 
 def test_health_judges_the_shipped_model_without_importing_torch() -> None:
     """/health and the config check read model.json through inference.models.meta, never torch."""
-    import subprocess
-    import sys
-    from pathlib import Path
+    from tests.conftest import assert_runs_without_torch
 
-    code = ("import sys\nfrom dicom_node.health import model_state\n"
-            f"ok, loaded, detail = model_state({MODEL!r})\n"
-            "assert ok and not loaded and detail.startswith('spinecord-t2 '), detail\n"
-            "assert 'torch' not in sys.modules, 'judging the model imported torch'\n")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
+    assert_runs_without_torch(
+        f"from dicom_node.health import model_state\nok, loaded, detail = model_state({MODEL!r})\n"
+        "assert ok and not loaded and detail.startswith('spinecord-t2 '), detail\n")
