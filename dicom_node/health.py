@@ -19,9 +19,9 @@ from typing import Any, Callable
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config
 from dicom_node.security import DiskThreshold
+from inference.models.meta import read_meta
 from inference.models.nnunet_folder import (DEFAULT_CHECKPOINT, SettingError, is_nnunet_spec,
                                             resolve_settings)
-from inference.models.meta import read_meta
 from inference.models.spec import ModelError, split_spec
 
 
