@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -137,16 +137,20 @@ def _forward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return y.float()
 
 
+def mirror_combos(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Tensor dims (N, C, spatial...) of every non-empty combination of the spatial `axes`,
+    singles first: the mirrors test-time augmentation adds, in nnU-Net's order."""
+    dims = [a + 2 for a in axes]
+    return [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
+
+
 def forward_mirrored(net: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:
-    """Logits of `x` (N, 1, X, Y, Z) averaged over every combination of flips along `axes`."""
-    combos = [c for k in range(len(axes) + 1) for c in itertools.combinations(axes, k)]
-    total = None
-    for combo in combos:
-        dims = [a + 2 for a in combo]
-        y = _forward(net, torch.flip(x, dims) if dims else x)
-        y = torch.flip(y, dims) if dims else y
-        total = y if total is None else total + y
-    return total / len(combos)
+    """Logits of `x` (N, 1, X, Y, Z) averaged over the plain pass and every mirror along `axes`."""
+    total = _forward(net, x)
+    combos = mirror_combos(axes)
+    for dims in combos:
+        total = total + torch.flip(_forward(net, torch.flip(x, dims)), dims)
+    return total / (len(combos) + 1)
 
 
 def predict_model_space(array: np.ndarray, model: LoadedModel, *, normalized: bool = False,

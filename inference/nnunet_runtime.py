@@ -40,6 +40,7 @@ import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
+from inference.engine import mirror_combos
 from inference.models.nnunet import NnUNetModel, NnUNetPlan, default_tile_batch
 from inference.models.registry import ModelError
 from inference.volume import Volume
@@ -285,11 +286,6 @@ def tile_steps(size: Sequence[int], patch: Sequence[int], step: float = TILE_STE
     return out
 
 
-def _mirror_combos(axes: Sequence[int]) -> list[tuple[int, ...]]:
-    dims = [a + 2 for a in axes]
-    return [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
-
-
 def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None = None,
                    progress: Progress | None = None, info: dict | None = None,
                    half_accumulation: bool = True) -> np.ndarray:
@@ -321,7 +317,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
     acc = torch.zeros((n_folds, heads, *padded_shape), dtype=store, device=dev)
     norm = torch.zeros(padded_shape, dtype=store, device=dev)
     g = torch.from_numpy(gaussian_map(tuple(patch))).to(device=dev, dtype=store)
-    combos = _mirror_combos(model.mirror_axes) if model.use_mirroring else []
+    combos = mirror_combos(model.mirror_axes) if model.use_mirroring else []
     views = [()] + combos  # what each tile is run as: itself, then each mirror (nnU-Net's order)
     # network passes per forward (default_tile_batch): tiles x mirrors flattened, so mirrors batch too
     batch = max(1, tile_batch or default_tile_batch(dev, model.fast_cpu))
