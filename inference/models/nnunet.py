@@ -388,6 +388,7 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
         if plan.num_input_channels != 1:
             raise ModelError(f"{root}: the model takes {plan.num_input_channels} input channels; only "
                              "single-image models are supported")
+        channels_last = dev.type == "cuda" or bool(fast_cpu)  # the layout the networks take
         nets = []
         for f, ck in zip(fold_names, ckpts):
             net = build_network(plan)
@@ -401,7 +402,6 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
                 net.to(memory_format=torch.channels_last_3d)
             else:
                 prepare_for_cpu(net, fast=bool(fast_cpu))
-            channels_last = dev.type == "cuda" or bool(fast_cpu)
             nets.append(_compiled(net, plan, dev, default_tile_batch(dev, fast_cpu), channels_last)
                         if compile else net)
         axes = ckpts[0].get("inference_allowed_mirroring_axes")
@@ -409,7 +409,7 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
             meta=nnunet_meta(plan, fold_names, checkpoint), network=nets[0], device=dev, plan=plan,
             networks=nets, folds=tuple(fold_names), mirror_axes=tuple(int(a) for a in axes or ()),
             use_mirroring=bool(use_mirroring), fast_cpu=bool(fast_cpu) and dev.type == "cpu",
-            channels_last=dev.type == "cuda" or bool(fast_cpu),
+            channels_last=channels_last,
             cord_labels=choice.cord_labels, lesion_labels=choice.lesion_labels,
         )
         _CACHE[key] = loaded
