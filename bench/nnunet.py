@@ -144,6 +144,14 @@ def worker(args: argparse.Namespace) -> None:
                       "peak_rss_mb": _peak_rss_mb()}))
 
 
+def alternating(sides: list[str], repeat: int):
+    """(run, side) for `repeat` rounds, each round starting one side later: a machine that drifts
+    (other jobs, thermal) then does not always favour the same side."""
+    for r in range(repeat):
+        for side in sides[r % len(sides):] + sides[:r % len(sides)]:
+            yield r, side
+
+
 def run_side(side: str, folder: Path, out: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--worker", "nnunet" if side == "nnunet" else "ours",
            "--folder", str(folder), "--image", str(args.image),
@@ -316,11 +324,10 @@ def main_cli(args: argparse.Namespace, sides: list[str]) -> None:
         for side, cmd in cmds.items():
             print(f"  {side:6s} $ {shlex.join(cmd)}")
         runs: dict[str, list[dict]] = {side: [] for side in sides}
-        for r in range(args.repeat):  # rotate the order (shared machines drift)
-            for side in sides[r % len(sides):] + sides[:r % len(sides)]:
-                shutil.rmtree(tmpdir / side, ignore_errors=True)  # no stale output can pass the check
-                runs[side].append(run_command(cmds[side], env, tmpdir / f"{side}.log"))
-                print(f"  run {r + 1} {side:6s} {runs[side][-1]['wall_s']:7.1f} s", flush=True)
+        for r, side in alternating(sides, args.repeat):
+            shutil.rmtree(tmpdir / side, ignore_errors=True)  # no stale output can pass the check
+            runs[side].append(run_command(cmds[side], env, tmpdir / f"{side}.log"))
+            print(f"  run {r + 1} {side:6s} {runs[side][-1]['wall_s']:7.1f} s", flush=True)
         parity = {side: cli_agreement(tmpdir / "nnunet", tmpdir / side, folder, [str(f) for f in range(args.folds)])
                   for side in sides if side != "nnunet"}
     print_cli(runs, parity)
@@ -389,11 +396,10 @@ def main() -> None:
               f"{f'; tile batch {args.tile_batch}' if args.tile_batch else ''}"
               f"{'; env ' + ' '.join(args.env) if args.env else ''}", flush=True)
         runs: dict[str, list[dict]] = {side: [] for side in sides}
-        for r in range(args.repeat):  # rotate the order (shared machines drift)
-            for side in sides[r % len(sides):] + sides[:r % len(sides)]:
-                runs[side].append(run_side(side, folder, tmpdir / f"{side}.npz", args))
-                print(f"  run {r + 1} {side:6s} first {runs[side][-1]['first_s']:7.1f} s  steady "
-                      f"{runs[side][-1]['steady_s']:7.1f} s", flush=True)
+        for r, side in alternating(sides, args.repeat):
+            runs[side].append(run_side(side, folder, tmpdir / f"{side}.npz", args))
+            print(f"  run {r + 1} {side:6s} first {runs[side][-1]['first_s']:7.1f} s  steady "
+                  f"{runs[side][-1]['steady_s']:7.1f} s", flush=True)
         ref = np.load(tmpdir / "nnunet.npz")
         parity = {}
         for side in [x for x in sides if x != "nnunet"]:
