@@ -82,8 +82,6 @@ class ModelSettings:
     fast_cpu: bool = False  # CPU: faster kernels, same labels, probabilities not bit-identical to nnU-Net
 
 
-
-
 @dataclass
 class PipelineSettings:
     model: str = "default"  # key in `models`

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from inference.models.registry import ModelMeta
+from inference.models.registry import ModelMeta, mirror_axes
 
 ATTRIBUTION = """\
 | folder | what | labels | source (licence) | used for |
@@ -164,7 +164,7 @@ def _by_group(rows: list[dict[str, Any]]) -> str:
 
 
 def _inference(meta: ModelMeta) -> str:
-    axes = meta.extra.get("test_time_mirroring") or []
+    axes = mirror_axes(meta)
     if not axes:
         return "- Inference: one pass per sliding-window tile (no test-time mirroring).\n"
     names = ", ".join({0: "left-right", 1: "antero-posterior", 2: "head-feet"}[a] for a in axes)
