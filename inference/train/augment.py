@@ -136,6 +136,24 @@ def thick_slices(img: torch.Tensor, axis: int, factor: float) -> torch.Tensor:
     return back.reshape(shp).movedim(-1, axis + 1)
 
 
+def as_acquired(before: np.ndarray, after: np.ndarray, slab: tuple[float, float, float]) -> np.ndarray:
+    """`after` with the change from `before` seen through thick source voxels.
+
+    Why: a model-space volume made from 3 mm axial slices is already smooth along Z, but a
+    lesion painted into it at 1 mm is sharp there, which no scanner can produce; a real lesion
+    in that series is averaged over its slice and interpolated like the rest of the image.
+    `slab` is the source voxel size over the model spacing per model axis; axes with a factor
+    of 1.5 or more get the change averaged into slabs of that many voxels and interpolated back.
+    """
+    change = torch.from_numpy(np.asarray(after, np.float32) - np.asarray(before, np.float32))[None]
+    thick = [(axis, f) for axis, f in enumerate(slab) if f >= 1.5]
+    if not thick:
+        return np.asarray(after, np.float32)
+    for axis, f in thick:
+        change = thick_slices(change, axis, f)
+    return (np.asarray(before, np.float32) + change[0].numpy()).astype(np.float32)
+
+
 def bias_field(shape: tuple[int, ...], rng: np.random.Generator, strength: float) -> torch.Tensor:
     """Smooth multiplicative field exp(quadratic polynomial), as receive coils make."""
     axes = [torch.linspace(-1, 1, n) for n in shape]

@@ -88,6 +88,7 @@ class CachedVolume:
     cord_level: float
     csf_level: float
     cord_idx: np.ndarray  # (N, 3) int32 cord voxel indices, for foreground-biased sampling
+    slab: tuple[float, float, float] = (1.0, 1.0, 1.0)  # source voxel size / model spacing per model axis
 
 
 def load_labelled(sub: Subject, root: Path = DATA_ROOT) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
@@ -98,6 +99,15 @@ def load_labelled(sub: Subject, root: Path = DATA_ROOT) -> tuple[np.ndarray, np.
     if sub.lesion:
         lesion = np.asanyarray(nib.load(str(root / sub.lesion)).dataobj) > 0.5
     return np.asanyarray(img.dataobj).astype(np.float32), cord, lesion, img.affine
+
+
+def acquisition_slab(sub: Subject, spacing: tuple[float, float, float],
+                     root: Path = DATA_ROOT) -> tuple[float, float, float]:
+    """Source voxel size over model spacing along each model (RAS) axis, from the header only."""
+    img = nib.load(str(root / sub.image))
+    reo = preprocess.reorient_to_ras(img.affine, img.shape[:3])
+    src = preprocess.voxel_sizes(reo.affine_ras)
+    return tuple(float(s / m) for s, m in zip(src, spacing))
 
 
 def to_model_space(sub: Subject, spacing: tuple[float, float, float],
@@ -117,7 +127,8 @@ def to_model_space(sub: Subject, spacing: tuple[float, float, float],
     return CachedVolume(key=sub.key, group=sub.group, image=z, cord=cord_b.astype(np.uint8),
                         lesion=les_m.astype(np.uint8), air=float((0.0 - mean) / std),
                         cord_level=cord_level, csf_level=csf_level,
-                        cord_idx=np.argwhere(cord_b).astype(np.int32))
+                        cord_idx=np.argwhere(cord_b).astype(np.int32),
+                        slab=acquisition_slab(sub, spacing, root))
 
 
 def build_cache(keys: list[str], spacing: tuple[float, float, float], cache: Path = DEFAULT_CACHE,
@@ -133,7 +144,8 @@ def build_cache(keys: list[str], spacing: tuple[float, float, float], cache: Pat
             arrays = {n: np.load(folder / f"{key}.{n}.npy") for n in ("image", "cord", "lesion")}
             out.append(CachedVolume(key=key, group=meta["group"], air=meta["air"],
                                     cord_level=meta["cord_level"], csf_level=meta["csf_level"],
-                                    cord_idx=np.argwhere(arrays["cord"] > 0).astype(np.int32), **arrays))
+                                    cord_idx=np.argwhere(arrays["cord"] > 0).astype(np.int32),
+                                    slab=acquisition_slab(BY_KEY[key], spacing, root), **arrays))
             continue
         vol = to_model_space(BY_KEY[key], spacing, root)
         for n in ("image", "cord", "lesion"):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from inference.train.augment import AugmentConfig, intensity, mirror_lr, spatial
+from inference.train.augment import AugmentConfig, as_acquired, intensity, mirror_lr, spatial
 from inference.train.data import BY_KEY, CachedVolume
 from inference.train.lesions import LesionConfig, paint_lesions
 
@@ -67,8 +67,9 @@ class PatchSampler:
             sign = BY_KEY[vol.key].lesion_sign if vol.key in BY_KEY else 1.0
             inner_lo = np.round(center - lo - (patch - 1) / 2.0).astype(int)
             focus = tuple(slice(int(a), int(a + p)) for a, p in zip(inner_lo, patch))
-            img, painted, _ = paint_lesions(img, cord > 0, cfg.spacing, rng, cfg.lesions,
-                                            levels=(vol.cord_level, vol.csf_level), sign=sign, focus=focus)
+            img_p, painted, _ = paint_lesions(img, cord > 0, cfg.spacing, rng, cfg.lesions,
+                                              levels=(vol.cord_level, vol.csf_level), sign=sign, focus=focus)
+            img = as_acquired(img, img_p, vol.slab)  # thick-slice sources blur the lesion too
             les = np.maximum(les, painted)
         cord = np.maximum(cord, les)
         t_img = torch.from_numpy(img)[None]

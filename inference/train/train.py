@@ -141,6 +141,7 @@ class QuickVal:
 
     def __init__(self, volumes: list[CachedVolume], spacing: tuple[float, float, float], seed: int = 1234) -> None:
         from inference.train.data import BY_KEY
+        from inference.train.augment import as_acquired
         from inference.train.lesions import paint_lesions
 
         rng = np.random.default_rng(seed)
@@ -153,6 +154,7 @@ class QuickVal:
             img, cord = v.image[sl], v.cord[sl]
             painted, les, _ = paint_lesions(img, cord > 0, spacing, rng, n_lesions=3,
                                             levels=(v.cord_level, v.csf_level), sign=BY_KEY[v.key].lesion_sign if v.key in BY_KEY else 1.0)
+            painted = as_acquired(img, painted, v.slab)  # as evaluate.py's acquisition-grid painting looks
             self.items.append((v.key + "+lesions", painted, np.maximum(cord, les), les))
 
     def __call__(self, model: LoadedModel) -> dict[str, float]:
