@@ -9,8 +9,8 @@ import torch
 
 from inference.models.registry import load_model, read_meta
 from inference.train import train as train_mod
-from inference.train.augment import AugmentConfig, spatial, thick_slices
-from inference.train.data import CachedVolume, load_split, BY_KEY
+from inference.train.augment import AugmentConfig, as_acquired, spatial, thick_slices
+from inference.train.data import CachedVolume, acquisition_slab, load_split, BY_KEY
 from inference.train.lesions import LesionConfig, paint_lesions
 from inference.train.sampling import PatchSampler, SamplerConfig
 
@@ -66,6 +66,35 @@ def test_lesions_in_anisotropic_grid_follow_mm():
                                       LesionConfig(length_mm=(9.0, 9.0), width_mm=(3.0, 3.0)), n_lesions=1)
     idx = np.argwhere(lesion)
     assert len(idx) and (idx.max(0) - idx.min(0) + 1)[2] <= 5, "9 mm at 3 mm slices spans ~3-4 slices"
+
+
+def test_painted_change_is_seen_through_the_source_slices():
+    """A lesion painted at 1 mm into a volume made from 3 mm slices is averaged along the slice axis
+    (as the scanner and the engine's resampling make a real one look), and only along it."""
+    img, cord = phantom()
+    out, lesion, _ = paint_lesions(img, cord, (1.0, 1.0, 1.0), np.random.default_rng(2),
+                                   LesionConfig(length_mm=(6.0, 10.0), width_mm=(4.0, 6.0), p_core=0.0), n_lesions=2)
+    assert lesion.any()
+    assert np.array_equal(as_acquired(img, out, (1.0, 1.0, 1.0)), out), "1 mm sources keep the painted lesion"
+    assert np.array_equal(as_acquired(img, out, (0.42, 0.42, 1.2)), out), "finer or near-1 mm voxels change nothing"
+    seen = as_acquired(img, out, (0.5, 0.5, 3.0))
+    change, painted = seen - img, out - img
+    expected = thick_slices(torch.from_numpy(painted)[None], 2, 3.0)[0].numpy()
+    assert np.allclose(change, expected, atol=1e-5)
+
+    def roughness(d: np.ndarray) -> float:  # mean |second difference| along Z over the mean |change|
+        return float(np.abs(np.diff(d, 2, axis=2)).mean() / np.abs(d).mean())
+
+    assert roughness(change) < 0.6 * roughness(painted), "sharp 1 mm edges along Z are gone"
+    columns = np.abs(painted).sum(2) > 0
+    assert not (np.abs(change).sum(2) > 1e-6)[~columns].any(), "nothing moves in-plane"
+    assert abs(change.sum() - painted.sum()) < 0.05 * np.abs(painted).sum(), "the lesion's total signal is kept"
+
+
+def test_acquisition_slab_reads_the_source_voxels():
+    assert acquisition_slab(BY_KEY["errsm_21"], (1.0, 1.0, 1.0)) == pytest.approx((1.0, 1.0, 1.0))
+    assert acquisition_slab(BY_KEY["t2s_9584"], (1.0, 1.0, 1.0)) == pytest.approx((0.4167, 0.4167, 3.0), abs=1e-3)
+    assert acquisition_slab(BY_KEY["t2s_9584"], (0.5, 0.5, 1.5)) == pytest.approx((0.8333, 0.8333, 2.0), abs=1e-3)
 
 
 def test_spatial_identity_matches_plain_crop():

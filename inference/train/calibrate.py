@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference.train.augment import as_acquired
 from inference.train.data import BY_KEY, build_cache, load_split
 from inference.train.lesions import paint_lesions
 
@@ -55,6 +56,7 @@ def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2,
         for _ in range(copies):
             img, les, _ = paint_lesions(vol.image[sl], vol.cord[sl] > 0, spacing, rng, n_lesions=3,
                                         levels=(vol.cord_level, vol.csf_level), sign=BY_KEY[vol.key].lesion_sign)
+            img = as_acquired(vol.image[sl], img, vol.slab)  # thick-slice sources blur lesions as in real series
             prob = predict_model_space(img, model, normalized=True)
             out.append((prob, (vol.cord[sl] > 0) | (les > 0), les > 0))
     return out
