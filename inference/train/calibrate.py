@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             "volumes": list(CALIBRATION_KEYS), "seed": SEED,
             "pooled_lesion_dice_by_threshold": {str(k): round(v, 4) for k, v in scores.items()},
             "largest_false_lesion_mm3_by_threshold": {str(k): round(v, 1) for k, v in false_mm3.items()},
-            "max_false_lesion_mm3": MAX_FALSE_LESION_MM3}
+            "max_false_lesion_mm3": MAX_FALSE_LESION_MM3, "lesions_as_acquired": True}
         path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         print(f"wrote thresholds {meta['thresholds']} to {path}")
     return 0

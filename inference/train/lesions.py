@@ -11,7 +11,9 @@ the lesion (region-based training as SCIseg).
 
 All geometry is in millimetres so the same code paints the 1 mm training crops and the
 anisotropic (0.4 x 0.4 x 3 mm) validation volumes. Arrays are RAS-ordered: the cord runs
-roughly along axis 2.
+roughly along axis 2. A 1 mm training crop made from thick slices gets its painted change
+averaged through those slices afterwards (`augment.as_acquired`), so that its lesions look
+like those of the acquisition rather than sharper than anything else in the image.
 """
 from __future__ import annotations
 

@@ -133,6 +133,22 @@ def _stages(tr: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _as_acquired(tr: dict[str, Any]) -> str:
+    """Whether painted lesions were seen through thick source slices, in which stages and in calibration."""
+    chain = lineage(tr)
+    used = [i + 1 for i, (_, ptr) in enumerate(chain) if ptr.get("sampler", {}).get("lesions_as_acquired")]
+    if not used and not tr.get("threshold_calibration", {}).get("lesions_as_acquired"):
+        return ""
+    where = ("in every stage" if len(used) == len(chain) else
+             f"in stage{'s' if len(used) > 1 else ''} {', '.join(map(str, used))} (earlier stages painted them "
+             "sharp at the model spacing)" if used else "in the threshold calibration only")
+    return ("  On thick-slice sources (the axial T2*w, 2.5–5 mm slices) the painted change is averaged "
+            "through the source slices and interpolated back (`augment.as_acquired`), as a real lesion in such "
+            f"a series looks and as the evaluation's acquisition-grid painting looks: {where}"
+            + ("; the threshold calibration paints the same way" if used and tr.get("threshold_calibration", {})
+               .get("lesions_as_acquired") else "") + ".\n")
+
+
 def _final_folder(tr: dict[str, Any]) -> str:
     chain = lineage(tr)
     return f"{_stage_folder(len(chain) - 1, len(chain))}/model_last"
@@ -240,7 +256,7 @@ are the same person and both in training. Unlabelled volumes were not used.
   (smoothed noise on an ellipsoid), elongated along the local cord centerline, 2–40 mm long,
   hyperintense towards the CSF level with an edema-like falloff, 25 % with a hypointense
   haemorrhagic core, 35 % centred on the cord border; label = painted voxels inside the cord.
-  The one real-protocol lesion example (`lesion-example`) keeps its own label.
+{_as_acquired(tr)}  The one real-protocol lesion example (`lesion-example`) keeps its own label.
 - Augmentation (`inference/train/augment.py`): rotation, scaling, elastic-lite, left-right
   mirroring only, noise, blur, brightness, contrast, gamma, low-resolution simulation, plus
   simulated clinical acquisitions: thick sagittal slices (3–4 mm), thick axial slices

@@ -26,6 +26,8 @@ class SamplerConfig:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     lesions: LesionConfig = field(default_factory=LesionConfig)
+    # painted lesions seen through thick source slices (augment.as_acquired); off = sharp at model spacing
+    lesions_as_acquired: bool = True
 
 
 class PatchSampler:
@@ -69,7 +71,7 @@ class PatchSampler:
             focus = tuple(slice(int(a), int(a + p)) for a, p in zip(inner_lo, patch))
             img_p, painted, _ = paint_lesions(img, cord > 0, cfg.spacing, rng, cfg.lesions,
                                               levels=(vol.cord_level, vol.csf_level), sign=sign, focus=focus)
-            img = as_acquired(img, img_p, vol.slab)  # thick-slice sources blur the lesion too
+            img = as_acquired(img, img_p, vol.slab) if cfg.lesions_as_acquired else img_p
             les = np.maximum(les, painted)
         cord = np.maximum(cord, les)
         t_img = torch.from_numpy(img)[None]
