@@ -208,3 +208,12 @@ def test_calibration_takes_the_best_dice_within_the_false_lesion_limit():
     assert scores[0.3] < scores[0.4] == scores[0.5] == 1.0 and best == 0.5
     best_any, _, _ = best_lesion_threshold(cases, max_false_mm3=1000.0)
     assert best_any == 0.35  # without the limit the first threshold with Dice 1.0 wins
+
+
+def test_lesion_f1_is_the_harmonic_mean_computed_exactly():
+    from inference.train.evaluate import lesion_f1
+
+    assert lesion_f1(8, 9, 8, 11) == 0.8, "8/9 and 8/11 are exactly 0.8, not a hair under"
+    sens, ppv = 3 / 7, 5 / 6
+    assert lesion_f1(3, 7, 5, 6) == pytest.approx(2 * sens * ppv / (sens + ppv), rel=1e-12)
+    assert lesion_f1(0, 3, 0, 2) == 0.0 and lesion_f1(0, 0, 0, 0) == 0.0 and lesion_f1(2, 2, 0, 0) == 0.0
