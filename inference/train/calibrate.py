@@ -17,9 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.train.augment import as_acquired
-from inference.train.data import BY_KEY, build_cache, load_split
-from inference.train.lesions import paint_lesions
+from inference.train.data import build_cache, load_split
+from inference.train.sampling import paint_cached
 
 CANDIDATES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8)
 CALIBRATION_KEYS = ("errsm_11", "errsm_18", "t2s_10062Ses1", "t2s_9418")
@@ -54,9 +53,7 @@ def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2,
             prob = predict_model_space(vol.image[sl], model, normalized=True)
             out.append((prob, vol.cord[sl] > 0, np.zeros(prob.shape[1:], bool)))
         for _ in range(copies):
-            img, les, _ = paint_lesions(vol.image[sl], vol.cord[sl] > 0, spacing, rng, n_lesions=3,
-                                        levels=(vol.cord_level, vol.csf_level), sign=BY_KEY[vol.key].lesion_sign)
-            img = as_acquired(vol.image[sl], img, vol.slab)  # thick-slice sources blur lesions as in real series
+            img, les = paint_cached(vol, vol.image[sl], vol.cord[sl], spacing, rng, n_lesions=3)
             prob = predict_model_space(img, model, normalized=True)
             out.append((prob, (vol.cord[sl] > 0) | (les > 0), les > 0))
     return out

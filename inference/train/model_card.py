@@ -137,16 +137,22 @@ def _as_acquired(tr: dict[str, Any]) -> str:
     """Whether painted lesions were seen through thick source slices, in which stages and in calibration."""
     chain = lineage(tr)
     used = [i + 1 for i, (_, ptr) in enumerate(chain) if ptr.get("sampler", {}).get("lesions_as_acquired")]
-    if not used and not tr.get("threshold_calibration", {}).get("lesions_as_acquired"):
+    calibrated = bool(tr.get("threshold_calibration", {}).get("lesions_as_acquired"))
+    if not used and not calibrated:
         return ""
-    where = ("in every stage" if len(used) == len(chain) else
-             f"in stage{'s' if len(used) > 1 else ''} {', '.join(map(str, used))} (earlier stages painted them "
-             "sharp at the model spacing)" if used else "in the threshold calibration only")
+    if not used:
+        where = "in the threshold calibration only"
+    else:
+        if len(used) == len(chain):
+            where = "in every stage"
+        else:
+            where = (f"in stage{'s' if len(used) > 1 else ''} {', '.join(map(str, used))} "
+                     "(earlier stages painted them sharp at the model spacing)")
+        if calibrated:
+            where += "; the threshold calibration paints the same way"
     return ("  On thick-slice sources (the axial T2*w, 2.5–5 mm slices) the painted change is averaged "
             "through the source slices and interpolated back (`augment.as_acquired`), as a real lesion in such "
-            f"a series looks and as the evaluation's acquisition-grid painting looks: {where}"
-            + ("; the threshold calibration paints the same way" if used and tr.get("threshold_calibration", {})
-               .get("lesions_as_acquired") else "") + ".\n")
+            f"a series looks and as the evaluation's acquisition-grid painting looks: {where}.\n")
 
 
 def _final_folder(tr: dict[str, Any]) -> str:

@@ -30,6 +30,21 @@ class SamplerConfig:
     lesions_as_acquired: bool = True
 
 
+def paint_cached(vol: CachedVolume, img: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, float],
+                 rng: np.random.Generator, cfg: LesionConfig = LesionConfig(), n_lesions: int | None = None,
+                 focus: tuple[slice, ...] | None = None, acquired: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(image, lesion label) with lesions painted into a crop of a cached volume.
+
+    One place for what every model-space painting needs (the sampler, the quick validation and
+    the threshold calibration): the volume's own cord/CSF levels, its contrast's lesion sign, and
+    with `acquired` the change seen through the source's thick slices (`as_acquired`).
+    """
+    sign = BY_KEY[vol.key].lesion_sign if vol.key in BY_KEY else 1.0
+    out, label, _ = paint_lesions(img, cord > 0, spacing, rng, cfg, n_lesions=n_lesions,
+                                  levels=(vol.cord_level, vol.csf_level), sign=sign, focus=focus)
+    return (as_acquired(img, out, vol.slab) if acquired else out), label
+
+
 class PatchSampler:
     """Draws augmented (image, target) patches from cached model-space volumes."""
 
@@ -66,12 +81,10 @@ class PatchSampler:
         img, cord, les = (self._crop(a, lo, crop_shape, fill) for a, fill in
                           ((vol.image, vol.air), (vol.cord, 0), (vol.lesion, 0)))
         if cord.any():
-            sign = BY_KEY[vol.key].lesion_sign if vol.key in BY_KEY else 1.0
             inner_lo = np.round(center - lo - (patch - 1) / 2.0).astype(int)
             focus = tuple(slice(int(a), int(a + p)) for a, p in zip(inner_lo, patch))
-            img_p, painted, _ = paint_lesions(img, cord > 0, cfg.spacing, rng, cfg.lesions,
-                                              levels=(vol.cord_level, vol.csf_level), sign=sign, focus=focus)
-            img = as_acquired(img, img_p, vol.slab) if cfg.lesions_as_acquired else img_p
+            img, painted = paint_cached(vol, img, cord, cfg.spacing, rng, cfg.lesions, focus=focus,
+                                        acquired=cfg.lesions_as_acquired)
             les = np.maximum(les, painted)
         cord = np.maximum(cord, les)
         t_img = torch.from_numpy(img)[None]

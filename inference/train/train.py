@@ -140,9 +140,7 @@ class QuickVal:
     lesion Dice on lesions painted once with a fixed seed. The full evaluation is evaluate.py."""
 
     def __init__(self, volumes: list[CachedVolume], spacing: tuple[float, float, float], seed: int = 1234) -> None:
-        from inference.train.data import BY_KEY
-        from inference.train.augment import as_acquired
-        from inference.train.lesions import paint_lesions
+        from inference.train.sampling import paint_cached
 
         rng = np.random.default_rng(seed)
         self.items = []
@@ -152,9 +150,7 @@ class QuickVal:
             hi = np.minimum(idx.max(0) + 25, v.image.shape)
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             img, cord = v.image[sl], v.cord[sl]
-            painted, les, _ = paint_lesions(img, cord > 0, spacing, rng, n_lesions=3,
-                                            levels=(v.cord_level, v.csf_level), sign=BY_KEY[v.key].lesion_sign if v.key in BY_KEY else 1.0)
-            painted = as_acquired(img, painted, v.slab)  # as evaluate.py's acquisition-grid painting looks
+            painted, les = paint_cached(v, img, cord, spacing, rng, n_lesions=3)  # as evaluate.py's look
             self.items.append((v.key + "+lesions", painted, np.maximum(cord, les), les))
 
     def __call__(self, model: LoadedModel) -> dict[str, float]:
