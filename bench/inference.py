@@ -22,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from inference import heap  # noqa: E402  (needs the repository on the path)
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "spine-t2-sag" / "errsm_11" / "t2.nii.gz"
 NNUNET_PEER_S = 70.0  # ../shared/NOTES.md: nnU-Net predictor, SCIseg-sized net, 1 mm, 2 threads
 
@@ -64,6 +65,7 @@ def pick_model(spec: str, device: str, tmp: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
+    heap.configure()  # as `dicom-node` does at start
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input", default=str(DEFAULT_INPUT))
     ap.add_argument("--model", default="builtin:spinecord-t2")

@@ -16,7 +16,6 @@ import argparse
 import re
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile

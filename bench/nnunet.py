@@ -105,6 +105,9 @@ def _volume(image: Path, crop: str | None):
 
 def worker(args: argparse.Namespace) -> None:
     """One side, in its own process: load once, predict --cases times, save the first result."""
+    if args.worker in ("ours", "fast"):  # as `dicom-node` does at start, before any thread exists
+        from inference import heap
+        heap.configure()
     import torch
 
     torch.set_num_threads(args.threads)
@@ -112,14 +115,14 @@ def worker(args: argparse.Namespace) -> None:
     folds = [str(f) for f in range(args.folds)]
     c0, t0 = _cpu_s(), time.perf_counter()
     if args.worker in ("ours", "fast"):
+        from inference.engine import segment
         from inference.models.nnunet import load_nnunet
-        from inference.nnunet_runtime import segment_nnunet
 
         model = load_nnunet(args.folder, device="cpu", folds=folds, use_mirroring=args.mirror,
                             compile=args.compile, fast_cpu=args.fast)
 
         def predict():
-            seg = segment_nnunet(vol, model, tile_batch=args.tile_batch or None)
+            seg = segment(vol, model, tile_batch=args.tile_batch or None)
             return seg.info["labels"], np.stack([seg.cord_prob, seg.lesion_prob]), seg
     else:
         from tests.nnunet_folder import nnunet_predictor, predictor_predict

@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import Callable
 
+from inference import heap
+
 # command -> (module, add-arguments function, run function, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "serve": ("dicom_node.service", "add_serve_arguments", "run_serve", "run the node (listener, completion, worker, dispatch)"),
@@ -34,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    heap.configure()  # before any thread starts: tensors' memory is reused between tiles (inference.heap)
     args = build_parser().parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)

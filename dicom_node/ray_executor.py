@@ -21,6 +21,7 @@ import threading
 from typing import Any
 
 from dicom_node.config import Config
+from inference import heap
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,9 @@ class RayAnalyzer:
                                    "`ray start --head` or leave the address empty for a local instance") from None
             self._owns_ray = True
         self._models = sorted({self.config.model_path(p.model) for p in self.config.pipelines.values()})
-        env = {"OMP_NUM_THREADS": str(self.config.worker.torch_threads)} if self.config.worker.torch_threads else {}
+        env = heap.child_env()  # set at the actor's start, before its threads (inference.heap)
+        if self.config.worker.torch_threads:
+            env["OMP_NUM_THREADS"] = str(self.config.worker.torch_threads)
         self._remote = ray.remote(ModelHost).options(
             num_cpus=self.settings.actor_cpus, num_gpus=self.settings.actor_gpus,
             max_restarts=0, max_task_retries=0, runtime_env={"env_vars": env} if env else None)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from inference import preprocess
+from inference import heap, preprocess
 from inference.models.registry import LoadedModel, ModelError, mirror_axes
 from inference.volume import Volume
 
@@ -262,7 +262,14 @@ def postprocess(cord_prob: np.ndarray, lesion_prob: np.ndarray,
 
 def segment(volume: Volume, model: LoadedModel, progress: Progress | None = None,
             tile_batch: int | None = None, skip_background: bool = True) -> Segmentation:
-    """Segment cord and lesions; every output array has the shape of ``volume.array``."""
+    """Segment cord and lesions; every output array has the shape of ``volume.array``. Freed
+    working memory stays on the heap for the next case and goes back once idle (inference.heap)."""
+    with heap.busy():
+        return _segment(volume, model, progress, tile_batch, skip_background)
+
+
+def _segment(volume: Volume, model: LoadedModel, progress: Progress | None,
+             tile_batch: int | None, skip_background: bool) -> Segmentation:
     if model.meta.extra.get("format") == "nnunetv2":  # nnU-Net folder: its own semantics (nnunet_runtime)
         from inference.nnunet_runtime import segment_nnunet
         return segment_nnunet(volume, model, progress=progress, tile_batch=tile_batch)  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inference import heap
 from inference.train.data import build_cache, load_split
 from inference.train.sampling import paint_cached
 
@@ -92,6 +93,7 @@ def best_lesion_threshold(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def main(argv: list[str] | None = None) -> int:
+    heap.configure()  # before threads start, as the console script does
     p = argparse.ArgumentParser(prog="python -m inference.train.calibrate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="model folder (its model.json is updated with --write)")

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from inference import preprocess
-from inference.train.data import BY_KEY, DATA_ROOT, load_labelled, load_split
+from inference import heap, preprocess
+from inference.train.data import BY_KEY, load_labelled, load_split
 from inference.train.lesions import paint_lesions
 
 GROUP_LABEL = {"sag_t2": "sagittal T2w (1 mm iso)", "ax_t2star": "axial T2*w (0.4 mm, 3 mm slices)"}
@@ -223,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    heap.configure()  # before threads start, as the console script does
     parser = argparse.ArgumentParser(prog="python -m inference.train.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 import time
 from dataclasses import asdict, replace
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference import heap
 from inference.models.registry import LoadedModel, ModelMeta, build_network, read_meta, save_model
 from inference.train.data import CachedVolume, build_cache, load_split
 from inference.train.lesions import LesionConfig
@@ -355,6 +354,7 @@ def train(args: argparse.Namespace,
 
 
 def main(argv: list[str] | None = None) -> int:
+    heap.configure()  # before threads start (data loader threads, if any)
     args = parse_args(argv)
     train(args)
     return 0
