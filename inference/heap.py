@@ -79,8 +79,8 @@ def configure() -> bool:
 
 
 def release() -> None:
-    """Return the free heap to the system (after a case; milliseconds). Also in processes that got
-    the settings from `child_env()` rather than `configure()`; a no-op off glibc or when opted out."""
+    """Return the free heap to the system (busy()'s timer calls it once idle; milliseconds). Also in
+    processes that got the settings from `child_env()`; a no-op off glibc or when opted out."""
     libc = _libc() if wanted() else None
     if libc is not None:
         libc.malloc_trim(ctypes.c_size_t(0))
