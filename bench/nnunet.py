@@ -15,11 +15,12 @@ arithmetic: output identical to the bit); fast = ours with fast_cpu (channels-la
 two passes per forward: same labels, probabilities within float16 steps of nnU-Net's).
 
 Each side runs in its own process (fresh interpreter, so peak RSS is its own) with the same
-number of torch threads; ours sets its heap up as `dicom-node` does at start (inference.heap),
-nnU-Net's runs with glibc's defaults unless given the same settings with
-    --env MALLOC_ARENA_MAX=1 --env MALLOC_MMAP_THRESHOLD_=2147483647 --env MALLOC_TRIM_THRESHOLD_=18446744073709551615
-(which separates what memory handling gains from what our code gains); the folder is a random-weight trained-model folder written by
-nnunetv2 itself (tests/nnunet_folder.py). Each process loads once, then predicts the same
+number of torch threads. Ours sets its heap up as `dicom-node` does at start (inference.heap);
+nnU-Net's runs with glibc's defaults unless given the same settings, which separates what memory
+handling gains from what our code gains:
+    --env MALLOC_ARENA_MAX=1 --env MALLOC_MMAP_THRESHOLD_=2147483647
+    --env MALLOC_TRIM_THRESHOLD_=18446744073709551615
+The folder is a random-weight trained-model folder written by nnunetv2 itself (tests/nnunet_folder.py). Each process loads once, then predicts the same
 volume --cases times: the first case includes one-off costs (oneDNN kernel generation, first
 page faults), later cases are what a running node sees (our weights stay resident in the node;
 nnU-Net's predictor object is reused likewise, so both sides get the same treatment).

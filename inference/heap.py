@@ -27,6 +27,7 @@ import os
 import platform
 import threading
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Iterator
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,9 @@ _active = 0
 _timer: threading.Timer | None = None
 
 
+@lru_cache(maxsize=1)
 def _libc() -> ctypes.CDLL | None:
+    """glibc, once per process (platform.libc_ver reads the interpreter's binary)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:

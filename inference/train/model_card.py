@@ -142,14 +142,13 @@ def _as_acquired(tr: dict[str, Any]) -> str:
         return ""
     if not used:
         where = "in the threshold calibration only"
+    elif len(used) == len(chain):
+        where = "in every stage"
     else:
-        if len(used) == len(chain):
-            where = "in every stage"
-        else:
-            where = (f"in stage{'s' if len(used) > 1 else ''} {', '.join(map(str, used))} "
-                     "(earlier stages painted them sharp at the model spacing)")
-        if calibrated:
-            where += "; the threshold calibration paints the same way"
+        where = (f"in stage{'s' if len(used) > 1 else ''} {', '.join(map(str, used))} "
+                 "(earlier stages painted them sharp at the model spacing)")
+    if used and calibrated:
+        where += "; the threshold calibration paints the same way"
     return ("  On thick-slice sources (the axial T2*w, 2.5–5 mm slices) the painted change is averaged "
             "through the source slices and interpolated back (`augment.as_acquired`), as a real lesion in such "
             f"a series looks and as the evaluation's acquisition-grid painting looks: {where}.\n")
