@@ -238,13 +238,12 @@ class _Lesion:
         return float(np.nonzero(self.crop)[2].mean()) + self.offset[2]
 
     def sagittal(self, x: int) -> np.ndarray:
-        """The lesion in sagittal slice x of the full grid, as a (y, z) boolean image."""
-        out = np.zeros(self.grid_shape[1:], dtype=bool)
+        """The lesion in sagittal slice x of the full grid, as a (y, z) boolean image cropped to
+        the box (full-grid index = box index + offset[1], offset[2]): all zero outside the box."""
         local = x - self.offset[0]
         if 0 <= local < self.crop.shape[0]:
-            ny, nz = self.crop.shape[1:]
-            out[self.offset[1]: self.offset[1] + ny, self.offset[2]: self.offset[2] + nz] = self.crop[local]
-        return out
+            return self.crop[local]
+        return np.zeros(self.crop.shape[1:], dtype=bool)
 
 
 def _midsagittal_x(lesions: list[_Lesion], cord: np.ndarray) -> float | None:
@@ -258,9 +257,10 @@ def _midsagittal_x(lesions: list[_Lesion], cord: np.ndarray) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
-def _bridges(lesion_col: np.ndarray, cord_col: np.ndarray) -> tuple[int, int]:
-    """Dorsal and ventral tissue bridge (voxels) in one antero-posterior column (y)."""
-    ly = np.nonzero(lesion_col)[0]
+def _bridges(lesion_col: np.ndarray, cord_col: np.ndarray, y0: int = 0) -> tuple[int, int]:
+    """Dorsal and ventral tissue bridge (voxels) in one antero-posterior column (y); the lesion
+    column may be a crop starting at full-grid y0."""
+    ly = np.nonzero(lesion_col)[0] + y0
     cy = np.nonzero(cord_col)[0]
     return max(0, int(ly[0] - cy[0])), max(0, int(cy[-1] - ly[-1]))
 
@@ -276,19 +276,22 @@ def _midsagittal_measures(
     _px, py, pz = spacing
     s1, s2 = int(math.floor(x_star)), int(math.ceil(x_star))
     f = x_star - math.floor(x_star)
-    sagittal = (lesion.sagittal(s1), lesion.sagittal(s2))
+    sagittal = (lesion.sagittal(s1), lesion.sagittal(s2))  # the lesion's box: cheap for many small ones
     interp = (1.0 - f) * sagittal[0].astype(np.float64) + f * sagittal[1].astype(np.float64)  # (y, z)
     cos_sag = np.cos(angles.theta_sag)
+    z0 = lesion.offset[2]
 
     length = 0.0
     width = 0.0
-    for z in np.nonzero(interp.any(axis=0))[0]:
-        column = interp[:, z]
+    for z_box in np.nonzero(interp.any(axis=0))[0]:
+        column = interp[:, z_box]
+        z = z0 + z_box
         values = column[column > 0]
         length += float(np.mean(values)) * pz / cos_sag[z]
         width = max(width, float(np.sum(values)) * py * cos_sag[z])
 
-    dorsal, ventral = _interpolated_bridges(sagittal, lesion.zs, cord, (s1, s2), f, py * cos_sag)
+    dorsal, ventral = _interpolated_bridges(sagittal, lesion.offset[1:], lesion.zs, cord, (s1, s2), f,
+                                            py * cos_sag)
     total = dorsal + ventral
     return {
         "midsagittal_length_mm": length,
@@ -302,10 +305,11 @@ def _midsagittal_measures(
 
 
 def _interpolated_bridges(
-    sagittal: tuple[np.ndarray, np.ndarray], lesion_zs: np.ndarray, cord: np.ndarray, slices: tuple[int, int],
-    f: float, mm_per_voxel: np.ndarray,
+    sagittal: tuple[np.ndarray, np.ndarray], box_yz: tuple[int, int], lesion_zs: np.ndarray, cord: np.ndarray,
+    slices: tuple[int, int], f: float, mm_per_voxel: np.ndarray,
 ) -> tuple[float, float]:
-    """Minimum dorsal and ventral bridges (mm) in the interpolated midsagittal slice.
+    """Minimum dorsal and ventral bridges (mm) in the interpolated midsagittal slice; `sagittal`
+    holds the lesion's two (y, z) images cropped to its box, which starts at full-grid `box_yz`.
 
     Per axial slice z present in s1 or s2, the two slices' bridge widths are interpolated
     (a slice without lesion at z borrows the other's width). A lesion absent from both
@@ -314,8 +318,9 @@ def _interpolated_bridges(
     per_slice: list[dict[int, tuple[int, int]]] = []
     for s, lesion_yz in zip(slices, sagittal):
         found = {}
-        for z in np.nonzero(lesion_yz.any(axis=0))[0]:
-            found[int(z)] = _bridges(lesion_yz[:, z], cord[s, :, z])
+        for z_box in np.nonzero(lesion_yz.any(axis=0))[0]:
+            z = int(z_box) + box_yz[1]
+            found[z] = _bridges(lesion_yz[:, z_box], cord[s, :, z], box_yz[0])
         per_slice.append(found)
     zs = sorted(set(per_slice[0]) | set(per_slice[1]))
     if zs:
