@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from inference.lesion_filter import check_min_volume
 from inference.models.spec import NNUNET_OPTIONS, nnunet_spec
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
@@ -85,6 +86,7 @@ class ModelSettings:
 @dataclass
 class PipelineSettings:
     model: str = "default"  # key in `models`
+    min_lesion_volume_mm3: float = 0.0  # lesion components under this are dropped before measuring (0 = keep all)
 
 
 @dataclass
@@ -282,6 +284,10 @@ def _validate(cfg: Config) -> None:
     for name, p in cfg.pipelines.items():
         if p.model not in cfg.models:
             raise ConfigError(f"pipelines.{name}.model: {p.model!r} is not a key of models ({', '.join(cfg.models)})")
+        try:
+            check_min_volume(p.min_lesion_volume_mm3, f"pipelines.{name}.min_lesion_volume_mm3")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for name, d in cfg.destinations.items():
         if not 1 <= len(d.ae_title) <= 16:
             raise ConfigError(f"destinations.{name}.ae_title: 1 to 16 characters")

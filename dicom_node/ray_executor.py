@@ -43,10 +43,10 @@ class ModelHost:
     def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": os.uname().nodename, "models": self.loaded}
 
-    def analyze(self, volume: Any, model: str, device: str) -> Any:
+    def analyze(self, volume: Any, model: str, device: str, min_lesion_volume_mm3: float = 0.0) -> Any:
         from inference.pipeline import analyze
 
-        return analyze(volume, model=model, device=device)
+        return analyze(volume, model=model, device=device, min_lesion_volume_mm3=min_lesion_volume_mm3)
 
 
 class RayWorkerLost(RuntimeError):
@@ -54,7 +54,7 @@ class RayWorkerLost(RuntimeError):
 
 
 class RayAnalyzer:
-    """Analyzer(volume, model, device) -> Analysis on a pool of `worker.ray.actors` actors."""
+    """Analyzer(volume, model, device, min_lesion_volume_mm3) -> Analysis on a pool of `worker.ray.actors` actors."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -127,14 +127,14 @@ class RayAnalyzer:
 
         threading.Thread(target=wait_ready, name=f"ray-actor-{index}", daemon=True).start()
 
-    def __call__(self, volume: Any, model: str, device: str) -> Any:
+    def __call__(self, volume: Any, model: str, device: str, min_lesion_volume_mm3: float = 0.0) -> Any:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         index = self._free.get(timeout=self.settings.task_timeout_s)
         lost = False
         try:
-            ref = self._actors[index].analyze.remote(volume, model, device)
+            ref = self._actors[index].analyze.remote(volume, model, device, min_lesion_volume_mm3)
             return ray.get(ref, timeout=self.settings.task_timeout_s)
         except RayActorError as exc:
             lost = True

@@ -24,14 +24,15 @@ from dicom_node.routing import parse_rules, route
 
 log = logging.getLogger(__name__)
 
-# An analyzer turns (volume, model spec, device) into an inference Analysis; in-process by default.
-Analyzer = Callable[[Any, str, str], Any]
+# An analyzer turns (volume, model spec, device, minimum lesion volume in mm³) into an inference
+# Analysis; in-process by default.
+Analyzer = Callable[[Any, str, str, float], Any]
 
 
-def analyze_in_process(volume: Any, model: str, device: str) -> Any:
+def analyze_in_process(volume: Any, model: str, device: str, min_lesion_volume_mm3: float = 0.0) -> Any:
     from inference.pipeline import analyze
 
-    return analyze(volume, model=model, device=device)
+    return analyze(volume, model=model, device=device, min_lesion_volume_mm3=min_lesion_volume_mm3)
 
 
 def in_process_analyzer(torch_threads: int) -> Analyzer:
@@ -233,7 +234,7 @@ class Worker:
         pipeline = self.config.pipelines[job["pipeline"]]
         model_spec = self.config.model_path(pipeline.model)
         t1 = time.monotonic()
-        analysis = self.analyzer(volume, model_spec, self.config.worker.device)
+        analysis = self.analyzer(volume, model_spec, self.config.worker.device, pipeline.min_lesion_volume_mm3)
         timings["inference_s"] = time.monotonic() - t1
         timings.update({f"inference.{k}": v for k, v in getattr(analysis, "timings", {}).items()})
 

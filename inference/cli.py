@@ -17,6 +17,9 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for torch (0 = torch default)")
     p.add_argument("--qc-png", action="store_true", help="also write DIR/qc.png (sagittal + axial overlays)")
+    p.add_argument("--min-lesion-volume", type=float, default=0.0, metavar="MM3",
+                   help="drop lesion components smaller than this before measuring (as sct_deepseg "
+                        "-remove-small; default 0 = keep every component)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
@@ -28,6 +31,7 @@ def run_segment(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from inference.lesion_filter import check_min_volume
     from inference.pipeline import analyze, resolve_model, set_cpu_threads
     from inference.volume import load_volume, save_nifti
 
@@ -38,11 +42,12 @@ def run_segment(args: argparse.Namespace) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a folder")
+        check_min_volume(args.min_lesion_volume, "--min-lesion-volume")
         progress("loading model", 0, 1)
         model = resolve_model(args.model, device=args.device)  # refuse early, before reading the input
         progress("reading input", 0, 1)
         volume = load_volume(args.input)
-        analysis = analyze(volume, model, progress=progress)
+        analysis = analyze(volume, model, progress=progress, min_lesion_volume_mm3=args.min_lesion_volume)
         progress("writing", 0, 1)
         out.mkdir(parents=True, exist_ok=True)
         save_nifti(analysis.cord_mask.astype(np.uint8), analysis.affine, out / "cord.nii.gz")
@@ -95,11 +100,13 @@ def _segment_summary(analysis, volume, device: str, out, written: list[str], sec
     csa = m.get("cord_csa_mm2_mean")
     csa_text = "n/a" if csa is None else f"{csa:.1f} mm2"
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in analysis.timings.items())
+    dropped = m.get("lesions_below_minimum") or 0
+    dropped_text = f" ({dropped} smaller than {m['min_lesion_volume_mm3']:g} mm3 dropped)" if dropped else ""
     return "\n".join([
         f"model {analysis.model.name} {analysis.model.version} on {device}",
         f"input {shape} voxels of {spacing} mm",
         f"cord: {int(analysis.cord_mask.sum())} voxels, {m['cord_volume_mm3']:.1f} mm3, mean CSA {csa_text}",
-        f"lesions: {m['lesion_count']}, total volume {m['total_volume_mm3']:.1f} mm3, "
+        f"lesions: {m['lesion_count']}{dropped_text}, total volume {m['total_volume_mm3']:.1f} mm3, "
         f"total length {m['total_length_mm']:.1f} mm, max axial damage ratio {m['max_axial_damage_ratio']:.3f}",
         f"time: {timing} (total {seconds:.1f} s)",
         f"written to {out}: {', '.join(written)}",

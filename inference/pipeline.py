@@ -88,16 +88,16 @@ def measure(cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> tuple[d
     """measurements.json content and the lesion label map, from masks in one grid."""
     from inference.biomarkers import analyze_lesions
     from inference.csa import cord_csa
+    from inference.lesion_filter import voxel_volume_mm3
 
     report = analyze_lesions(lesion, cord, affine)
     csa = cord_csa(cord, affine)
     labels = np.asarray(report.label_map, dtype=np.int32)
-    voxel_mm3 = float(abs(np.linalg.det(np.asarray(affine, float)[:3, :3])))
     measurements = dict(report.to_json())
     measurements.update(
         cord_csa_mm2_mean=csa.mean_mm2,
         cord_csa_mm2_per_slice=list(csa.per_slice_mm2),
-        cord_volume_mm3=float(np.count_nonzero(cord)) * voxel_mm3,
+        cord_volume_mm3=float(np.count_nonzero(cord)) * voxel_volume_mm3(affine),
         lesion_count=int(len(np.unique(labels[labels > 0]))),
     )
     return _json_safe(measurements), labels
@@ -112,19 +112,28 @@ def set_cpu_threads(n: int) -> None:
 
 
 def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: str = "auto",
-            require_trained: bool = True, progress: "Progress | None" = None) -> Analysis:
-    """Segment cord and lesions and measure them; everything comes back in the input grid."""
+            require_trained: bool = True, progress: "Progress | None" = None,
+            min_lesion_volume_mm3: float = 0.0) -> Analysis:
+    """Segment cord and lesions and measure them; everything comes back in the input grid.
+
+    `min_lesion_volume_mm3` > 0 drops smaller lesion components (inference.lesion_filter)
+    before anything is measured or encoded; measurements record the minimum and how many
+    components it dropped, so a reader of the numbers knows.
+    """
     from inference.engine import segment
+    from inference.lesion_filter import drop_small_lesions
 
     loaded = resolve_model(model, device=device, require_trained=require_trained)
     seg = segment(volume, loaded, progress=progress)
     t0 = time.perf_counter()
     if progress:
         progress("metrics", 0, 1)
-    measurements, labels = measure(seg.cord_mask, seg.lesion_mask, volume.affine)
+    lesion_mask, dropped = drop_small_lesions(seg.lesion_mask, volume.affine, min_lesion_volume_mm3)
+    measurements, labels = measure(seg.cord_mask, lesion_mask, volume.affine)
+    measurements.update(min_lesion_volume_mm3=float(min_lesion_volume_mm3), lesions_below_minimum=dropped)
     timings = {**seg.timings, "metrics": time.perf_counter() - t0}
     return Analysis(
-        cord_mask=seg.cord_mask, lesion_mask=seg.lesion_mask, lesion_labels=labels,
+        cord_mask=seg.cord_mask, lesion_mask=lesion_mask, lesion_labels=labels,
         cord_prob=seg.cord_prob, affine=np.asarray(volume.affine, dtype=np.float64).copy(),
         measurements=measurements, model=model_identity(loaded.meta), timings=timings,
     )

@@ -111,3 +111,20 @@ def test_segment_a_dicom_series_folder(tmp_path, nifti, capsys) -> None:
     for name in ("cord.nii.gz", "lesion.nii.gz", "cord_prob.nii.gz"):
         img = nib.load(str(out / name))
         assert img.shape == ref.array.shape and np.allclose(img.affine, ref.affine, atol=1e-4), name
+
+
+def test_segment_min_lesion_volume_drops_components_and_refuses_a_negative_one(tmp_path, nifti, capsys) -> None:
+    model = make_tiny_model(tmp_path / "model")
+    out = tmp_path / "out"
+    rc = main(["segment", str(nifti), "--out", str(out), "--model", str(model), "--device", "cpu",
+               "--min-lesion-volume", "1e9"])
+    assert rc == 0, capsys.readouterr().err
+    m = json.loads((out / "measurements.json").read_text())
+    assert m["min_lesion_volume_mm3"] == 1e9 and m["lesion_count"] == 0 and m["lesions"] == []
+    assert not np.asanyarray(nib.load(str(out / "lesion.nii.gz")).dataobj).any()
+
+    rc = main(["segment", str(nifti), "--out", str(tmp_path / "neg"), "--model", str(model),
+               "--min-lesion-volume", "-2"])
+    err = capsys.readouterr().err
+    assert rc != 0 and len(_error_lines(err)) == 1 and "--min-lesion-volume" in _error_lines(err)[0]
+    assert not (tmp_path / "neg").exists()

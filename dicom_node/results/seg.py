@@ -165,11 +165,19 @@ def _to_frames(mask: np.ndarray, slice_of_frame: list[int]) -> np.ndarray:
     return np.stack([mask[:, :, k].T for k in slice_of_frame], axis=0)
 
 
+def algorithm_parameters(analysis: Analysis) -> dict[str, str]:
+    """Settings that changed the result beyond the model itself, for the SEG's and the SR's
+    algorithm identification: today the minimum lesion volume, when one was applied."""
+    minimum = analysis.measurements.get("min_lesion_volume_mm3") or 0.0
+    return {"min_lesion_volume_mm3": f"{minimum:g}"} if minimum > 0 else {}
+
+
 def _algorithm(analysis: Analysis) -> hd.AlgorithmIdentificationSequence:
     return hd.AlgorithmIdentificationSequence(
         name=analysis.model.name,
         family=codes.cid7162.ArtificialIntelligence,
         version=analysis.model.version,
+        parameters=algorithm_parameters(analysis) or None,
     )
 
 

@@ -29,6 +29,7 @@ from dicom_node.results.seg import (
     CORD_SEGMENT,
     DEFAULT_MANUFACTURER,
     ResultBuildError,
+    algorithm_parameters,
     cord_tracking_id,
     lesion_numbers,
     lesion_tracking_id,
@@ -153,7 +154,8 @@ def build_sr(
     meas = analysis.measurements
     by_label = {int(les["label"]): les for les in meas.get("lesions", [])}
     model = analysis.model
-    algo = hd.sr.AlgorithmIdentification(name=model.name, version=model.version)
+    params = [f"{k}={v}" for k, v in algorithm_parameters(analysis).items()]
+    algo = hd.sr.AlgorithmIdentification(name=model.name, version=model.version, parameters=params or None)
     site = [hd.sr.FindingSite(anatomic_location=C.SPINAL_CORD)]
 
     def segment_ref(number: int) -> hd.sr.ReferencedSegment:

@@ -1,0 +1,58 @@
+"""Dropping lesion components smaller than a minimum volume before they are measured.
+
+Why: a network's lesion channel leaves specks of one or a few voxels (a bright central canal,
+noise at the cord edge). Measured as they are, each becomes a "lesion" in the SR and a segment
+in the SEG. Spinal Cord Toolbox offers the same clean-up as `sct_deepseg -remove-small`; here it
+is a pipeline setting (`pipelines.NAME.min_lesion_volume_mm3`), off (0) by default so that the
+lesion mask stays what the model (or nnU-Net) gives.
+
+Components are found with the connectivity the measurements use (18: faces and edges, see
+LESION_METRICS.md), so a kept component is exactly one measured lesion.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LESION_CONNECTIVITY = 2  # skimage's 2 in 3D = 18-connectivity, as inference.biomarkers labels lesions
+
+
+def voxel_volume_mm3(affine: np.ndarray) -> float:
+    """mm³ of one voxel of a grid with this voxel -> RAS affine."""
+    return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
+
+
+def check_min_volume(value: float, where: str) -> float:
+    """A minimum lesion volume as a float >= 0, or ValueError naming `where`."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: expected a number of mm³ (0 = keep every lesion), got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"{where}: must be 0 (keep every lesion) or a positive number of mm³, got {value!r}")
+    return v
+
+
+def drop_small_lesions(lesion: np.ndarray, affine: np.ndarray, min_volume_mm3: float) -> tuple[np.ndarray, int]:
+    """(lesion mask without components under `min_volume_mm3`, how many were dropped).
+
+    A component of exactly the minimum is kept. The input is not modified; with a minimum of 0
+    it is returned as is.
+    """
+    from skimage.measure import label as label_components  # here: the node's config imports this module
+
+    min_volume_mm3 = check_min_volume(min_volume_mm3, "min_volume_mm3")
+    mask = np.asarray(lesion)
+    if min_volume_mm3 == 0 or not mask.any():
+        return mask, 0
+    labels, n = label_components(mask > 0, connectivity=LESION_CONNECTIVITY, return_num=True)
+    sizes_mm3 = np.bincount(labels.ravel(), minlength=n + 1) * voxel_volume_mm3(affine)
+    small = sizes_mm3 < min_volume_mm3
+    small[0] = False  # background
+    dropped = int(small.sum())
+    if dropped == 0:
+        return mask, 0
+    out = mask.copy()
+    out[small[labels]] = 0
+    return out, dropped
