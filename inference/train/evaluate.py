@@ -75,11 +75,18 @@ def _metrics_of(report: Any) -> dict[str, float]:
 
 
 def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print,
-             cases: list[str] | None = None) -> dict[str, Any]:
-    """Run every validation case through the engine; returns per-case rows and a summary."""
-    from inference.engine import segment
+             cases: list[str] | None = None, min_lesion_volume_mm3: float = 0.0) -> dict[str, Any]:
+    """Run every validation case through the engine; returns per-case rows and a summary.
+    `min_lesion_volume_mm3`: drop smaller lesion components first, as a pipeline with that setting does."""
+    from inference.engine import segment as run_engine
+    from inference.lesion_filter import drop_small_lesions
     from inference.models.registry import load_model
     from inference.volume import Volume
+
+    def segment(volume: Volume, model: Any) -> Any:
+        seg = run_engine(volume, model)
+        seg.lesion_mask = drop_small_lesions(seg.lesion_mask, volume.affine, min_lesion_volume_mm3)[0]
+        return seg
 
     try:
         from inference.biomarkers import analyze_lesions
@@ -126,6 +133,7 @@ def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print,
             rows.append(row)
             log(json.dumps(row))
     return {"model": model_spec, "version": model.meta.version, "seeds": seeds, "n_lesions": n_lesions,
+            **({"min_lesion_volume_mm3": min_lesion_volume_mm3} if min_lesion_volume_mm3 else {}),
             "rows": rows, "summary": summarize(rows)}
 
 
@@ -190,6 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write all rows + summary here")
     parser.add_argument("--card", action="store_true", help="(re)write MODEL_CARD.md in the model folder")
     parser.add_argument("--cases", nargs="+", default=None, help="subset of the validation volumes (quick checks)")
+    parser.add_argument("--min-lesion-volume", type=float, default=0.0, metavar="MM3",
+                        help="drop lesion components under this first, as pipelines.NAME.min_lesion_volume_mm3")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch default); 1 is faster on an oversubscribed CPU")
 
@@ -202,6 +212,10 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(int(args.threads))
+    if args.min_lesion_volume and (args.card or not args.json):
+        print("evaluate: --min-lesion-volume measures a pipeline setting, not the model: give --json OUT "
+              "(without --card; the model's evaluation.json and card stay its own output)", file=sys.stderr)
+        return 2
     try:
         meta = read_meta(args.model)
     except ModelError as exc:
@@ -209,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         result = evaluate(args.model, list(args.seeds), int(args.lesions), log=lambda m: print(m, flush=True),
-                          cases=args.cases)
+                          cases=args.cases, min_lesion_volume_mm3=args.min_lesion_volume)
     except ValueError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
