@@ -162,3 +162,25 @@ def test_destination_options_pick_seg_variant_and_secondary_capture(setup, tmp_p
     sc = pydicom.dcmread(cfg.data_dir / rows["viewer", "sc1"]["path"])
     assert sc.BurnedInAnnotation == "YES" and sc.StudyInstanceUID == full.StudyInstanceUID
     assert uid == full.ReferencedSeriesSequence[0].SeriesInstanceUID
+
+
+def test_pipeline_minimum_lesion_volume_reaches_measurements_and_results(setup, tmp_path: Path) -> None:
+    cfg, cat, store = setup
+    # lesion threshold 0: the whole cord is one lesion component, which the minimum then drops
+    model = make_tiny_model(tmp_path / "all-lesion", thresholds=(0.5, 0.0), patch=(32, 32, 32))
+    cfg.models["default"] = ModelSettings(path=str(model))
+    cfg.pipelines["spinal_cord"].min_lesion_volume_mm3 = 1e9
+    ingest(store, small_series(tmp_path, "T2 SAG SPINE"))
+    CompletionTracker(cat, 30).check()
+    worker = Worker(cfg, cat)
+    (job_id,) = worker.route_complete_series()
+    assert worker.run_next() == job_id
+    job = cat.query("SELECT * FROM jobs WHERE id=?", (job_id,))[0]
+    assert job["state"] == "dispatching", job["reason"]
+    m = json.loads(job["measurements"])
+    assert m["lesion_count"] == 0 and m["lesions_below_minimum"] >= 1 and m["min_lesion_volume_mm3"] == 1e9
+    seg_path = cat.query("SELECT path FROM dispatches WHERE job_id=? AND kind='seg'", (job_id,))[0][0]
+    seg = pydicom.dcmread(cfg.data_dir / seg_path)
+    assert len(seg.SegmentSequence) == 1  # the cord only: no lesion segment
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmParameters == "min_lesion_volume_mm3=1e+09"
