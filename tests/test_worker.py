@@ -6,6 +6,7 @@ engine, metrics, SEG/SR encoding and the dciodvfy gate.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def setup(tmp_path: Path):
     model = make_tiny_model(tmp_path / "model", thresholds=(0.5, 1.01), patch=(32, 32, 32))
     cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "node"), fsync=False),
                  models={"default": ModelSettings(path=str(model))},
-                 destinations={"pacs": DestinationSettings(port=1)}, routing=RULES)
+                 destinations={"pacs": DestinationSettings(port=1)}, routing=copy.deepcopy(RULES))  # tests edit it
     cfg.worker.device = "cpu"
     cat = Catalog(cfg.catalog_path)
     store = InstanceStore(cfg.data_dir, cat, fsync=False)
