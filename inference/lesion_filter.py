@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-LESION_CONNECTIVITY = 2  # skimage's 2 in 3D = 18-connectivity, as inference.biomarkers labels lesions
+LESION_CONNECTIVITY = 2  # in 3D: 18-connectivity (faces and edges), how lesions are counted everywhere here
 
 
 def voxel_volume_mm3(affine: np.ndarray) -> float:

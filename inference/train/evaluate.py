@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference import heap, preprocess
+from inference.lesion_filter import LESION_CONNECTIVITY
 from inference.train.data import BY_KEY, load_labelled, load_split
 from inference.train.lesions import paint_lesions
 
@@ -37,8 +38,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """26-connected lesions (as sct_analyze_lesion labels them)."""
-    return ndimage.label(mask.astype(bool), structure=np.ones((3, 3, 3), bool))
+    """Lesions as the measurements count them: 18-connected (faces and edges, LESION_METRICS.md)."""
+    return ndimage.label(mask.astype(bool), structure=ndimage.generate_binary_structure(3, LESION_CONNECTIVITY))
 
 
 def lesion_wise(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
