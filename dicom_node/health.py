@@ -78,7 +78,7 @@ def model_state(spec: str) -> tuple[bool, bool, str]:
     """(loadable, loaded, detail) of a model spec, without loading it.
 
     Loadable: its model.json and weights are there; for an nnU-Net folder, its settings fit it
-    (see nnunet_state). Loaded: this process's inference registry holds it (the worker has used it).
+    (see nnunet_state). Loaded: this process's inference registry holds it (loaded at start or by a job).
     """
     if is_nnunet_spec(spec):
         return nnunet_state(spec)

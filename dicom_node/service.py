@@ -69,6 +69,8 @@ class Node:
         if self.analyzer is not None:
             self.analyzer.start()
         self.scp.start()
+        if self.analyzer is None:  # Ray actors load theirs at start; here too, not when the first job asks
+            threading.Thread(target=self._load_models, name="model-load", daemon=True).start()
         self._count_refusals()
         workers = self.analyzer.size if self.analyzer is not None else 1  # one loop per actor
         loops: list[tuple[str, Callable[[], object], float]] = [
@@ -85,6 +87,22 @@ class Node:
             self.web = WebServer(self.config, self.catalog, self.refusals, alive=self.alive)
             self.web.start()
         log.info("node %s listening on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
+
+    def _load_models(self) -> None:
+        """Load every pipeline's model in the background after the listener is up, so the first
+        case after a (re)start does not wait for it and a broken model is in the log at once.
+        Loading is cached and locked per model: a job that comes first simply waits for it."""
+        from inference.pipeline import resolve_model
+
+        for spec in sorted({self.config.model_path(p.model) for p in self.config.pipelines.values()}):
+            t0 = time.monotonic()
+            try:
+                loaded = resolve_model(spec, self.config.worker.device)
+            except Exception as exc:  # jobs of its pipelines fail with the same reason; /health shows it
+                log.error("model %s not loaded at start: %s", spec, exc)
+                continue
+            log.info("model %s %s loaded on %s in %.1f s", loaded.meta.name, loaded.meta.version,
+                     loaded.device, time.monotonic() - t0)
 
     def alive(self) -> dict[str, bool]:
         """Liveness of the listener and of each loop thread (for /health)."""
