@@ -232,7 +232,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # UnpicklingError (or RuntimeError wrapping it) for unknown globals
         log.warning("%s: safe load refused (%s); loading with weights_only=False - only use model folders "
                     "you trust, a checkpoint can run code when unpickled", path, str(exc).splitlines()[0])
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:  # not a checkpoint at all (truncated copy, another file)
+            raise ModelError(f"{path}: cannot be read as a PyTorch checkpoint ({type(exc2).__name__}); "
+                             "is the file complete?") from None
     if not isinstance(ckpt, dict) or "network_weights" not in ckpt:
         raise ModelError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
     return ckpt

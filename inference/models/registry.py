@@ -93,8 +93,17 @@ def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:
         weights = meta.folder / meta.weights
         if not weights.is_file():
             raise ModelError(f"model {meta.name}: weights file {weights} is missing")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        net.load_state_dict(state)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # truncated copy, another format: not torch's advice to unpickle anyway
+            raise ModelError(f"model {meta.name}: weights file {weights} cannot be read as a PyTorch state "
+                             f"dict ({type(exc).__name__}); copy the model folder again") from None
+        try:
+            net.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelError(f"model {meta.name}: weights in {weights} do not fit the architecture in "
+                             f"model.json ({first})") from None
         net.to(dev).eval()
         loaded = LoadedModel(meta=meta, network=net, device=dev)
         _CACHE[key] = loaded
