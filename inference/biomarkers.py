@@ -220,7 +220,6 @@ class _Lesion:
         self.label = label
         self.crop = labels[box] == label
         self.offset = tuple(int(b.start) for b in box)
-        self.grid_shape = labels.shape
         self.voxels = int(self.crop.sum())
         self.zs = self.offset[2] + np.nonzero(self.crop.any(axis=(0, 1)))[0]
 
