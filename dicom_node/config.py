@@ -208,6 +208,10 @@ class Config:
             return folder
         return nnunet_spec(folder, **options)
 
+    def pipeline_model_paths(self) -> list[str]:
+        """The model specs the pipelines use, each once (what the node loads at start)."""
+        return sorted({self.model_path(p.model) for p in self.pipelines.values()})
+
 
 def _nnunet_options(m: ModelSettings) -> dict[str, Any]:
     """The nnU-Net settings of a models entry that differ from their defaults."""

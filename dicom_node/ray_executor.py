@@ -86,7 +86,7 @@ class RayAnalyzer:
                 raise RuntimeError(f"no Ray cluster at worker.ray.address {address!r} ({exc}): start it with "
                                    "`ray start --head` or leave the address empty for a local instance") from None
             self._owns_ray = True
-        self._models = sorted({self.config.model_path(p.model) for p in self.config.pipelines.values()})
+        self._models = self.config.pipeline_model_paths()
         env = heap.child_env()  # set at the actor's start, before its threads (inference.heap)
         if self.config.worker.torch_threads:
             env["OMP_NUM_THREADS"] = str(self.config.worker.torch_threads)

@@ -94,7 +94,7 @@ class Node:
         Loading is cached and locked per model: a job that comes first simply waits for it."""
         from inference.pipeline import resolve_model
 
-        for spec in sorted({self.config.model_path(p.model) for p in self.config.pipelines.values()}):
+        for spec in self.config.pipeline_model_paths():
             t0 = time.monotonic()
             try:
                 loaded = resolve_model(spec, self.config.worker.device)
