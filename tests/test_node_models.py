@@ -3,13 +3,14 @@ and a model that cannot load is in the log at once while the listener keeps runn
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
+
 from dicom_node.config import Config, ModelSettings, StorageSettings
 from dicom_node.health import model_state
 from dicom_node.service import Node
+from tests.node_process import wait_until
 from tests.tiny_model import make_tiny_model
 
 
@@ -21,15 +22,6 @@ def _config(tmp_path: Path, model_path: str) -> Config:
     return cfg
 
 
-def _wait(condition, timeout_s: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_pipeline_models_are_loaded_at_start_without_a_job(tmp_path: Path) -> None:
     model = make_tiny_model(tmp_path / "model", patch=(32, 32, 32))
     cfg = _config(tmp_path, str(model))
@@ -37,7 +29,7 @@ def test_pipeline_models_are_loaded_at_start_without_a_job(tmp_path: Path) -> No
     node = Node(cfg)
     node.start()
     try:
-        assert _wait(lambda: model_state(cfg.model_path("default"))[1])
+        wait_until(lambda: model_state(cfg.model_path("default"))[1], 60, what="model loaded at start")
         assert node.catalog.query("SELECT COUNT(*) FROM jobs")[0][0] == 0
     finally:
         node.stop()
@@ -51,7 +43,8 @@ def test_a_model_that_cannot_load_is_logged_at_start_and_the_listener_stays(tmp_
     with caplog.at_level(logging.ERROR, logger="dicom_node"):
         node.start()
         try:
-            assert _wait(lambda: any("not loaded at start" in r.getMessage() for r in caplog.records))
+            wait_until(lambda: any("not loaded at start" in r.getMessage() for r in caplog.records), 60,
+                       what="the load error in the log")
             message = next(r.getMessage() for r in caplog.records if "not loaded at start" in r.getMessage())
             assert str(broken) in message and "cannot be read as a PyTorch state dict" in message
             assert all(node.alive().values())  # the listener and every loop still run
