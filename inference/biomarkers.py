@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage.measure import label as label_components
 
-from inference.lesion_filter import LESION_CONNECTIVITY
+from inference.lesion_filter import label_lesions
 from inference.rpi import RpiFrame, centerline_derivatives
 
 # Smoothing of the centerline spline used for angle correction (sct_analyze_lesion's default).
@@ -148,7 +147,7 @@ def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) ->
     lesion_rpi = np.ascontiguousarray(frame.to_rpi(lesion == 1))
     cord_rpi = np.ascontiguousarray(frame.to_rpi(cord >= 0.5))
     # Label before masking (connectivity in the unmasked mask), then keep only voxels in the cord.
-    labels_rpi = label_components(lesion_rpi, connectivity=LESION_CONNECTIVITY).astype(np.int32)
+    labels_rpi = label_lesions(lesion_rpi)[0].astype(np.int32)
     labels_rpi[~cord_rpi] = 0
     labels_rpi = _renumber(labels_rpi)
     n_lesions = int(labels_rpi.max())

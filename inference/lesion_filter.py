@@ -18,6 +18,15 @@ import numpy as np
 LESION_CONNECTIVITY = 2  # in 3D: 18-connectivity (faces and edges), how lesions are counted everywhere here
 
 
+def label_lesions(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """(component labels 1..n in raster order, n) of a lesion mask: the one lesion labelling that
+    measuring, this filter and evaluation all use."""
+    from skimage.measure import label  # here: the node's config imports this module
+
+    labels, n = label(np.asarray(mask) > 0, connectivity=LESION_CONNECTIVITY, return_num=True)
+    return labels, int(n)
+
+
 def voxel_volume_mm3(affine: np.ndarray) -> float:
     """mm³ of one voxel of a grid with this voxel -> RAS affine."""
     return float(abs(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3])))
@@ -40,13 +49,11 @@ def drop_small_lesions(lesion: np.ndarray, affine: np.ndarray, min_volume_mm3: f
     A component of exactly the minimum is kept. The input is not modified; with a minimum of 0
     it is returned as is.
     """
-    from skimage.measure import label as label_components  # here: the node's config imports this module
-
     min_volume_mm3 = check_min_volume(min_volume_mm3, "min_volume_mm3")
     mask = np.asarray(lesion)
     if min_volume_mm3 == 0 or not mask.any():
         return mask, 0
-    labels, n = label_components(mask > 0, connectivity=LESION_CONNECTIVITY, return_num=True)
+    labels, n = label_lesions(mask)
     sizes_mm3 = np.bincount(labels.ravel(), minlength=n + 1) * voxel_volume_mm3(affine)
     small = sizes_mm3 < min_volume_mm3
     small[0] = False  # background

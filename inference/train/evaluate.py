@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from inference import heap, preprocess
-from inference.lesion_filter import LESION_CONNECTIVITY
+from inference.lesion_filter import label_lesions
 from inference.train.data import BY_KEY, load_labelled, load_split
 from inference.train.lesions import paint_lesions
 
@@ -39,7 +38,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """Lesions as the measurements count them: 18-connected (faces and edges, LESION_METRICS.md)."""
-    return ndimage.label(mask.astype(bool), structure=ndimage.generate_binary_structure(3, LESION_CONNECTIVITY))
+    return label_lesions(mask)
 
 
 def lesion_wise(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
