@@ -157,32 +157,35 @@ def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) ->
 
     angles = _cord_angles(cord_rpi, frame.spacing)
     px, py, pz = frame.spacing
-    found = [_Lesion(labels_rpi, n, box) for n, box in enumerate(ndimage.find_objects(labels_rpi), start=1)]
-    x_star = _midsagittal_x(found, cord_rpi)
+    rows = _LesionSlices.of(labels_rpi)
+    boxes = ndimage.find_objects(labels_rpi)
+    largest = int(np.argmax(rows.lesion_voxels)) + 1  # argmax: first lesion on ties
+    x_star = _midsagittal_x(_Lesion(labels_rpi, largest, boxes[largest - 1]), cord_rpi)
     cord_per_slice = cord_rpi.sum(axis=(0, 1))
 
+    # per (lesion, axial slice) row, each with sct_analyze_lesion's per-slice formula
+    cos_3d, cos_sag = np.cos(angles.theta_3d), np.cos(angles.theta_sag)
+    length_rows = pz / cos_3d[rows.z]
+    width = np.maximum.reduceat(rows.ap_extent * py * cos_sag[rows.z], rows.first_row)
+    area = np.maximum.reduceat(rows.voxels * cos_3d[rows.z] * px * py, rows.first_row)
+    damage = np.maximum.reduceat((rows.voxels * px * py) / (cord_per_slice[rows.z] * px * py), rows.first_row)
+    mid = _midsagittal_per_lesion(labels_rpi, boxes, rows, x_star, cord_rpi, angles, frame.spacing)
+
     centroids = ndimage.center_of_mass(np.ones_like(label_map), label_map, range(1, n_lesions + 1))
+    affine64 = np.asarray(affine, dtype=np.float64)
+    ends = np.r_[rows.first_row[1:], rows.z.size]
     lesions = []
-    for les in found:
-        per_slice = les.per_slice(cord_rpi.shape[2])
-        zs = les.zs
-        volume = float(les.voxels) * px * py * pz
-        length = float(np.sum([pz / np.cos(angles.theta_3d[z]) for z in zs]))
-        width = max(les.ap_extent(z) * py * np.cos(angles.theta_sag[z]) for z in zs)
-        areas = per_slice * np.cos(angles.theta_3d) * px * py
-        diameter = 2.0 * math.sqrt(float(areas.max()) / math.pi)
-        damage = max((per_slice[z] * px * py) / (cord_per_slice[z] * px * py) for z in zs)
-        mid = _midsagittal_measures(les, cord_rpi, x_star, angles, (px, py, pz))
-        centroid = np.asarray(affine, dtype=np.float64) @ np.array([*centroids[les.label - 1], 1.0])
+    for i, (start, end) in enumerate(zip(rows.first_row.tolist(), ends.tolist())):
+        centroid = affine64 @ np.array([*centroids[i], 1.0])
         lesions.append(LesionMetrics(
-            label=les.label,
-            volume_mm3=volume,
-            length_mm=length,
-            width_mm=float(width),
-            max_equivalent_diameter_mm=diameter,
-            max_axial_damage_ratio=float(damage),
+            label=i + 1,
+            volume_mm3=float(rows.lesion_voxels[i]) * px * py * pz,
+            length_mm=float(np.sum(length_rows[start:end])),
+            width_mm=float(width[i]),
+            max_equivalent_diameter_mm=2.0 * math.sqrt(float(area[i]) / math.pi),
+            max_axial_damage_ratio=float(damage[i]),
             centroid_ras_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
-            **mid,
+            **mid[i],
         ))
     return LesionReport(
         lesions=lesions,
@@ -212,8 +215,53 @@ def _ap_extent(axial: np.ndarray) -> int:
     return int(ys[-1] - ys[0] + 1) if ys.size else 0
 
 
+@dataclass(frozen=True)
+class _LesionSlices:
+    """Every lesion's axial slices as rows, lesion by lesion and z ascending within a lesion.
+
+    Why: measuring from these arrays instead of one crop per lesion keeps a mask of tens of
+    thousands of specks (an untrained or mismatched model's output) cheap; every value is still
+    the per-slice formula of LESION_METRICS.md, so the numbers are the same to the bit.
+    """
+
+    z: np.ndarray  # the axial slice of each row
+    voxels: np.ndarray  # lesion voxels in it
+    ap_extent: np.ndarray  # y_max - y_min + 1 of those voxels
+    first_row: np.ndarray  # lesion n's rows start at first_row[n - 1] (np.*.reduceat boundaries)
+    lesion_voxels: np.ndarray  # voxels of lesion n at [n - 1]
+    voxel_x: np.ndarray  # R-L index of every lesion voxel (np.nonzero's order)
+    voxel_label: np.ndarray  # and its label
+
+    @classmethod
+    def of(cls, labels_rpi: np.ndarray) -> "_LesionSlices":
+        """Rows of a label map whose labels are exactly 1..n (each present)."""
+        nz = labels_rpi.shape[2]
+        x, y, z = np.nonzero(labels_rpi)
+        labels = labels_rpi[x, y, z]
+        key = labels.astype(np.int64) * nz + z
+        order = np.argsort(key, kind="stable")
+        key, y = key[order], y[order]
+        first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        lesion = key[first] // nz
+        return cls(
+            z=key[first] % nz,
+            voxels=np.diff(np.r_[first, key.size]),
+            ap_extent=np.maximum.reduceat(y, first) - np.minimum.reduceat(y, first) + 1,
+            first_row=np.flatnonzero(np.r_[True, lesion[1:] != lesion[:-1]]),
+            lesion_voxels=np.bincount(labels)[1:],
+            voxel_x=x,
+            voxel_label=labels,
+        )
+
+    def in_sagittal_slices(self, slices: tuple[int, int]) -> set[int]:
+        """Labels of the lesions with a voxel in either sagittal slice."""
+        hit = (self.voxel_x == slices[0]) | (self.voxel_x == slices[1])
+        return set(np.unique(self.voxel_label[hit]).tolist())
+
+
 class _Lesion:
-    """One labelled lesion, held as its bounding-box crop so that many small lesions stay cheap."""
+    """One labelled lesion as its bounding-box crop: for the lesions that need an image of their
+    own (the largest, and those in the sagittal slices around x*)."""
 
     def __init__(self, labels: np.ndarray, label: int, box: tuple[slice, slice, slice]):
         self.label = label
@@ -221,16 +269,6 @@ class _Lesion:
         self.offset = tuple(int(b.start) for b in box)
         self.voxels = int(self.crop.sum())
         self.zs = self.offset[2] + np.nonzero(self.crop.any(axis=(0, 1)))[0]
-
-    def per_slice(self, nz: int) -> np.ndarray:
-        """Lesion voxel count in every axial slice of the full grid."""
-        counts = np.zeros(nz, dtype=np.int64)
-        local = self.crop.sum(axis=(0, 1))
-        counts[self.offset[2]: self.offset[2] + local.size] = local
-        return counts
-
-    def ap_extent(self, z: int) -> int:
-        return _ap_extent(self.crop[:, :, z - self.offset[2]])
 
     def z_center(self) -> float:
         """z centre of mass (unweighted voxel mean) in full-grid indices."""
@@ -245,9 +283,8 @@ class _Lesion:
         return np.zeros(self.crop.shape[1:], dtype=bool)
 
 
-def _midsagittal_x(lesions: list[_Lesion], cord: np.ndarray) -> float | None:
+def _midsagittal_x(largest: _Lesion, cord: np.ndarray) -> float | None:
     """x*: mean cord x centre over the 5 slices around the largest lesion's z centre of mass."""
-    largest = lesions[int(np.argmax([les.voxels for les in lesions]))]  # argmax: first lesion on ties
     z_center = int(round(largest.z_center()))
     xs = []
     for z in range(z_center - MIDSAGITTAL_HALF_WINDOW, z_center + MIDSAGITTAL_HALF_WINDOW + 1):
@@ -264,14 +301,56 @@ def _bridges(lesion_col: np.ndarray, cord_col: np.ndarray, y0: int = 0) -> tuple
     return max(0, int(ly[0] - cy[0])), max(0, int(cy[-1] - ly[-1]))
 
 
+MIDSAGITTAL_KEYS = ("midsagittal_length_mm", "midsagittal_width_mm", "dorsal_bridge_mm", "ventral_bridge_mm",
+                    "total_bridge_mm", "dorsal_bridge_ratio_pct", "ventral_bridge_ratio_pct")
+
+
+def _midsagittal_per_lesion(
+    labels: np.ndarray, boxes: list, rows: _LesionSlices, x_star: float | None, cord: np.ndarray,
+    angles: _Angles, spacing: tuple[float, float, float],
+) -> list[dict[str, float | None]]:
+    """The midsagittal measures of lesions 1..n, in order.
+
+    Only lesions with a voxel in one of the two sagittal slices around x* need their own
+    interpolated image; the others (most specks) have no midsagittal length or width, and their
+    bridges are half the cord's interpolated thickness, taken here for all of them at once.
+    """
+    n = rows.lesion_voxels.size
+    if x_star is None:
+        return [dict.fromkeys(MIDSAGITTAL_KEYS) for _ in range(n)]
+    slices = (int(math.floor(x_star)), int(math.ceil(x_star)))
+    f = x_star - math.floor(x_star)
+    thickness = ((1.0 - f) * _cord_ap_extent(cord[slices[0]]) + f * _cord_ap_extent(cord[slices[1]])) \
+        * (spacing[1] * np.cos(angles.theta_sag))
+    half = (np.minimum.reduceat(thickness[rows.z], rows.first_row) / 2.0).tolist()
+    touching = rows.in_sagittal_slices(slices)
+    return [
+        _midsagittal_measures(_Lesion(labels, label, boxes[label - 1]), cord, x_star, angles, spacing)
+        if label in touching else _away_from_midsagittal(half[label - 1])
+        for label in range(1, n + 1)
+    ]
+
+
+def _cord_ap_extent(sagittal: np.ndarray) -> np.ndarray:
+    """Per z, y_max - y_min + 1 of the cord in one sagittal (y, z) slice; 0 where it is absent."""
+    present = sagittal.any(axis=0)
+    first = np.argmax(sagittal, axis=0)
+    last = sagittal.shape[0] - 1 - np.argmax(sagittal[::-1], axis=0)
+    return np.where(present, last - first + 1, 0)
+
+
+def _away_from_midsagittal(half_thickness: float) -> dict[str, float | None]:
+    """A lesion absent from both slices around x*: no length or width there, and the whole
+    cord thickness as bridge, split half dorsal, half ventral (see _interpolated_bridges)."""
+    total = half_thickness + half_thickness
+    ratio = half_thickness / total * 100.0 if total > 0 else 0.0
+    return dict(zip(MIDSAGITTAL_KEYS, (0.0, 0.0, half_thickness, half_thickness, total, ratio, ratio)))
+
+
 def _midsagittal_measures(
-    lesion: _Lesion, cord: np.ndarray, x_star: float | None, angles: _Angles, spacing: tuple[float, float, float]
+    lesion: _Lesion, cord: np.ndarray, x_star: float, angles: _Angles, spacing: tuple[float, float, float]
 ) -> dict[str, float | None]:
     """Length, width and tissue bridges in the sagittal slice interpolated at x*."""
-    keys = ("midsagittal_length_mm", "midsagittal_width_mm", "dorsal_bridge_mm", "ventral_bridge_mm",
-            "total_bridge_mm", "dorsal_bridge_ratio_pct", "ventral_bridge_ratio_pct")
-    if x_star is None:
-        return dict.fromkeys(keys)
     _px, py, pz = spacing
     s1, s2 = int(math.floor(x_star)), int(math.ceil(x_star))
     f = x_star - math.floor(x_star)

@@ -225,6 +225,34 @@ def test_several_lesions_are_labelled_in_rpi_order_and_totals_add_up():
     assert report.interpolated_midsagittal_slice == pytest.approx(cord.shape[0] - 1 - 10.0, abs=1e-12)
 
 
+def test_each_of_many_specks_measures_as_it_does_alone():
+    """Lesions are measured together (one pass over all of them); each must get exactly the
+    numbers it gets when it is the only small lesion beside the same largest one (which fixes x*)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(3)
+    shape = (24, 22, 40)
+    x, y, z = np.indices(shape)
+    cx, cy = 11.3 + 3.0 * np.sin(z / 9.0), 10.0 + 2.0 * np.cos(z / 13.0)  # curved: angles are not 0
+    cord = ((x - cx) / 6.0) ** 2 + ((y - cy) / 5.0) ** 2 <= 1.0
+    largest = np.zeros(shape, dtype=bool)
+    largest[9:14, 8:12, 16:24] = True
+    largest &= cord
+    connectivity = ndimage.generate_binary_structure(3, 2)  # lesions are 18-connected
+    specks = (rng.random(shape) < 0.04) & cord & ~ndimage.binary_dilation(largest, connectivity)
+    # axes permuted and flipped, so the RPI frame is not the input grid
+    affine = np.array([[0.0, 0.0, -0.9, 10.0], [-0.8, 0.0, 0.0, 3.0], [0.0, 0.8, 0.0, -7.0], [0.0, 0.0, 0.0, 1.0]])
+    together = analyze_lesions((largest | specks).astype(np.uint8), cord.astype(np.uint8), affine)
+    assert len(together.lesions) > 40
+    by_centroid = {les.centroid_ras_mm: les for les in together.lesions}
+    labels, n = ndimage.label(specks, structure=connectivity)
+    for k in range(1, n + 1):
+        alone = analyze_lesions((largest | (labels == k)).astype(np.uint8), cord.astype(np.uint8), affine)
+        assert alone.interpolated_midsagittal_slice == together.interpolated_midsagittal_slice
+        (speck,) = [les for les in alone.lesions if les.volume_mm3 < max(le.volume_mm3 for le in alone.lesions)]
+        assert {**speck.to_json(), "label": 0} == {**by_centroid[speck.centroid_ras_mm].to_json(), "label": 0}
+
+
 def test_corner_contact_is_two_lesions_edge_contact_is_one():
     cord = cylinder_cord()
     corner = np.zeros_like(cord)
