@@ -73,6 +73,11 @@ def resolve_model(model: "str | LoadedModel", device: str = "auto",
 
 def _json_safe(value: Any) -> Any:
     """measurements must be valid JSON: NaN/inf become null, numpy scalars plain numbers."""
+    kind = type(value)  # plain values first: a mask of many specks gives ~10^6 of them
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int or kind is str or kind is bool or value is None:
+        return value
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, np.ndarray)):
