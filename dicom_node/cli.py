@@ -23,11 +23,19 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command, with the arguments of `command` only (all of them when None).
+
+    Why: a command's module is imported to add its arguments, and the node's modules pull in
+    pynetdicom, highdicom and YAML; `dicom-node segment` run once per case should not pay for
+    them, nor `dicom-node status` for torch.
+    """
     parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add_fn, _run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
+        if command is not None and name != command:
+            continue
         try:
             getattr(importlib.import_module(module), add_fn)(p)
         except (ImportError, AttributeError, NotImplementedError):
@@ -35,9 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command(argv: list[str]) -> str:
+    """The command named on the line: the first word that is not an option ("" if none)."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
 def main(argv: list[str] | None = None) -> int:
     heap.configure()  # before any thread starts: tensors' memory is reused between tiles (inference.heap)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     if getattr(args, "_unavailable", None):
         print(args._unavailable, file=sys.stderr)
         return 2

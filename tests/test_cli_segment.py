@@ -128,3 +128,20 @@ def test_segment_min_lesion_volume_drops_components_and_refuses_a_negative_one(t
     err = capsys.readouterr().err
     assert rc != 0 and len(_error_lines(err)) == 1 and "--min-lesion-volume" in _error_lines(err)[0]
     assert not (tmp_path / "neg").exists()
+
+
+@pytest.mark.parametrize("command, not_loaded", [
+    ("segment", ("pynetdicom", "highdicom", "yaml", "pydicom", "torch")),  # torch comes when it runs
+    ("status", ("torch", "pynetdicom", "highdicom")),
+])
+def test_a_command_imports_only_its_own_modules(command, not_loaded) -> None:
+    """`segment` is run once per case and `status` by hand: neither pays for the other's imports."""
+    import subprocess
+    import sys
+
+    probe = ("import sys\nfrom dicom_node.cli import main\ntry:\n    main([%r, '--help'])\nexcept SystemExit:\n"
+             "    pass\nprint(' '.join(sorted(m for m in %r if m in sys.modules)), file=sys.stderr)") % (command, not_loaded)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: dicom-node " + command in proc.stdout
+    assert proc.stderr.strip() == "", f"dicom-node {command} imported {proc.stderr.strip()}"
