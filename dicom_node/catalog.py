@@ -36,7 +36,7 @@ CREATE TABLE IF NOT EXISTS series (
     modality        TEXT NOT NULL DEFAULT '',
     description     TEXT NOT NULL DEFAULT '',
     calling_ae      TEXT NOT NULL DEFAULT '',
-    state           TEXT NOT NULL,       -- receiving | complete | routed | ignored
+    state           TEXT NOT NULL,       -- receiving | complete | routed | ignored | purged
     generation      INTEGER NOT NULL DEFAULT 1,  -- +1 each time late instances re-open it
     expected_count  INTEGER,             -- from the study when it says so, else NULL
     received_count  INTEGER NOT NULL DEFAULT 0,
@@ -86,6 +86,20 @@ CREATE TABLE IF NOT EXISTS dispatches (
     UNIQUE (job_id, destination, kind)
 );
 CREATE INDEX IF NOT EXISTS dispatches_state ON dispatches(state, next_attempt_at);
+
+CREATE TABLE IF NOT EXISTS purges (               -- dicom_node.retention: what was deleted, when, why
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    series_uid      TEXT NOT NULL,
+    generation      INTEGER NOT NULL,
+    at              REAL NOT NULL,
+    reason          TEXT NOT NULL,       -- finished | failed
+    instances       INTEGER NOT NULL,
+    bytes           INTEGER NOT NULL,
+    by_calling_ae   TEXT NOT NULL,       -- JSON {AE: instances}: keeps /metrics' received totals monotonic
+    files           TEXT NOT NULL,       -- JSON: paths relative to data_dir (instance files, result folders)
+    files_removed   INTEGER NOT NULL DEFAULT 0  -- 0 until the files are gone (a crash in between: redone at start)
+);
+CREATE INDEX IF NOT EXISTS purges_series ON purges(series_uid);
 
 CREATE TABLE IF NOT EXISTS dispatch_attempts (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,

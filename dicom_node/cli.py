@@ -10,7 +10,7 @@ from inference import heap
 
 # command -> (module, add-arguments function, run function, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "serve": ("dicom_node.service", "add_serve_arguments", "run_serve", "run the node (listener, completion, worker, dispatch)"),
+    "serve": ("dicom_node.service", "add_serve_arguments", "run_serve", "run the node (listener, completion, worker, dispatch, retention)"),
     "status": ("dicom_node.service", "add_status_arguments", "run_status", "list series and jobs with their states"),
     "retry": ("dicom_node.service", "add_retry_arguments", "run_retry", "queue a failed job's results for sending again"),
     "backup": ("dicom_node.backup", "add_arguments", "run", "consistent copy of the live catalog (SQLite online backup)"),

@@ -6,6 +6,7 @@ Relative paths in the file are resolved against the file's own folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -162,6 +163,13 @@ class WebSettings:
 
 
 @dataclass
+class RetentionSettings:
+    finished_days: float = 7.0  # a finished series' instances and results go this long after it finished; 0 = kept
+    failed_days: float = 0.0  # the same for a series whose job failed (kept for `dicom-node retry`); 0 = kept
+    interval_s: float = 600.0  # how often the node looks
+
+
+@dataclass
 class Config:
     node: NodeSettings = field(default_factory=NodeSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -171,6 +179,7 @@ class Config:
     pipelines: dict[str, PipelineSettings] = field(default_factory=lambda: {"spinal_cord": PipelineSettings()})
     destinations: dict[str, DestinationSettings] = field(default_factory=dict)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     routing: list[dict[str, Any]] = field(default_factory=list)  # validated by dicom_node.routing
     security: SecuritySettings = field(default_factory=SecuritySettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -299,6 +308,12 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("dispatch.max_attempts: must be at least 1")
     if cfg.completion.idle_seconds <= 0:
         raise ConfigError("completion.idle_seconds: must be positive")
+    r = cfg.retention
+    for key in ("finished_days", "failed_days"):
+        if not (math.isfinite(getattr(r, key)) and getattr(r, key) >= 0):
+            raise ConfigError(f"retention.{key}: must be 0 (keep for ever) or a positive number of days")
+    if not (math.isfinite(r.interval_s) and r.interval_s > 0):
+        raise ConfigError("retention.interval_s: must be a positive number of seconds")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
     if cfg.worker.executor not in {"local", "ray"}:

@@ -166,6 +166,13 @@ def retry_job(catalog: Catalog, job_id: int) -> str:
             raise ValueError(f"no job {job_id}")
         if row[0] not in ("failed", "done"):
             raise ValueError(f"job {job_id} is {row[0]}; only failed or done jobs can be retried")
+        purged = con.execute("SELECT p.at FROM purges p JOIN jobs j ON j.series_uid = p.series_uid"
+                             " WHERE j.id=? AND p.generation = j.generation", (job_id,)).fetchone()
+        if purged is not None:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(purged[0]))
+            raise ValueError(f"job {job_id}: its series' instances and results were deleted by retention on "
+                             f"{when} (retention.finished_days / failed_days); send the series again from the "
+                             "PACS to process it anew")
         n = con.execute("SELECT COUNT(*) FROM dispatches WHERE job_id=?", (job_id,)).fetchone()[0]
         if n:
             con.execute("UPDATE dispatches SET state='pending', attempts=0, next_attempt_at=?, last_error=NULL "

@@ -109,8 +109,14 @@ def render_metrics(catalog: Catalog, data_dir: Path, refusals: RefusalCounter | 
     ex = Exposition()
 
     ex.family("dicom_node_instances_received_total", "counter", "Instances stored and acknowledged, by calling AE")
-    for r in catalog.query("SELECT calling_ae, COUNT(*) FROM instances GROUP BY calling_ae ORDER BY calling_ae"):
-        ex.sample("dicom_node_instances_received_total", r[1], calling_ae=r[0])
+    received: dict[str, int] = defaultdict(int)
+    for r in catalog.query("SELECT calling_ae, COUNT(*) FROM instances GROUP BY calling_ae"):
+        received[r[0]] += r[1]
+    for r in catalog.query("SELECT by_calling_ae FROM purges"):  # rows retention deleted still count
+        for ae, n in json.loads(r[0]).items():
+            received[ae] += n
+    for ae in sorted(received):
+        ex.sample("dicom_node_instances_received_total", received[ae], calling_ae=ae)
 
     ex.family("dicom_node_refused_total", "counter",
               "Associations (what=association) and C-STOREs (what=store) refused since start, by calling AE")
@@ -143,6 +149,13 @@ def render_metrics(catalog: Catalog, data_dir: Path, refusals: RefusalCounter | 
     ex.family("dicom_node_dispatch_failed", "gauge", "Results that gave up after dispatch.max_attempts")
     failed = catalog.query("SELECT COUNT(*) FROM dispatches WHERE state='failed'")[0][0]
     ex.sample("dicom_node_dispatch_failed", failed)
+
+    ex.family("dicom_node_retention_purged_series_total", "counter",
+              "Series whose files retention deleted, by reason (finished | failed)")
+    ex.family("dicom_node_retention_purged_bytes_total", "counter", "Instance bytes retention deleted, by reason")
+    for r in catalog.query("SELECT reason, COUNT(*), SUM(bytes) FROM purges GROUP BY reason ORDER BY reason"):
+        ex.sample("dicom_node_retention_purged_series_total", r[1], reason=r[0])
+        ex.sample("dicom_node_retention_purged_bytes_total", r[2], reason=r[0])
 
     usage = shutil.disk_usage(data_dir)
     ex.family("dicom_node_disk_free_bytes", "gauge", "Free bytes on the data_dir file system")

@@ -32,6 +32,7 @@ class Node:
     def __init__(self, config: Config) -> None:
         from dicom_node.completion import CompletionTracker
         from dicom_node.dispatch import Dispatcher
+        from dicom_node.retention import Retention
         from dicom_node.scp import StorageSCP
         from dicom_node.store import InstanceStore
         from dicom_node.worker import Worker
@@ -50,6 +51,7 @@ class Node:
         else:
             self.worker = Worker(config, self.catalog)
         self.dispatcher = Dispatcher(config, self.catalog)
+        self.retention = Retention(config.retention, self.catalog, self.store)
         self.refusals = RefusalCounter()
         self.web: WebServer | None = None
         self._stop = threading.Event()
@@ -63,6 +65,7 @@ class Node:
         removed = self.store.remove_partial_files()
         if removed:
             log.warning("removed %d partial file(s) left by a crash mid-write (never acknowledged)", removed)
+        self.retention.finish_pending()  # before the listener: no C-STORE may race these deletions
         resumed = self.worker.recover()
         if resumed:
             log.info("resumed %d job(s) interrupted by the last stop", resumed)
@@ -78,6 +81,7 @@ class Node:
             *[("worker" if i == 0 else f"worker-{i + 1}", self.worker.run_next, self.config.worker.poll_interval_s)
               for i in range(workers)],
             ("dispatch", self.dispatcher.run_due, 0.5),
+            ("retention", self.retention.sweep, self.config.retention.interval_s),
         ]
         for name, step, interval in loops:
             t = threading.Thread(target=self._loop, args=(name, step, interval), name=name, daemon=True)

@@ -18,8 +18,10 @@ import threading
 import time
 import uuid
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
@@ -292,6 +294,49 @@ class GroupCommit:
                     item.done.set()
 
 
+class SharedExclusive:
+    """Many holders of `shared()` at once, or one holder of `exclusive()`.
+
+    Why: each C-STORE writes its file and then records it; retention deletes a finished series'
+    files and rows. Stores hold it shared and retention exclusive, so a re-sent instance can never
+    be written, then deleted by a purge that read the catalog before its row existed.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                if not self._shared:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True  # new shared holders wait from here on
+            while self._shared:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
 class InstanceStore:
     """Writes received instances under `data_dir/instances/` and records them in the catalog."""
 
@@ -303,6 +348,7 @@ class InstanceStore:
         self._known_dirs: set[Path] = set()
         self._dir_lock = threading.Lock()
         self._commit = GroupCommit(catalog, fsync)
+        self.gate = SharedExclusive()  # stores shared, retention's deletions exclusive
 
     def close(self) -> None:
         """Finish pending commits and stop the commit thread (the listener is stopped first)."""
@@ -343,6 +389,11 @@ class InstanceStore:
         transfer_syntax = str(meta.get("TransferSyntaxUID", "") if meta is not None else "") or ExplicitVRLittleEndian
         data = self._encode(ds, ids, transfer_syntax, calling_ae, encoded)
         rel = self.relative_path(ids["StudyInstanceUID"], ids["SeriesInstanceUID"], ids["SOPInstanceUID"])
+        with self.gate.shared():  # file and catalog row together, never between a purge's reads and deletes
+            return self._write_and_record(ds, ids, rel, data, transfer_syntax, calling_ae)
+
+    def _write_and_record(self, ds: Dataset, ids: dict[str, str], rel: Path, data: bytes, transfer_syntax: str,
+                          calling_ae: str) -> StoredInstance:
         self._write_durably(self.data_dir / rel, data)
         digest = hashlib.sha256(data).hexdigest()
         inst = {
