@@ -47,7 +47,12 @@ workers (default 8); so both commands get OMP_NUM_THREADS = nnUNet_def_n_proc = 
 side the fastest wall time of --repeat alternating runs, CPU seconds and the largest process's
 peak RSS of the tree (wait4, as /usr/bin/time -v), the tree's peak summed PSS (sampled from
 /proc), the share of voxels where nnU-Net's label image and our cord/lesion masks agree, and
-nnU-Net / ours. --cases, --tile-batch and --compile do not apply.
+nnU-Net / ours. --tile-batch and --compile do not apply.
+
+--cli --cases N: a cohort in one command per side instead (N copies of the image, IN_DIR/
+caseK_0000.nii.gz): nnU-Net predicts the folder (its preprocessing and export workers overlap
+the network), ours gets the N files as inputs (`dicom-node segment` loads the model once, writes
+OUT/caseK_0000/ per case plus cohort.csv and lesions.csv). Wall per case = wall / N.
 """
 from __future__ import annotations
 
@@ -196,32 +201,34 @@ def cli_threads(requested: int | None) -> int:
     return requested
 
 
-def cli_input(image: Path, crop: str | None, in_dir: Path) -> Path:
-    """IN_DIR/case_0000.nii.gz, the nnU-Net name for channel 0 of case "case"; both sides read this
-    file. A crop keeps the file's dtype and affine (a corner at index 0 does not move the grid)."""
+def cli_input(image: Path, crop: str | None, in_dir: Path, cases: int = 1) -> list[Path]:
+    """IN_DIR/case_0000.nii.gz (nnU-Net's name for channel 0 of case "case"), or case1_0000 ..
+    caseN_0000 for a cohort; both sides read these files. A crop keeps the file's dtype and
+    affine (a corner at index 0 does not move the grid)."""
     import nibabel as nib
 
     in_dir.mkdir(parents=True, exist_ok=True)
-    path = in_dir / "case_0000.nii.gz"
-    if not crop:
-        shutil.copyfile(image, path)
-        return path
-    z, y, x = (int(v) for v in crop.lower().split("x"))  # (z, y, x) = nnU-Net's order, as in-process
-    nib.save(nib.load(str(image)).slicer[:x, :y, :z], str(path))
-    return path
+    paths = [in_dir / (f"case{k}_0000.nii.gz" if cases > 1 else "case_0000.nii.gz") for k in range(1, cases + 1)]
+    for path in paths:
+        if not crop:
+            shutil.copyfile(image, path)
+            continue
+        z, y, x = (int(v) for v in crop.lower().split("x"))  # (z, y, x) = nnU-Net's order, as in-process
+        nib.save(nib.load(str(image)).slicer[:x, :y, :z], str(path))
+    return paths
 
 
-def cli_command(side: str, folder: Path, in_file: Path, out_dir: Path, threads: int,
+def cli_command(side: str, folder: Path, in_files: list[Path], out_dir: Path, threads: int,
                 args: argparse.Namespace) -> list[str]:
     """The command line of one side; nnU-Net's flags not named here stay at its defaults."""
     bin_dir = Path(sys.executable).parent
     folds = [str(f) for f in range(args.folds)]
     if side == "nnunet":
-        return ([str(bin_dir / NNUNET_CLI), "-i", str(in_file.parent), "-o", str(out_dir), "-m", str(folder),
+        return ([str(bin_dir / NNUNET_CLI), "-i", str(in_files[0].parent), "-o", str(out_dir), "-m", str(folder),
                  "-f", *folds, "-device", "cpu"] + ([] if args.mirror else ["--disable_tta"]))
     spec = f"{folder}?folds={','.join(folds)}&use_mirroring={'true' if args.mirror else 'false'}"
     spec += "&fast_cpu=true" if side == "fast" else ""
-    return [str(bin_dir / "dicom-node"), "segment", str(in_file), "--model", spec, "--out", str(out_dir),
+    return [str(bin_dir / "dicom-node"), "segment", *map(str, in_files), "--model", spec, "--out", str(out_dir),
             "--device", "cpu", "--threads", str(threads)]
 
 
@@ -295,17 +302,20 @@ def run_command(cmd: list[str], env: dict[str, str], log: Path) -> dict:
             "tree_pss_mb": peak["pss_kb"] / 1024.0, "procs": peak["procs"]}
 
 
-def cli_agreement(nnunet_out: Path, ours_out: Path, folder: Path, folds: list[str]) -> tuple[float, float, float]:
+def cli_agreement(nnunet_out: Path, ours_out: Path, folder: Path, folds: list[str], case: str = "case",
+                  ours_case: str = "") -> tuple[float, float, float]:
     """Shares of voxels where (label in cord labels) == our cord mask, (label in lesion labels) ==
-    our lesion mask, and both; labels as our runtime reads them from the folder's dataset.json."""
+    our lesion mask, and both; labels as our runtime reads them from the folder's dataset.json.
+    `case`: nnU-Net's output name; `ours_case`: our case folder under ours_out ("" = ours_out)."""
     import nibabel as nib
 
     from inference.models.nnunet_folder import resolve_settings
 
     choice = resolve_settings(folder, folds=folds)
-    label = np.asarray(nib.load(str(nnunet_out / "case.nii.gz")).dataobj)
-    cord = np.asarray(nib.load(str(ours_out / "cord.nii.gz")).dataobj) > 0
-    lesion = np.asarray(nib.load(str(ours_out / "lesion.nii.gz")).dataobj) > 0
+    label = np.asarray(nib.load(str(nnunet_out / f"{case}.nii.gz")).dataobj)
+    ours = ours_out / ours_case if ours_case else ours_out
+    cord = np.asarray(nib.load(str(ours / "cord.nii.gz")).dataobj) > 0
+    lesion = np.asarray(nib.load(str(ours / "lesion.nii.gz")).dataobj) > 0
     if label.shape != cord.shape or label.shape != lesion.shape:
         raise SystemExit(f"grids differ: nnU-Net {label.shape}, ours {cord.shape} / {lesion.shape}")
     cord_ok = np.isin(label, sorted(choice.cord_labels)) == cord
@@ -322,11 +332,13 @@ def main_cli(args: argparse.Namespace, sides: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-nnunet-cli-") as tmp:
         tmpdir = Path(tmp)
         folder = make_bench_folder(tmpdir, args.size, args.spacing, args.folds, args.mirror)
-        in_file = cli_input(args.image, args.crop, tmpdir / "in")
-        cmds = {s: cli_command(s, folder, in_file, tmpdir / s, threads, args) for s in sides}
+        cases = args.cases or 1
+        in_files = cli_input(args.image, args.crop, tmpdir / "in", cases)
+        cmds = {s: cli_command(s, folder, in_files, tmpdir / s, threads, args) for s in sides}
         print(f"--cli: network {args.size} ({SIZES[args.size]}), patch {PATCH}, spacing {args.spacing} mm, "
               f"folds {args.folds}, mirroring {args.mirror}, {threads} threads (OMP_NUM_THREADS, "
-              f"nnUNet_def_n_proc, --threads), image {args.image}{' crop ' + args.crop if args.crop else ''}"
+              f"nnUNet_def_n_proc, --threads), {cases} case(s) per command, image {args.image}"
+              f"{' crop ' + args.crop if args.crop else ''}"
               f"{'; env ' + ' '.join(args.env) if args.env else ''}", flush=True)
         for side, cmd in cmds.items():
             print(f"  {side:6s} $ {shlex.join(cmd)}")
@@ -335,15 +347,18 @@ def main_cli(args: argparse.Namespace, sides: list[str]) -> None:
             shutil.rmtree(tmpdir / side, ignore_errors=True)  # no stale output can pass the check
             runs[side].append(run_command(cmds[side], env, tmpdir / f"{side}.log"))
             print(f"  run {r + 1} {side:6s} {runs[side][-1]['wall_s']:7.1f} s", flush=True)
-        parity = {side: cli_agreement(tmpdir / "nnunet", tmpdir / side, folder, [str(f) for f in range(args.folds)])
+        folds = [str(f) for f in range(args.folds)]
+        names = [(f"case{k}", f"case{k}_0000") for k in range(1, cases + 1)] if cases > 1 else [("case", "")]
+        parity = {side: tuple(min(v) for v in zip(*(cli_agreement(tmpdir / "nnunet", tmpdir / side, folder, folds,
+                                                                  n, o) for n, o in names)))
                   for side in sides if side != "nnunet"}
-    print_cli(runs, parity)
+    print_cli(runs, parity, cases)
 
 
-def print_cli(runs: dict[str, list[dict]], parity: dict[str, tuple[float, float, float]]) -> None:
+def print_cli(runs: dict[str, list[dict]], parity: dict[str, tuple[float, float, float]], cases: int = 1) -> None:
     best = {side: {k: min(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
     for side, b in best.items():
-        print(f"  {side:7s} wall {b['wall_s']:7.1f} s per case  CPU {b['cpu_s']:7.1f} s  peak RSS of the largest "
+        print(f"  {side:7s} wall {b['wall_s']:7.1f} s, {b['wall_s'] / cases:.1f} s per case  CPU {b['cpu_s']:7.1f} s  peak RSS of the largest "
               f"process {b['max_rss_mb']:6.0f} MB  peak PSS of the tree {b['tree_pss_mb']:6.0f} MB "
               f"({b['procs']} processes at most)")
     n = best["nnunet"]
@@ -367,7 +382,8 @@ def main() -> None:
     ap.add_argument("--cli", action="store_true",
                     help="time the per-case commands (nnU-Net's console script, dicom-node segment)")
     ap.add_argument("--folds", type=int, default=1)
-    ap.add_argument("--cases", type=int, default=2, help="cases per process: the first, then steady state")
+    ap.add_argument("--cases", type=int, help="cases per process: the first, then steady state (2); "
+                                               "--cli: a cohort of N copies per command (1)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per side, alternating; the fastest counts")
     ap.add_argument("--mirror", action="store_true", help="mirroring TTA on 3 axes (8x the network work)")
     ap.add_argument("--tile-batch", type=int, default=0, help="ours: network passes per forward (0: default)")
@@ -393,6 +409,7 @@ def main() -> None:
         return
     if args.threads is None:
         args.threads = 2
+    args.cases = args.cases or 2
     with tempfile.TemporaryDirectory(prefix="bench-nnunet-") as tmp:
         tmpdir = Path(tmp)
         folder = make_bench_folder(tmpdir, args.size, args.spacing, args.folds, args.mirror)

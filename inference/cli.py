@@ -10,30 +10,32 @@ import argparse
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `dicom-node segment` (cord + lesion masks, probabilities and measurements)."""
-    p.add_argument("input", metavar="INPUT", help="NIfTI file (.nii/.nii.gz) or folder with the DICOM files of one series")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="NIfTI file (.nii/.nii.gz) or folder with the DICOM files of one series; several "
+                        "inputs are a cohort: the model is loaded once, each case gets DIR/NAME/, and "
+                        "DIR/cohort.csv and DIR/lesions.csv gather the numbers")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--model", default="builtin:spinecord-t2", metavar="builtin:NAME|FOLDER",
                    help="model to use (default: the shipped builtin:spinecord-t2)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for torch (0 = torch default)")
-    p.add_argument("--qc-png", action="store_true", help="also write DIR/qc.png (sagittal + axial overlays)")
+    p.add_argument("--qc-png", action="store_true", help="also write qc.png (sagittal + axial overlays)")
     p.add_argument("--min-lesion-volume", type=float, default=0.0, metavar="MM3",
                    help="drop lesion components smaller than this before measuring (as sct_deepseg "
                         "-remove-small; default 0 = keep every component)")
 
 
 def run_segment(args: argparse.Namespace) -> int:
-    """Segment, write masks/probabilities/measurements (+ QC picture); errors -> one line, exit 1."""
-    import json
+    """Segment, write masks/probabilities/measurements (+ QC picture); errors -> one line, exit 1.
+
+    One input writes into DIR; several are a cohort (inference.cohort)."""
     import sys
     import time
     from pathlib import Path
 
-    import numpy as np
-
     from inference.lesion_filter import check_min_volume
     from inference.pipeline import analyze, resolve_model, set_cpu_threads
-    from inference.volume import load_volume, save_nifti
+    from inference.volume import load_volume
 
     start = time.perf_counter()
     progress = _segment_progress(start)
@@ -43,32 +45,57 @@ def run_segment(args: argparse.Namespace) -> int:
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out} exists and is not a folder")
         check_min_volume(args.min_lesion_volume, "--min-lesion-volume")
+        if len(args.inputs) > 1:
+            from inference.cohort import case_names
+
+            cases = case_names(args.inputs)  # refuse clashing names before the model loads
         progress("loading model", 0, 1)
         model = resolve_model(args.model, device=args.device)  # refuse early, before reading the input
+        if len(args.inputs) > 1:
+            from inference.cohort import run_cohort
+
+            return run_cohort(cases, model, out, qc_png=args.qc_png, min_lesion_volume_mm3=args.min_lesion_volume)
         progress("reading input", 0, 1)
-        volume = load_volume(args.input)
+        volume = load_volume(args.inputs[0])
         analysis = analyze(volume, model, progress=progress, min_lesion_volume_mm3=args.min_lesion_volume)
         progress("writing", 0, 1)
-        out.mkdir(parents=True, exist_ok=True)
-        save_nifti(analysis.cord_mask.astype(np.uint8), analysis.affine, out / "cord.nii.gz")
-        save_nifti(analysis.lesion_mask.astype(np.uint8), analysis.affine, out / "lesion.nii.gz")
-        save_nifti(analysis.cord_prob.astype(np.float32), analysis.affine, out / "cord_prob.nii.gz")
-        (out / "measurements.json").write_text(
-            json.dumps(analysis.measurements, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-        written = ["cord.nii.gz", "lesion.nii.gz", "cord_prob.nii.gz", "measurements.json"]
-        if args.qc_png:
-            from inference.qc import render_overlay
-
-            title = f"{analysis.model.name} {analysis.model.version}  {Path(args.input).name}"
-            render_overlay(volume.array, analysis.cord_mask, analysis.lesion_mask, analysis.affine,
-                           title=title).save(out / "qc.png")
-            written.append("qc.png")
+        written = write_case(analysis, volume, out, qc_png=args.qc_png, name=Path(args.inputs[0]).name)
     except (ValueError, OSError, RuntimeError) as exc:  # ModelError, VolumeError, metrics errors are ValueErrors
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"segment: {msg}", file=sys.stderr)
         return 1
     print(_segment_summary(analysis, volume, str(model.device), out, written, time.perf_counter() - start))
     return 0
+
+
+def write_case(analysis, volume, out, qc_png: bool, name: str) -> list[str]:
+    """One case's files in `out`, each whole or absent (inference.files); measurements.json last,
+    so its presence means the case is complete. Returns the names written."""
+    import json
+
+    import numpy as np
+
+    from inference.files import replaced_atomically, write_text_atomically
+    from inference.volume import save_nifti
+
+    written = []
+    for file, array in (("cord.nii.gz", analysis.cord_mask.astype(np.uint8)),
+                        ("lesion.nii.gz", analysis.lesion_mask.astype(np.uint8)),
+                        ("cord_prob.nii.gz", analysis.cord_prob.astype(np.float32))):
+        with replaced_atomically(out / file) as tmp:
+            save_nifti(array, analysis.affine, tmp)
+        written.append(file)
+    if qc_png:
+        from inference.qc import render_overlay
+
+        title = f"{analysis.model.name} {analysis.model.version}  {name}"
+        with replaced_atomically(out / "qc.png") as tmp:
+            render_overlay(volume.array, analysis.cord_mask, analysis.lesion_mask, analysis.affine,
+                           title=title).save(tmp)
+        written.append("qc.png")
+    write_text_atomically(out / "measurements.json", json.dumps(analysis.measurements, indent=2, allow_nan=False) + "\n")
+    written.append("measurements.json")
+    return written
 
 
 def _segment_progress(start: float):
