@@ -41,7 +41,7 @@ SELECT s.series_uid, s.generation, s.state,
        COALESCE((SELECT MAX(COALESCE(j.finished_at, j.updated_at)) FROM jobs j WHERE j.series_uid = s.series_uid),
                 s.completed_at, s.last_received) AS finished,
        (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid
-          AND j.state IN ({", ".join(repr(s) for s in ACTIVE_JOB_STATES)})) AS active,
+          AND j.state IN ({", ".join(repr(state) for state in ACTIVE_JOB_STATES)})) AS active,
        (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid AND j.generation = s.generation
           AND j.state = 'failed') AS failed
 FROM series s WHERE s.state IN ('routed', 'ignored')

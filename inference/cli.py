@@ -6,6 +6,13 @@ them into the one `dicom-node` console script.
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from inference.pipeline import Analysis
+    from inference.volume import Volume
 
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
@@ -68,7 +75,7 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_case(analysis, volume, out, qc_png: bool, name: str) -> list[str]:
+def write_case(analysis: "Analysis", volume: "Volume", out: "Path", qc_png: bool, name: str) -> list[str]:
     """One case's files in `out`, each whole or absent (inference.files); measurements.json last,
     so its presence means the case is complete. Returns the names written."""
     import json
