@@ -27,7 +27,7 @@ from pathlib import Path
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import RetentionSettings
-from dicom_node.store import InstanceStore
+from dicom_node.store import InstanceStore, fsync_dir
 
 log = logging.getLogger("dicom_node.retention")
 
@@ -141,8 +141,10 @@ class Retention:
 
     def _remove_files(self, purge_id: int, files: list[str]) -> None:
         """Delete the listed files and result folders (missing ones are fine: idempotent), then the
-        instance folders left empty, then mark the purge done."""
+        instance folders left empty; make the deletions durable, then mark the purge done (so a
+        power cut cannot bring back files the catalog calls removed)."""
         folders: set[Path] = set()
+        changed: set[Path] = set()  # folders whose entries were deleted
         for rel in files:
             path = (self.data_dir / rel).resolve()
             parts = path.relative_to(self.data_dir).parts if path.is_relative_to(self.data_dir) else ()
@@ -155,11 +157,17 @@ class Retention:
             else:
                 path.unlink(missing_ok=True)
                 folders.add(path.parent)
+            changed.add(path.parent)
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             for empty in (folder, folder.parent):  # instances/<study>/<series>, then <study>
                 try:
                     empty.rmdir()
                 except OSError:  # not empty (other series of the study, or new files): keep it
                     break
+                changed.add(empty.parent)
+        if self.store.fsync:
+            for folder in changed:
+                if folder.is_dir():
+                    fsync_dir(folder)
         with self.catalog.transaction() as con:
             con.execute("UPDATE purges SET files_removed=1 WHERE id=?", (purge_id,))

@@ -106,7 +106,8 @@ def _text(ds: Dataset, keyword: str) -> str:
     return "" if value is None else str(value)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a folder's entries (files created, renamed or deleted in it) durable."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
         os.fsync(fd)
@@ -276,7 +277,7 @@ class GroupCommit:
         try:
             if self.fsync:
                 for folder in dict.fromkeys(item.folder for item in batch):
-                    _fsync_dir(folder)  # the renames are durable before the catalog says so
+                    fsync_dir(folder)  # the renames are durable before the catalog says so
             results = self.catalog.record_instances([(i.inst, i.series) for i in batch])
             for item, result in zip(batch, results):
                 item.result = result
@@ -491,7 +492,7 @@ class InstanceStore:
             folder.mkdir(parents=True, exist_ok=True)
             if self.fsync:
                 for created in missing:
-                    _fsync_dir(created.parent)
+                    fsync_dir(created.parent)
             self._known_dirs.add(folder)
 
     def _write_durably(self, final: Path, data: bytes) -> None:

@@ -23,7 +23,7 @@ STUDY = "1.2.826.0.1.3680043.10.999.1"
 
 @pytest.fixture()
 def store(tmp_path: Path) -> InstanceStore:
-    return InstanceStore(tmp_path, Catalog(tmp_path / "catalog.sqlite"), fsync=False)
+    return InstanceStore(tmp_path, Catalog(tmp_path / "catalog.sqlite"), fsync=True)  # deletions fsynced too
 
 
 def receive(store: InstanceStore, series_uid: str, count: int = 3) -> list[Path]:
