@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS purges (               -- dicom_node.retention: what 
     series_uid      TEXT NOT NULL,
     generation      INTEGER NOT NULL,
     at              REAL NOT NULL,
-    reason          TEXT NOT NULL,       -- finished | failed
+    reason          TEXT NOT NULL,       -- finished | failed | space (retention.max_stored)
     instances       INTEGER NOT NULL,
     bytes           INTEGER NOT NULL,
     by_calling_ae   TEXT NOT NULL,       -- JSON {AE: instances}: keeps /metrics' received totals monotonic

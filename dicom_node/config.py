@@ -166,6 +166,7 @@ class WebSettings:
 class RetentionSettings:
     finished_days: float = 7.0  # a finished series' instances and results go this long after it finished; 0 = kept
     failed_days: float = 0.0  # the same for a series whose job failed (kept for `dicom-node retry`); 0 = kept
+    max_stored: int | str = 0  # instance bytes kept at most: over it, the oldest finished series go early; 0 = no cap
     interval_s: float = 600.0  # how often the node looks
 
 
@@ -314,6 +315,10 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"retention.{key}: must be 0 (keep for ever) or a positive number of days")
     if not (math.isfinite(r.interval_s) and r.interval_s > 0):
         raise ConfigError("retention.interval_s: must be a positive number of seconds")
+    from dicom_node.security import DiskThreshold  # the one size parser (bytes, "500GB", "2TiB")
+
+    if DiskThreshold.parse(r.max_stored, "retention.max_stored").percent:
+        raise ConfigError("retention.max_stored: a size (bytes, '500GB', '2TiB'), not a percentage")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
         raise ConfigError("logging.level: DEBUG, INFO, WARNING or ERROR")
     if cfg.worker.executor not in {"local", "ray"}:

@@ -4,7 +4,10 @@ A series is finished when it was stored only (routing sent it nowhere) or when e
 done (results acknowledged by every destination). `retention.finished_days` after that, its
 instance files and result folders are deleted; `retention.failed_days` does the same for a series
 whose current job failed (kept longer, or for ever, so that `dicom-node retry` can still re-send).
-A series still receiving, waiting, running or sending is never touched.
+A series still receiving, waiting, running or sending is never touched. With
+`retention.max_stored` set, while the instances stored exceed it, the oldest other finished
+series go early (reason `space`), so a burst does not drive the disk to `min_free_disk`, where
+C-STOREs are refused.
 
 The catalog keeps the series and its jobs (state `purged`, with a `purges` row saying when, why
 and how much) so the status page and an audit still see them; only the instance rows go, so a
@@ -27,6 +30,7 @@ from pathlib import Path
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import RetentionSettings
+from dicom_node.security import DiskThreshold
 from dicom_node.store import InstanceStore, fsync_dir
 
 log = logging.getLogger("dicom_node.retention")
@@ -43,8 +47,10 @@ SELECT s.series_uid, s.generation, s.state,
        (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid
           AND j.state IN ({", ".join(repr(state) for state in ACTIVE_JOB_STATES)})) AS active,
        (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid AND j.generation = s.generation
-          AND j.state = 'failed') AS failed
+          AND j.state = 'failed') AS failed,
+       (SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_uid = s.series_uid) AS bytes
 FROM series s WHERE s.state IN ('routed', 'ignored')
+ORDER BY finished
 """
 
 
@@ -53,7 +59,7 @@ class Purge:
     """One series whose files were deleted."""
 
     series_uid: str
-    reason: str  # finished | failed
+    reason: str  # finished | failed | space
     instances: int
     bytes: int
 
@@ -66,20 +72,33 @@ class Retention:
         self.catalog = catalog
         self.store = store
         self.data_dir = store.data_dir.resolve()
+        self.max_stored = DiskThreshold.parse(settings.max_stored, "retention.max_stored").bytes  # 0: no cap
 
     def due(self, now: float) -> list[tuple[str, int, str]]:
-        """(series_uid, generation, reason) of every series past its retention at `now`."""
+        """(series_uid, generation, reason) of every series to purge at `now`: past its days
+        (reason finished or failed), then, while the instances stored exceed retention.max_stored,
+        the oldest other finished series (reason space; failed ones stay for the operator)."""
         limits = {"finished": self.settings.finished_days, "failed": self.settings.failed_days}
-        if not any(limits.values()):
+        cap = self.max_stored
+        if not any(limits.values()) and not cap:
             return []  # keep everything: no need to look
-        out = []
-        for row in self.catalog.query(_CANDIDATES):
+        out, early = [], []
+        left = self.catalog.query("SELECT COALESCE(SUM(size), 0) FROM instances")[0][0]
+        for row in self.catalog.query(_CANDIDATES):  # oldest first
             if row["active"]:
                 continue
             reason = "failed" if row["failed"] else "finished"
             days = limits[reason]
             if days > 0 and row["finished"] is not None and row["finished"] <= now - days * DAY_S:
                 out.append((row["series_uid"], row["generation"], reason))
+                left -= row["bytes"]
+            elif reason == "finished":
+                early.append(row)
+        for row in early:
+            if not cap or left <= cap:
+                break
+            out.append((row["series_uid"], row["generation"], "space"))
+            left -= row["bytes"]
         return out
 
     def sweep(self, now: float | None = None, limit: int = 100) -> list[Purge]:

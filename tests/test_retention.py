@@ -112,6 +112,26 @@ def test_metrics_keep_counting_purged_instances(store: InstanceStore) -> None:
     assert size > 0 and f'dicom_node_retention_purged_bytes_total{{reason="finished"}} {size}' in after
 
 
+def test_over_max_stored_the_oldest_finished_series_go_early(store: InstanceStore) -> None:
+    files = {}
+    for k, age_days in enumerate((3, 2, 1), start=1):  # all well inside finished_days
+        files[k] = receive(store, f"1.2.3.{k}")
+        finish(store, f"1.2.3.{k}", NOW - age_days * DAY_S, "done")
+    failed = receive(store, "1.2.3.8")
+    finish(store, "1.2.3.8", NOW - 9 * DAY_S, "failed")  # the oldest, but failed: the operator's
+    running = receive(store, "1.2.3.9")
+    finish(store, "1.2.3.9", NOW - 9 * DAY_S, "running")
+    series_bytes = sum(p.stat().st_size for p in files[1])
+    total = 5 * series_bytes
+    cap = total - series_bytes - series_bytes // 2  # one and a half series too many
+    settings = RetentionSettings(finished_days=30, max_stored=cap)
+    purged = Retention(settings, store.catalog, store).sweep(NOW)
+    assert [(p.series_uid, p.reason) for p in purged] == [("1.2.3.1", "space"), ("1.2.3.2", "space")]
+    assert all(p.exists() for p in files[3] + failed + running)
+    assert store.catalog.query("SELECT SUM(size) FROM instances")[0][0] <= cap
+    assert Retention(settings, store.catalog, store).sweep(NOW) == []  # under the cap now
+
+
 def test_zero_days_keeps_everything(store: InstanceStore) -> None:
     files = receive(store, "1.2.3.1")
     finish(store, "1.2.3.1", NOW - 3650 * DAY_S, "done")
@@ -199,6 +219,8 @@ def test_purge_waits_for_a_store_in_progress() -> None:
     ("retention: {finished_days: -1}", "retention.finished_days"),
     ("retention: {failed_days: .nan}", "retention.failed_days"),
     ("retention: {interval_s: 0}", "retention.interval_s"),
+    ("retention: {max_stored: 10%}", "retention.max_stored: a size"),
+    ("retention: {max_stored: lots}", "retention.max_stored"),
 ])
 def test_bad_retention_settings_name_the_key(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "node.yaml"
