@@ -2,10 +2,11 @@
 
 Why: researchers measure whole cohorts. Loading the model once and keeping it resident is most
 of what separates this from one command per case (nnU-Net's per-case overheads), and the
-numbers they want side by side are in DIR/cohort.csv (one row per case) and DIR/lesions.csv
-(one row per lesion). A case is written into a hidden folder and renamed into place when whole,
-so a stopped run leaves only whole cases, and running the same command again skips them. A case
-that fails is a row with its reason; the others go on.
+numbers they want side by side are in DIR/cohort.csv (one row per case, rewritten after each)
+and DIR/lesions.csv (one row per lesion, written when the run ends or is interrupted). A case is
+written into a hidden folder and renamed into place when whole, so a stopped run leaves only
+whole cases, and running the same command again skips them. A case that fails is a row with its
+reason; the others go on.
 """
 from __future__ import annotations
 
@@ -64,48 +65,54 @@ def case_names(sources: list[str]) -> list[tuple[str, Path]]:
 def run_cohort(cases: list[tuple[str, Path]], model: Any, out: Path, qc_png: bool,
                min_lesion_volume_mm3: float) -> int:
     """Measure every case with the loaded `model`; 0 when all are measured, 1 if any failed."""
-    from inference.cli import write_case
-    from inference.pipeline import analyze
-    from inference.volume import load_volume
-
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     lesions: list[dict[str, Any]] = []
     counts = {"measured": 0, "measured before": 0, "failed": 0}
-    for i, (name, source) in enumerate(cases, start=1):
-        folder = out / name
-        t0 = time.perf_counter()
-        measurements, error = None, ""
-        try:
-            if (folder / "measurements.json").is_file():
-                measurements = json.loads((folder / "measurements.json").read_text(encoding="utf-8"))
-                status = "measured before"
-                _say(f"case {i}/{len(cases)} {name}: already in {folder}, skipped (remove it to measure again)")
-            elif folder.exists():
-                raise ValueError(f"{folder} exists without measurements.json (not written by this tool, or "
-                                 "by an older version); move it away")
-            else:
-                _say(f"case {i}/{len(cases)} {name}: {source}")
-                volume = load_volume(source)
-                analysis = analyze(volume, model, min_lesion_volume_mm3=min_lesion_volume_mm3)
-                staging = out / f".{name}.partial"
-                shutil.rmtree(staging, ignore_errors=True)  # left by a run stopped mid-case
-                write_case(analysis, volume, staging, qc_png=qc_png, name=source.name)
-                os.replace(staging, folder)
-                measurements, status = analysis.measurements, "measured"
-        except (ValueError, OSError, RuntimeError) as exc:  # the next case may well be fine
-            error = (str(exc).splitlines() or [type(exc).__name__])[0]
-            status = "failed"
-            _say(f"case {i}/{len(cases)} {name}: failed: {error}")
-        counts[status] += 1
-        seconds = time.perf_counter() - t0 if status == "measured" else None
-        rows.append(_case_row(name, source, status, error, measurements, seconds))
-        lesions += [_lesion_row(name, lesion) for lesion in (measurements or {}).get("lesions", [])]
-        _write_csv(out / "cohort.csv", CASE_COLUMNS, rows)  # after every case: a stopped run keeps its table
+    try:
+        for i, (name, source) in enumerate(cases, start=1):
+            t0 = time.perf_counter()
+            status, error, measurements = _case(f"case {i}/{len(cases)} {name}", out / name, source, model,
+                                                qc_png, min_lesion_volume_mm3)
+            counts[status] += 1
+            seconds = time.perf_counter() - t0 if status == "measured" else None
+            rows.append(_case_row(name, source, status, error, measurements, seconds))
+            lesions += [_lesion_row(name, lesion) for lesion in (measurements or {}).get("lesions", [])]
+            _write_csv(out / "cohort.csv", CASE_COLUMNS, rows)  # after every case: a stopped run keeps it
+    finally:  # once: it can grow to 10^5 rows (a noisy model); Ctrl-C still writes it, a re-run rebuilds it
         _write_csv(out / "lesions.csv", _lesion_columns(), lesions)
     print(f"{counts['measured']} case(s) measured, {counts['measured before']} measured before, "
           f"{counts['failed']} failed; tables: {out / 'cohort.csv'}, {out / 'lesions.csv'}")
     return 1 if counts["failed"] else 0
+
+
+def _case(label: str, folder: Path, source: Path, model: Any, qc_png: bool, min_lesion_volume_mm3: float
+          ) -> tuple[str, str, dict[str, Any] | None]:
+    """(status, error, measurements) of one case: read back when whole already, else measured and
+    written into a hidden folder that is renamed to `folder` when whole."""
+    from inference.cli import write_case
+    from inference.pipeline import analyze
+    from inference.volume import load_volume
+
+    try:
+        if (folder / "measurements.json").is_file():
+            _say(f"{label}: already in {folder}, skipped (remove it to measure again)")
+            return "measured before", "", json.loads((folder / "measurements.json").read_text(encoding="utf-8"))
+        if folder.exists():
+            raise ValueError(f"{folder} exists without measurements.json (not written by this tool, or by an "
+                             "older version); move it away")
+        _say(f"{label}: {source}")
+        volume = load_volume(source)
+        analysis = analyze(volume, model, min_lesion_volume_mm3=min_lesion_volume_mm3)
+        staging = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(staging, ignore_errors=True)  # left by a run stopped mid-case
+        write_case(analysis, volume, staging, qc_png=qc_png, name=source.name)
+        os.replace(staging, folder)
+        return "measured", "", analysis.measurements
+    except (ValueError, OSError, RuntimeError) as exc:  # the next case may well be fine
+        error = (str(exc).splitlines() or [type(exc).__name__])[0]
+        _say(f"{label}: failed: {error}")
+        return "failed", error, None
 
 
 def _say(text: str) -> None:
@@ -131,7 +138,6 @@ def _write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]])
     """The whole table, replacing the last one atomically; None is an empty cell."""
     with replaced_atomically(path) as tmp:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: "" if row.get(k) is None else row[k] for k in columns})
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(columns)
+            writer.writerows([["" if row.get(k) is None else row[k] for k in columns] for row in rows])
