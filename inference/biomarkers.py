@@ -209,12 +209,6 @@ def _renumber(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def _ap_extent(axial: np.ndarray) -> int:
-    """y_max - y_min + 1 of the nonzero voxels of one axial slice (x, y) or one y column; 0 if empty."""
-    ys = np.nonzero(axial.any(axis=0) if axial.ndim == 2 else axial)[0]
-    return int(ys[-1] - ys[0] + 1) if ys.size else 0
-
-
 @dataclass(frozen=True)
 class _LesionSlices:
     """Every lesion's axial slices as rows, lesion by lesion and z ascending within a lesion.
@@ -268,7 +262,6 @@ class _Lesion:
         self.crop = labels[box] == label
         self.offset = tuple(int(b.start) for b in box)
         self.voxels = int(self.crop.sum())
-        self.zs = self.offset[2] + np.nonzero(self.crop.any(axis=(0, 1)))[0]
 
     def z_center(self) -> float:
         """z centre of mass (unweighted voxel mean) in full-grid indices."""
@@ -341,7 +334,7 @@ def _cord_ap_extent(sagittal: np.ndarray) -> np.ndarray:
 
 def _away_from_midsagittal(half_thickness: float) -> dict[str, float | None]:
     """A lesion absent from both slices around x*: no length or width there, and the whole
-    cord thickness as bridge, split half dorsal, half ventral (see _interpolated_bridges)."""
+    cord thickness as bridge, split half dorsal, half ventral."""
     total = half_thickness + half_thickness
     ratio = half_thickness / total * 100.0 if total > 0 else 0.0
     return dict(zip(MIDSAGITTAL_KEYS, (0.0, 0.0, half_thickness, half_thickness, total, ratio, ratio)))
@@ -350,7 +343,8 @@ def _away_from_midsagittal(half_thickness: float) -> dict[str, float | None]:
 def _midsagittal_measures(
     lesion: _Lesion, cord: np.ndarray, x_star: float, angles: _Angles, spacing: tuple[float, float, float]
 ) -> dict[str, float | None]:
-    """Length, width and tissue bridges in the sagittal slice interpolated at x*."""
+    """Length, width and tissue bridges in the sagittal slice interpolated at x*, of a lesion
+    with voxels in one of the two slices around it (the others: _away_from_midsagittal)."""
     _px, py, pz = spacing
     s1, s2 = int(math.floor(x_star)), int(math.ceil(x_star))
     f = x_star - math.floor(x_star)
@@ -368,8 +362,7 @@ def _midsagittal_measures(
         length += float(np.mean(values)) * pz / cos_sag[z]
         width = max(width, float(np.sum(values)) * py * cos_sag[z])
 
-    dorsal, ventral = _interpolated_bridges(sagittal, lesion.offset[1:], lesion.zs, cord, (s1, s2), f,
-                                            py * cos_sag)
+    dorsal, ventral = _interpolated_bridges(sagittal, lesion.offset[1:], cord, (s1, s2), f, py * cos_sag)
     total = dorsal + ventral
     return {
         "midsagittal_length_mm": length,
@@ -383,15 +376,15 @@ def _midsagittal_measures(
 
 
 def _interpolated_bridges(
-    sagittal: tuple[np.ndarray, np.ndarray], box_yz: tuple[int, int], lesion_zs: np.ndarray, cord: np.ndarray,
-    slices: tuple[int, int], f: float, mm_per_voxel: np.ndarray,
+    sagittal: tuple[np.ndarray, np.ndarray], box_yz: tuple[int, int], cord: np.ndarray, slices: tuple[int, int],
+    f: float, mm_per_voxel: np.ndarray,
 ) -> tuple[float, float]:
     """Minimum dorsal and ventral bridges (mm) in the interpolated midsagittal slice; `sagittal`
     holds the lesion's two (y, z) images cropped to its box, which starts at full-grid `box_yz`.
 
     Per axial slice z present in s1 or s2, the two slices' bridge widths are interpolated
-    (a slice without lesion at z borrows the other's width). A lesion absent from both
-    slices leaves the whole cord thickness as bridge, split half dorsal, half ventral.
+    (a slice without lesion at z borrows the other's width). The lesion is in at least one of
+    the two slices (one absent from both: _away_from_midsagittal).
     """
     per_slice: list[dict[int, tuple[int, int]]] = []
     for s, lesion_yz in zip(slices, sagittal):
@@ -400,18 +393,10 @@ def _interpolated_bridges(
             z = int(z_box) + box_yz[1]
             found[z] = _bridges(lesion_yz[:, z_box], cord[s, :, z], box_yz[0])
         per_slice.append(found)
-    zs = sorted(set(per_slice[0]) | set(per_slice[1]))
-    if zs:
-        dorsal, ventral = [], []
-        for z in zs:
-            b1 = per_slice[0].get(z, per_slice[1].get(z))
-            b2 = per_slice[1].get(z, per_slice[0].get(z))
-            dorsal.append(((1.0 - f) * b1[0] + f * b2[0]) * mm_per_voxel[z])
-            ventral.append(((1.0 - f) * b1[1] + f * b2[1]) * mm_per_voxel[z])
-        return float(min(dorsal)), float(min(ventral))
-    thickness = []
-    for z in lesion_zs:
-        t = [_ap_extent(cord[s, :, z]) for s in slices]
-        thickness.append(((1.0 - f) * t[0] + f * t[1]) * mm_per_voxel[z])
-    half = float(min(thickness)) / 2.0
-    return half, half
+    dorsal, ventral = [], []
+    for z in sorted(set(per_slice[0]) | set(per_slice[1])):
+        b1 = per_slice[0].get(z, per_slice[1].get(z))
+        b2 = per_slice[1].get(z, per_slice[0].get(z))
+        dorsal.append(((1.0 - f) * b1[0] + f * b2[0]) * mm_per_voxel[z])
+        ventral.append(((1.0 - f) * b1[1] + f * b2[1]) * mm_per_voxel[z])
+    return float(min(dorsal)), float(min(ventral))
