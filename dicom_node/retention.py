@@ -83,7 +83,7 @@ class Retention:
         if not any(limits.values()) and not cap:
             return []  # keep everything: no need to look
         out, early = [], []
-        left = self.catalog.query("SELECT COALESCE(SUM(size), 0) FROM instances")[0][0]
+        left = self.catalog.query("SELECT COALESCE(SUM(size), 0) FROM instances")[0][0] if cap else 0
         for row in self.catalog.query(_CANDIDATES):  # oldest first
             if row["active"]:
                 continue
