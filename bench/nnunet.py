@@ -209,12 +209,13 @@ def cli_input(image: Path, crop: str | None, in_dir: Path, cases: int = 1) -> li
 
     in_dir.mkdir(parents=True, exist_ok=True)
     paths = [in_dir / (f"case{k}_0000.nii.gz" if cases > 1 else "case_0000.nii.gz") for k in range(1, cases + 1)]
-    for path in paths:
-        if not crop:
-            shutil.copyfile(image, path)
-            continue
+    if crop:
         z, y, x = (int(v) for v in crop.lower().split("x"))  # (z, y, x) = nnU-Net's order, as in-process
-        nib.save(nib.load(str(image)).slicer[:x, :y, :z], str(path))
+        nib.save(nib.load(str(image)).slicer[:x, :y, :z], str(paths[0]))
+    else:
+        shutil.copyfile(image, paths[0])
+    for path in paths[1:]:  # the cohort's other cases: the same bytes
+        shutil.copyfile(paths[0], path)
     return paths
 
 
