@@ -1,7 +1,7 @@
 """Patch augmentation (torch, CPU-cheap): nnU-Net's recipe plus simulated clinical acquisitions.
 
 Why the clinical part: the training volumes are 1 mm isotropic sagittal T2 and 0.5 mm axial
-T2*, but the node sees 3-4 mm sagittal and 3-6 mm axial T2 series, anisotropic pixels,
+T2*, but the node sees 3-4 mm sagittal and 3-8 mm axial T2 series, anisotropic pixels,
 receive-coil bias fields and cut-off fields of view. Each is simulated on the image only
 (labels stay at full resolution: the network must recover the true anatomy), the same way
 the engine will see such a series: thick slices averaged, then linearly resampled to the
@@ -39,7 +39,7 @@ class AugmentConfig:
     p_lowres: float = 0.2
     p_gamma: float = 0.3
     p_thick_sag: float = 0.2  # 3-4 mm sagittal slices: averaged along X
-    p_thick_ax: float = 0.2  # 3-6 mm axial slices: averaged along Z
+    p_thick_ax: float = 0.2  # 3-8 mm axial slices: averaged along Z
     p_aniso_inplane: float = 0.15
     p_bias: float = 0.25
     p_partial_fov: float = 0.1
@@ -173,7 +173,7 @@ def intensity(img: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator,
     if rng.random() < cfg.p_thick_sag:
         img = thick_slices(img, 0, rng.uniform(3.0, 4.0))
     if rng.random() < cfg.p_thick_ax:
-        img = thick_slices(img, 2, rng.uniform(3.0, 6.0))
+        img = thick_slices(img, 2, rng.uniform(3.0, 8.0))
     if rng.random() < cfg.p_aniso_inplane:
         img = thick_slices(img, int(rng.integers(0, 3)), rng.uniform(1.3, 2.0))
     if rng.random() < cfg.p_noise:

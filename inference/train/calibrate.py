@@ -27,9 +27,10 @@ SEED = 777
 MAX_FALSE_LESION_MM3 = 20.0  # the model card's target for lesion-free volumes
 
 
-def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2,
-            lesion_free: bool = False) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(probabilities (2, ...), true cord, true lesion) for painted crops around each cord.
+def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2, lesion_free: bool = False,
+            families: tuple[str, ...] = ("painter",)) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(probabilities (2, ...), true cord, true lesion) for painted crops around each cord,
+    `copies` per volume and family (the families the model was trained on: a held-out one stays out).
 
     With ``lesion_free`` one unpainted crop per volume is added (empty true lesion): what the
     false-lesion limit is checked on.
@@ -54,10 +55,20 @@ def collect(model_spec: str, keys: tuple[str, ...], copies: int = 2,
             prob = predict_model_space(vol.image[sl], model, normalized=True)
             out.append((prob, vol.cord[sl] > 0, np.zeros(prob.shape[1:], bool)))
         for _ in range(copies):
-            img, les = paint_cached(vol, vol.image[sl], vol.cord[sl], spacing, rng, n_lesions=3)
-            prob = predict_model_space(img, model, normalized=True)
-            out.append((prob, (vol.cord[sl] > 0) | (les > 0), les > 0))
+            for name in families:
+                img, cord, les = paint_cached(vol, vol.image[sl], vol.cord[sl], spacing, rng,
+                                              n_lesions=3 if name == "painter" else None, family_name=name)
+                prob = predict_model_space(img, model, normalized=True)
+                out.append((prob, (cord > 0) | (les > 0), les > 0))
     return out
+
+
+def trained_families(model_spec: str) -> tuple[str, ...]:
+    """The lesion families a model was trained on (its model.json), the painter for older models."""
+    from inference.models.registry import read_meta
+
+    sampler = read_meta(model_spec).extra.get("training", {}).get("sampler", {})
+    return tuple(sampler.get("families", ("painter",)))
 
 
 def best_lesion_threshold(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -106,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from inference.models.registry import read_meta
 
-    cases = collect(args.model, CALIBRATION_KEYS, lesion_free=True)
+    families = trained_families(args.model)
+    cases = collect(args.model, CALIBRATION_KEYS, lesion_free=True, families=families)
     best, scores, false_mm3 = best_lesion_threshold(cases, spacing=read_meta(args.model).spacing_mm)
     print(json.dumps({"lesion_threshold": best, "pooled_lesion_dice_by_threshold": scores,
                       "largest_false_lesion_mm3_by_threshold": false_mm3}))
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = json.loads(path.read_text(encoding="utf-8"))
         meta["thresholds"] = [float(meta["thresholds"][0]), float(best)]
         meta.setdefault("training", {})["threshold_calibration"] = {
-            "volumes": list(CALIBRATION_KEYS), "seed": SEED,
+            "volumes": list(CALIBRATION_KEYS), "seed": SEED, "families": list(families),
             "pooled_lesion_dice_by_threshold": {str(k): round(v, 4) for k, v in scores.items()},
             "largest_false_lesion_mm3_by_threshold": {str(k): round(v, 1) for k, v in false_mm3.items()},
             "max_false_lesion_mm3": MAX_FALSE_LESION_MM3, "lesions_as_acquired": True}

@@ -23,11 +23,12 @@ import numpy as np
 from inference import heap, preprocess
 from inference.lesion_filter import label_lesions
 from inference.train.data import BY_KEY, load_labelled, load_split
+from inference.train.families import FAMILY_NAMES, check_families
 from inference.train.lesions import paint_lesions
 
 GROUP_LABEL = {"sag_t2": "sagittal T2w (1 mm iso)", "ax_t2star": "axial T2*w (0.4 mm, 3 mm slices)"}
-TARGETS = {"cord_dice_sag_t2": 0.90, "cord_dice_ax_t2star": 0.85, "lesion_dice": 0.70,
-           "lesion_f1": 0.80, "largest_false_lesion_mm3": 20.0, "inference_s": 20.0}
+TARGETS = {"cord_dice_sag_t2": 0.92, "cord_dice_ax_t2star": 0.94, "lesion_dice": 0.75,
+           "lesion_f1": 0.85, "volume_within_25pct": 0.80, "largest_false_lesion_mm3": 20.0, "inference_s": 20.0}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -57,16 +58,101 @@ def largest_component_mm3(mask: np.ndarray, spacing: tuple[float, float, float])
     return float(np.bincount(lab.ravel())[1:].max() * np.prod(spacing))
 
 
-def painted_case(key: str, seed: int, n_lesions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(image, cord incl. lesion, lesion, affine) with lesions painted in the acquisition grid."""
-    image, cord, _, affine = load_labelled(BY_KEY[key])
+AXIAL_SIMULATED = {"errsm_21@ax5mm": ("errsm_21", 5)}  # case -> (sagittal source, axial slab in mm)
+GROUP_LABEL["ax_t2"] = "axial T2w, 5 mm slices (simulated from the sagittal validation volume)"
+SPECK_RULES = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0)  # minimum lesion volumes [mm³] compared
+
+
+def validation_cases(split_val: list[str]) -> list[str]:
+    """The validation volumes, and the axial thick-slice cases made from them."""
+    return list(split_val) + [k for k, (src, _) in AXIAL_SIMULATED.items() if src in split_val]
+
+
+def case_group(key: str) -> str:
+    return "ax_t2" if key in AXIAL_SIMULATED else BY_KEY[key].group
+
+
+def _slab_axial(arr: np.ndarray, n: int) -> np.ndarray:
+    """Average `n` consecutive RAS axial (axis 2) slices into one: a thick axial acquisition."""
+    m = arr.shape[2] // n
+    return arr[:, :, : m * n].reshape(arr.shape[0], arr.shape[1], m, n).mean(axis=3)
+
+
+def load_case(key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, cord, affine) of a validation case in its acquisition grid."""
+    if key not in AXIAL_SIMULATED:
+        image, cord, _, affine = load_labelled(BY_KEY[key])
+        return image, cord, affine
+    src, mm = AXIAL_SIMULATED[key]
+    image, cord, _, affine = load_labelled(BY_KEY[src])
+    reo = preprocess.reorient_to_ras(affine, image.shape)
+    n = int(round(mm / preprocess.voxel_sizes(reo.affine_ras)[2]))
+    aff = reo.affine_ras.copy()
+    aff[:3, 2] *= n
+    aff[:3, 3] += reo.affine_ras[:3, 2] * (n - 1) / 2.0  # the slab's centre
+    return (_slab_axial(reo.forward(image).astype(np.float32), n),
+            _slab_axial(reo.forward(cord.astype(np.float32)), n) > 0.5, aff)
+
+
+def painted_case(key: str, seed: int, n_lesions: int | None,
+                 family_name: str = "painter") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(image, cord incl. lesion, lesion, affine) with one family's lesions painted in the acquisition
+    grid (their own look: no appearance randomisation); for a simulated axial case they are painted
+    in its 1 mm source and then seen through the thick slices, image and labels alike."""
+    from inference.train.families import family
+    from inference.train.lesions import intensity_levels
+
+    src = AXIAL_SIMULATED.get(key, (key, 0))[0]
+    image, cord, _, affine = load_labelled(BY_KEY[src])
     reo = preprocess.reorient_to_ras(affine, image.shape)
     spacing = preprocess.voxel_sizes(reo.affine_ras)
     rng = np.random.default_rng(seed)
-    img_r, les_r, _ = paint_lesions(reo.forward(image), reo.forward(cord.astype(np.uint8)) > 0, spacing, rng,
-                                    n_lesions=n_lesions, sign=BY_KEY[key].lesion_sign)
+    sign = BY_KEY[src].lesion_sign
+    img_r, cord_r = reo.forward(image).astype(np.float32), reo.forward(cord.astype(np.uint8)) > 0
+    levels = intensity_levels(img_r, cord_r, spacing, sign)
+    if family_name == "painter":
+        img_p, les_r, _ = paint_lesions(img_r, cord_r, spacing, rng, n_lesions=n_lesions if n_lesions is not None else 3,
+                                        levels=levels, sign=sign)
+        cord_p = cord_r | (les_r > 0)
+    else:
+        painted = family(family_name)(img_r, cord_r, spacing, rng, levels, sign=sign, n_lesions=n_lesions)
+        img_p, les_r, cord_p = painted.image, painted.lesion, painted.cord
+    if key in AXIAL_SIMULATED:
+        n = AXIAL_SIMULATED[key][1]
+        _, _, aff = load_case(key)
+        lesion = _slab_axial(les_r.astype(np.float32), n) > 0.5
+        return (_slab_axial(img_p, n), (_slab_axial(cord_p.astype(np.float32), n) > 0.5) | lesion, lesion, aff)
     lesion = reo.backward(les_r) > 0
-    return reo.backward(img_r), cord | lesion, lesion, affine
+    return reo.backward(img_p), (reo.backward(cord_p.astype(np.uint8)) > 0) | lesion, lesion, affine
+
+
+def per_lesion(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> list[dict[str, float]]:
+    """Each true lesion's volume and the volume of the predicted components that touch it."""
+    tl, tn = components(truth)
+    pl, _ = components(pred)
+    out = []
+    for i in range(1, tn + 1):
+        mine = tl == i
+        hit = np.unique(pl[mine & (pl > 0)])
+        pred_vox = int(np.isin(pl, hit).sum()) if len(hit) else 0
+        out.append({"true_mm3": float(mine.sum() * voxel_mm3), "pred_mm3": float(pred_vox * voxel_mm3)})
+    return out
+
+
+def speck_sweep(pred: np.ndarray, truth: np.ndarray, affine: np.ndarray) -> dict[str, dict[str, float]]:
+    """Lesion-wise counts and Dice after dropping components under each of SPECK_RULES."""
+    from inference.lesion_filter import drop_small_lesions
+
+    out = {}
+    for mm3 in SPECK_RULES:
+        kept = drop_small_lesions(pred, affine, mm3)[0] > 0
+        row: dict[str, float] = dict(lesion_wise(kept, truth)) if truth.any() else {"n_pred": components(kept)[1]}
+        if truth.any():
+            row["dice"] = dice(kept, truth)
+        else:
+            row["largest_mm3"] = largest_component_mm3(kept, preprocess.voxel_sizes(affine))
+        out[f"{mm3:g}"] = row
+    return out
 
 
 def _metrics_of(report: Any) -> dict[str, float]:
@@ -75,18 +161,24 @@ def _metrics_of(report: Any) -> dict[str, float]:
 
 
 def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print,
-             cases: list[str] | None = None, min_lesion_volume_mm3: float = 0.0) -> dict[str, Any]:
+             cases: list[str] | None = None, min_lesion_volume_mm3: float = 0.0,
+             families: tuple[str, ...] = ("painter",)) -> dict[str, Any]:
     """Run every validation case through the engine; returns per-case rows and a summary.
-    `min_lesion_volume_mm3`: drop smaller lesion components first, as a pipeline with that setting does."""
+
+    Each validation case is run once as it is (cord Dice on the manual mask, false lesions) and
+    once per family and seed with that family's lesions painted in (`n_lesions` for the painter,
+    the family's own count otherwise). `min_lesion_volume_mm3`: drop smaller lesion components
+    first, as a pipeline with that setting does; every row also records the speck sweep."""
     from inference.engine import segment as run_engine
     from inference.lesion_filter import drop_small_lesions
     from inference.models.registry import load_model
     from inference.volume import Volume
 
-    def segment(volume: Volume, model: Any) -> Any:
+    def segment(volume: Volume, model: Any) -> tuple[Any, np.ndarray]:
         seg = run_engine(volume, model)
+        raw = np.asarray(seg.lesion_mask) > 0
         seg.lesion_mask = drop_small_lesions(seg.lesion_mask, volume.affine, min_lesion_volume_mm3)[0]
-        return seg
+        return seg, raw
 
     try:
         from inference.biomarkers import analyze_lesions
@@ -95,44 +187,51 @@ def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print,
     model = load_model(model_spec)
     split = load_split()
     rows: list[dict[str, Any]] = []
-    keys = split["val"] if not cases else cases
-    outside = [k for k in keys if k not in split["val"]]
+    known = validation_cases(split["val"])
+    keys = known if not cases else cases
+    outside = [k for k in keys if k not in known]
     if outside:
-        raise ValueError(f"cases {outside} are not validation volumes; choose from {split['val']}")
+        raise ValueError(f"cases {outside} are not validation volumes; choose from {known}")
     for key in keys:
-        sub = BY_KEY[key]
-        image, cord, _, affine = load_labelled(sub)
+        group = case_group(key)
+        image, cord, affine = load_case(key)
         spacing = preprocess.voxel_sizes(affine)
+        voxel_mm3 = float(np.prod(spacing))
         t0 = time.perf_counter()
-        seg = segment(Volume(array=image, affine=affine), model)
+        seg, raw = segment(Volume(array=image, affine=affine), model)
         secs = time.perf_counter() - t0
         vol_true = float(cord.sum())
-        row = {"case": key, "group": sub.group, "shape": list(image.shape), "lesions_painted": 0,
+        row = {"case": key, "group": group, "shape": list(image.shape), "lesions_painted": 0,
                "seconds": round(secs, 2), "cord_dice": dice(seg.cord_mask, cord),
                "cord_rve": (float(seg.cord_mask.sum()) - vol_true) / vol_true,
-               "largest_false_lesion_mm3": largest_component_mm3(seg.lesion_mask, spacing)}
+               "largest_false_lesion_mm3": largest_component_mm3(seg.lesion_mask, spacing),
+               "speck_sweep": speck_sweep(raw, np.zeros(raw.shape, bool), affine)}
         rows.append(row)
         log(json.dumps(row))
-        for seed in seeds:
-            img_p, cord_p, les_p, _ = painted_case(key, seed, n_lesions)
-            t0 = time.perf_counter()
-            seg = segment(Volume(array=img_p, affine=affine), model)
-            secs = time.perf_counter() - t0
-            row = {"case": f"{key}+lesions(seed {seed})", "group": sub.group, "shape": list(image.shape),
-                   "seconds": round(secs, 2), "cord_dice": dice(seg.cord_mask, cord_p),
-                   "lesion_dice": dice(seg.lesion_mask, les_p),
-                   "lesion_true_mm3": float(les_p.sum() * np.prod(spacing)),
-                   "lesion_pred_mm3": float(seg.lesion_mask.sum() * np.prod(spacing)),
-                   **lesion_wise(seg.lesion_mask > 0, les_p)}
-            row["lesions_painted"] = row["n_true"]
-            if analyze_lesions is not None:
-                truth = analyze_lesions(les_p.astype(np.uint8), cord_p.astype(np.uint8), affine)
-                pred = analyze_lesions(seg.lesion_mask.astype(np.uint8), seg.cord_mask, affine)
-                row["measures_true"] = _metrics_of(truth)
-                row["measures_pred"] = _metrics_of(pred)
-            rows.append(row)
-            log(json.dumps(row))
+        for fam in families:
+            for seed in seeds:
+                img_p, cord_p, les_p, _ = painted_case(key, seed, n_lesions if fam == "painter" else None, fam)
+                t0 = time.perf_counter()
+                seg, raw = segment(Volume(array=img_p, affine=affine), model)
+                secs = time.perf_counter() - t0
+                row = {"case": f"{key}+{fam}(seed {seed})", "family": fam, "group": group,
+                       "shape": list(image.shape), "seconds": round(secs, 2), "cord_dice": dice(seg.cord_mask, cord_p),
+                       "lesion_dice": dice(seg.lesion_mask, les_p),
+                       "lesion_true_mm3": float(les_p.sum() * voxel_mm3),
+                       "lesion_pred_mm3": float(seg.lesion_mask.sum() * voxel_mm3),
+                       **lesion_wise(seg.lesion_mask > 0, les_p),
+                       "per_lesion": per_lesion(seg.lesion_mask > 0, les_p, voxel_mm3),
+                       "speck_sweep": speck_sweep(raw, les_p, affine)}
+                row["lesions_painted"] = row["n_true"]
+                if analyze_lesions is not None:
+                    truth = analyze_lesions(les_p.astype(np.uint8), cord_p.astype(np.uint8), affine)
+                    pred = analyze_lesions(seg.lesion_mask.astype(np.uint8), seg.cord_mask, affine)
+                    row["measures_true"] = _metrics_of(truth)
+                    row["measures_pred"] = _metrics_of(pred)
+                rows.append(row)
+                log(json.dumps({k: v for k, v in row.items() if k not in ("per_lesion", "speck_sweep")}))
     return {"model": model_spec, "version": model.meta.version, "seeds": seeds, "n_lesions": n_lesions,
+            "families": list(families),
             **({"min_lesion_volume_mm3": min_lesion_volume_mm3} if min_lesion_volume_mm3 else {}),
             "rows": rows, "summary": summarize(rows)}
 
@@ -147,34 +246,88 @@ def lesion_f1(found: int, n_true: int, right: int, n_pred: int) -> float:
     return 0.0 if n_true == 0 or n_pred == 0 or den == 0 else 2 * found * right / den
 
 
+def lesion_summary(painted: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pooled lesion metrics of painted rows: Dice, lesion-wise counts, per-lesion volume error,
+    and per-case length and damage-ratio errors."""
+    s: dict[str, Any] = {"copies": len(painted)}
+    if not painted:
+        return s
+    s["lesion_dice"] = float(np.mean([r["lesion_dice"] for r in painted]))
+    s["lesion_dice_min"] = float(np.min([r["lesion_dice"] for r in painted]))
+    n_true = sum(r["n_true"] for r in painted)
+    n_pred = sum(r["n_pred"] for r in painted)
+    found = sum(r["tp_true"] for r in painted)  # painted lesions hit by a prediction
+    right = sum(r["tp_pred"] for r in painted)  # predicted components that hit a painted lesion
+    s.update(lesion_sensitivity=found / max(n_true, 1), lesion_ppv=right / n_pred if n_pred else 0.0,
+             lesion_f1=lesion_f1(found, n_true, right, n_pred), lesions_true=n_true, lesions_pred=n_pred)
+    s["cord_dice_with_lesions"] = float(np.mean([r["cord_dice"] for r in painted]))
+    lesions = [les for r in painted for les in r.get("per_lesion", [])]
+    big = [les for les in lesions if les["true_mm3"] >= 20.0]
+    if big:
+        err = np.array([(les["pred_mm3"] - les["true_mm3"]) / les["true_mm3"] for les in big])
+        s["volume_error_median"] = float(np.median(np.abs(err)))
+        s["volume_error_worst"] = float(err[np.argmax(np.abs(err))])
+        s["volume_within_25pct"] = float(np.mean(np.abs(err) <= 0.25))
+        s["lesions_20mm3"] = len(big)
+    measured = [r for r in painted if "measures_true" in r]
+    for m in ("volume_mm3", "length_mm", "max_axial_damage_ratio"):
+        if measured:
+            t = np.array([r["measures_true"][m] for r in measured])
+            p = np.array([r["measures_pred"][m] for r in measured])
+            s[f"{m}_mean_abs_error"] = float(np.mean(np.abs(p - t)))
+            s[f"{m}_worst_abs_error"] = float(np.max(np.abs(p - t)))
+            s[f"{m}_mean_true"] = float(np.mean(t))
+            s[f"{m}_corr"] = float(np.corrcoef(t, p)[0, 1]) if len(t) > 2 and p.std() > 0 and t.std() > 0 else None
+    return s
+
+
+def speck_summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per minimum lesion volume: pooled lesion-wise F1, mean Dice, and false lesions on unpainted cases."""
+    out: dict[str, dict[str, float]] = {}
+    swept = [r for r in rows if "speck_sweep" in r]
+    for key in (f"{m:g}" for m in SPECK_RULES):
+        painted = [r["speck_sweep"][key] for r in swept if "lesion_dice" in r and key in r["speck_sweep"]]
+        free = [r["speck_sweep"][key] for r in swept if "lesion_dice" not in r and key in r["speck_sweep"]]
+        if not painted and not free:
+            continue
+        row: dict[str, float] = {}
+        if painted:
+            n_true = sum(p["n_true"] for p in painted)
+            n_pred = sum(p["n_pred"] for p in painted)
+            found, right = sum(p["tp_true"] for p in painted), sum(p["tp_pred"] for p in painted)
+            row.update(lesion_f1=lesion_f1(found, n_true, right, n_pred), lesion_sensitivity=found / max(n_true, 1),
+                       lesion_ppv=right / n_pred if n_pred else 0.0,
+                       lesion_dice=float(np.mean([p["dice"] for p in painted])))
+        if free:
+            row["false_lesions_unpainted"] = int(sum(f["n_pred"] for f in free))
+            row["largest_false_lesion_mm3"] = float(max(f["largest_mm3"] for f in free))
+        out[key] = row
+    return out
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-group cord Dice, pooled lesion metrics and measurement agreement, with targets."""
+    """Per-group cord Dice, pooled lesion metrics (all, per family, per acquisition group), the
+    speck-rule sweep and measurement agreement, with targets."""
     s: dict[str, Any] = {}
-    for group in ("sag_t2", "ax_t2star"):
+    for group in ("sag_t2", "ax_t2star", "ax_t2"):
         real = [r for r in rows if r["group"] == group and r["lesions_painted"] == 0 and "lesion_dice" not in r]
         if real:
             s[f"cord_dice_{group}"] = float(np.mean([r["cord_dice"] for r in real]))
             s[f"cord_rve_{group}"] = float(np.mean([r["cord_rve"] for r in real]))
     painted = [r for r in rows if "lesion_dice" in r]
     if painted:
-        s["lesion_dice"] = float(np.mean([r["lesion_dice"] for r in painted]))
-        n_true = sum(r["n_true"] for r in painted)
-        n_pred = sum(r["n_pred"] for r in painted)
-        found = sum(r["tp_true"] for r in painted)  # painted lesions hit by a prediction
-        right = sum(r["tp_pred"] for r in painted)  # predicted components that hit a painted lesion
-        sens = found / max(n_true, 1)
-        ppv = right / n_pred if n_pred else 0.0
-        s.update(lesion_sensitivity=sens, lesion_ppv=ppv, lesion_f1=lesion_f1(found, n_true, right, n_pred),
-                 lesions_true=n_true, lesions_pred=n_pred)
-        s["cord_dice_with_lesions"] = float(np.mean([r["cord_dice"] for r in painted]))
-        measured = [r for r in painted if "measures_true" in r]
-        for m in ("volume_mm3", "length_mm", "max_axial_damage_ratio"):
-            if measured:
-                t = np.array([r["measures_true"][m] for r in measured])
-                p = np.array([r["measures_pred"][m] for r in measured])
-                s[f"{m}_mean_abs_error"] = float(np.mean(np.abs(p - t)))
-                s[f"{m}_mean_true"] = float(np.mean(t))
-                s[f"{m}_corr"] = float(np.corrcoef(t, p)[0, 1]) if len(t) > 2 and p.std() > 0 else None
+        pooled = lesion_summary(painted)
+        pooled.pop("copies")
+        s.update(pooled)
+        fams = sorted({r.get("family", "painter") for r in painted})
+        s["by_family"] = {f: lesion_summary([r for r in painted if r.get("family", "painter") == f]) for f in fams}
+        groups = sorted({r["group"] for r in painted})
+        s["by_group"] = {g: lesion_summary([r for r in painted if r["group"] == g]) for g in groups}
+        s["by_family_group"] = {f"{f}/{g}": lesion_summary([r for r in painted if r.get("family", "painter") == f
+                                                              and r["group"] == g]) for f in fams for g in groups}
+    sweep = speck_summary(rows)
+    if sweep:
+        s["speck_sweep"] = sweep
     free = [r for r in rows if "largest_false_lesion_mm3" in r]
     if free:
         s["largest_false_lesion_mm3"] = max(r["largest_false_lesion_mm3"] for r in free)
@@ -198,6 +351,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, default=None, help="write all rows + summary here")
     parser.add_argument("--card", action="store_true", help="(re)write MODEL_CARD.md in the model folder")
     parser.add_argument("--cases", nargs="+", default=None, help="subset of the validation volumes (quick checks)")
+    parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), metavar="FAMILY",
+                        help="lesion families painted into the validation copies (leave-one-family-out: the "
+                             "family the model was trained without)")
     parser.add_argument("--min-lesion-volume", type=float, default=0.0, metavar="MM3",
                         help="drop lesion components under this first, as pipelines.NAME.min_lesion_volume_mm3")
     parser.add_argument("--threads", type=int, default=0,
@@ -222,8 +378,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
     try:
+        families = check_families(args.families, "--families")
         result = evaluate(args.model, list(args.seeds), int(args.lesions), log=lambda m: print(m, flush=True),
-                          cases=args.cases, min_lesion_volume_mm3=args.min_lesion_volume)
+                          cases=args.cases, min_lesion_volume_mm3=args.min_lesion_volume, families=families)
     except ValueError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2

@@ -65,6 +65,91 @@ def results_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+FAMILY_TEXT = {
+    "painter": "the original painter (`lesions.py`): irregular blobs 2–40 mm, 35 % at the cord border",
+    "contusion": "acute SCI (`families/contusion.py`): fusiform edema 10–60 mm, 60 % with a haemorrhagic "
+                 "core, cord swollen by 5–45 %",
+    "cyst": "chronic SCI (`families/cyst.py`): CSF-bright cavity of 1–3 loculi, 5–40 mm, gliotic rim, "
+            "cord thinned by 10–35 %",
+    "demyelination": "MS-like (`families/demyelination.py`, 70 %): 1–4 ovoid lesions 3–15 mm in dorsal or "
+                     "lateral columns; NMOSD-like (30 %): one central lesion 45–100 mm",
+}
+LESION_COLUMNS = ("| {what} | copies | lesion Dice (worst copy) | sensitivity | PPV | F1 | volume error, lesions ≥ 20 mm³: "
+                  "median (worst) | within ±25 % | length error per case, mean (worst) [mm] | damage ratio error "
+                  "per case, mean |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def lesion_row(label: str, v: dict[str, Any]) -> str:
+    """One row of the per-family / per-group / leave-one-family-out tables."""
+    def pct(key: str) -> str:
+        return f"{100 * v[key]:.0f} %" if v.get(key) is not None else "n/a"
+
+    worst = v.get("volume_error_worst")
+    return (f"| {label} | {v.get('copies', '')} | {_fmt(v.get('lesion_dice'))} ({_fmt(v.get('lesion_dice_min'))}) | "
+            f"{_fmt(v.get('lesion_sensitivity'), 2)} | {_fmt(v.get('lesion_ppv'), 2)} | {_fmt(v.get('lesion_f1'), 2)} | "
+            f"{pct('volume_error_median')} ({'n/a' if worst is None else f'{100 * worst:+.0f} %'}) | "
+            f"{pct('volume_within_25pct')} of {v.get('lesions_20mm3', 0)} | "
+            f"{_fmt(v.get('length_mm_mean_abs_error'), 1)} ({_fmt(v.get('length_mm_worst_abs_error'), 1)}) | "
+            f"{_fmt(v.get('max_axial_damage_ratio_mean_abs_error'), 3)} |")
+
+
+def family_tables(summary: dict[str, Any]) -> str:
+    """Lesion metrics per family and per acquisition group (validation subjects, families seen in training)."""
+    if "by_family" not in summary:
+        return ""
+    out = [LESION_COLUMNS.format(what="family")]
+    out += [lesion_row(f, v) for f, v in summary["by_family"].items()]
+    out += ["", LESION_COLUMNS.format(what="acquisition group")]
+    out += [lesion_row(g, v) for g, v in summary.get("by_group", {}).items()]
+    return "\n".join(out) + "\n"
+
+
+def lofo_table(folder: Path) -> str:
+    """The leave-one-family-out table from FOLDER/lofo.json (written by `inference.train.lofo`)."""
+    path = Path(folder) / "lofo.json"
+    if not path.is_file():
+        return ""
+    import json
+
+    runs = json.loads(path.read_text(encoding="utf-8")).get("runs", {})
+    out = [LESION_COLUMNS.format(what="held-out family (model trained without it)")]
+    notes = []
+    for fam, run in runs.items():
+        out.append(lesion_row(fam, run.get("pooled", {})))
+        for g, v in run.get("by_group", {}).items():
+            out.append(lesion_row(f"{fam}, {g}", v))
+        notes.append(f"- without {fam}: trained on {', '.join(run['trained_on'])}, fine-tuned from `{run['init']}` "
+                     f"(whose weights had seen: {', '.join(run.get('init_saw', []))}); `{run['command']}`")
+    return "\n".join(out) + "\n\n" + "\n".join(notes) + "\n"
+
+
+def speck_table(summary: dict[str, Any]) -> str:
+    sweep = summary.get("speck_sweep")
+    if not sweep:
+        return ""
+    out = ["| minimum lesion volume [mm³] | lesion-wise F1 | sensitivity | PPV | lesion Dice | false lesions on unpainted "
+           "volumes (largest mm³) |", "|---|---|---|---|---|---|"]
+    for k, v in sweep.items():
+        out.append(f"| {k} | {_fmt(v.get('lesion_f1'))} | {_fmt(v.get('lesion_sensitivity'))} | "
+                   f"{_fmt(v.get('lesion_ppv'))} | {_fmt(v.get('lesion_dice'))} | "
+                   f"{v.get('false_lesions_unpainted', 'n/a')} ({_fmt(v.get('largest_false_lesion_mm3'), 1)}) |")
+    return "\n".join(out) + "\n"
+
+
+def _families(tr: dict[str, Any]) -> str:
+    sampler = tr.get("sampler", {})
+    fams = sampler.get("families")
+    if not fams:
+        return ""
+    app = sampler.get("appearance") or {}
+    lines = "".join(f"\n  - {FAMILY_TEXT.get(f, f)}" for f in fams)
+    look = (f"\n  Appearance randomised per lesion whatever the family (`appearance.py`): lesion/cord signal "
+            f"{app.get('ratio')} (log-uniform) in {int(100 * app.get('p_rescale', 0))} % of lesions, a hypointense "
+            f"part in {int(100 * app.get('p_hypo', 0))} %, partial-volume blur {app.get('blur_mm')} mm in "
+            f"{int(100 * app.get('p_blur', 0))} %." if app else "")
+    return f"- Lesion families in this stage (equal odds per patch; the label is what a reader outlines):{lines}{look}\n"
+
+
 def lineage(tr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(label, training record) of every stage, first run first, this version last.
 
@@ -240,6 +325,22 @@ Per case:
 
 {chr(10).join(per_case)}
 {_by_group(rows)}
+### Lesions by family and acquisition group
+
+Painted by each family's own generator in its own look (no appearance randomisation), in the
+acquisition grid of the validation subjects (`ax_t2`: the sagittal validation volume seen through
+5 mm axial slabs). Families seen in training: these show subject generalisation only.
+
+{family_tables(result.get('summary', {}))}
+### Leave-one-family-out
+
+{lofo_table(meta.folder) or "Not run for this version."}
+### Speck rule
+
+The same predictions with lesion components under a minimum volume dropped
+(`pipelines.NAME.min_lesion_volume_mm3`):
+
+{speck_table(result.get('summary', {})) or "Not measured for this version."}
 ## Data and licences
 
 All images are real public data, copied unchanged into `/work/shared/data` (its README keeps
@@ -257,7 +358,7 @@ are the same person and both in training. Unlabelled volumes were not used.
   {sum(1 for _ in arch.get('filters', []))} levels; sliding-window tile {list(meta.patch_size)}.
 - Patches {tr.get('train_patch')} × batch {tr.get('batch')}, {int(100 * tr.get('sampler', {}).get('p_foreground', 0))} % centred on the cord
   (foreground oversampling as nnU-Net), sampling weight per acquisition group.
-{_stages(tr)}- Synthetic lesions (`inference/train/lesions.py`): 0 ({int(100 * tr.get('sampler', {}).get('lesions', {}).get('p_lesion_free', 0.25))} % of patches) to {tr.get('sampler', {}).get('lesions', {}).get('max_lesions', 3)} per patch; irregular
+{_stages(tr)}{_families(tr)}- Synthetic lesions (`inference/train/lesions.py`): 0 ({int(100 * tr.get('sampler', {}).get('lesions', {}).get('p_lesion_free', 0.25))} % of patches) to {tr.get('sampler', {}).get('lesions', {}).get('max_lesions', 3)} per patch; irregular
   (smoothed noise on an ellipsoid), elongated along the local cord centerline, 2–40 mm long,
   hyperintense towards the CSF level with an edema-like falloff, 25 % with a hypointense
   haemorrhagic core, 35 % centred on the cord border; label = painted voxels inside the cord.
@@ -265,7 +366,7 @@ are the same person and both in training. Unlabelled volumes were not used.
 - Augmentation (`inference/train/augment.py`): rotation, scaling, elastic-lite, left-right
   mirroring only, noise, blur, brightness, contrast, gamma, low-resolution simulation, plus
   simulated clinical acquisitions: thick sagittal slices (3–4 mm), thick axial slices
-  (3–6 mm), anisotropic in-plane pixels, bias field, partial field of view.
+  (3–8 mm), anisotropic in-plane pixels, bias field, partial field of view.
 - Loss BCE + soft Dice per region; {tr.get('optimizer')}; {tr.get('iterations')} iterations,
   {tr.get('patches')} patches, {tr.get('minutes')} min of training on {tr.get('device')} (2 cores shared with
   other jobs: {sec_per_it:.2f} s per iteration on average; validation time excluded); seed {tr.get('seed')}.

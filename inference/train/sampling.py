@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from inference.train.appearance import AppearanceConfig, randomize
 from inference.train.augment import AugmentConfig, as_acquired, intensity, mirror_lr, spatial
 from inference.train.data import BY_KEY, CachedVolume
-from inference.train.lesions import LesionConfig, paint_lesions
+from inference.train.families import FAMILY_NAMES, family
+from inference.train.families import painter
+from inference.train.lesions import LesionConfig
 
 GROUP_WEIGHTS = {"sag_t2": 0.5, "ax_t2star": 0.3, "crop": 0.2}
 
@@ -25,24 +28,38 @@ class SamplerConfig:
     margin: float = 1.25  # crop = patch * margin, so rotations/scaling have real image to sample
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    lesions: LesionConfig = field(default_factory=LesionConfig)
+    lesions: LesionConfig = field(default_factory=LesionConfig)  # the painter family's ranges
+    # lesion families drawn from (equal odds); leave-one-family-out training drops one
+    families: tuple[str, ...] = FAMILY_NAMES
+    appearance: AppearanceConfig | None = field(default_factory=AppearanceConfig)  # None: families' own look
     # painted lesions seen through thick source slices (augment.as_acquired); off = sharp at model spacing
     lesions_as_acquired: bool = True
 
 
 def paint_cached(vol: CachedVolume, img: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, float],
                  rng: np.random.Generator, cfg: LesionConfig = LesionConfig(), n_lesions: int | None = None,
-                 focus: tuple[slice, ...] | None = None, acquired: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(image, lesion label) with lesions painted into a crop of a cached volume.
+                 focus: tuple[slice, ...] | None = None, acquired: bool = True, family_name: str = "painter",
+                 appearance: AppearanceConfig | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, cord incl. lesion, lesion label) with lesions painted into a crop of a cached volume.
 
     One place for what every model-space painting needs (the sampler, the quick validation and
-    the threshold calibration): the volume's own cord/CSF levels, its contrast's lesion sign, and
-    with `acquired` the change seen through the source's thick slices (`as_acquired`).
+    the threshold calibration): the volume's own cord/CSF levels, its contrast's lesion sign, the
+    family's shapes (`family_name`; the painter with `cfg`), the appearance randomisation, and
+    with `acquired` the change seen through the source's thick slices (`as_acquired`). The cord
+    comes back too: a family may swell or thin it.
     """
     sign = BY_KEY[vol.key].lesion_sign if vol.key in BY_KEY else 1.0
-    out, label, _ = paint_lesions(img, cord > 0, spacing, rng, cfg, n_lesions=n_lesions,
-                                  levels=(vol.cord_level, vol.csf_level), sign=sign, focus=focus)
-    return (as_acquired(img, out, vol.slab) if acquired else out), label
+    levels = (vol.cord_level, vol.csf_level)
+    if family_name == "painter":
+        painted = painter.paint(img, cord > 0, spacing, rng, levels, sign=sign, focus=focus,
+                                n_lesions=n_lesions, cfg=cfg)
+    else:
+        painted = family(family_name)(img, cord > 0, spacing, rng, levels, sign=sign, focus=focus,
+                                      n_lesions=n_lesions)
+    if appearance is not None:
+        painted = randomize(img, painted, levels, vol.air, rng, sign=sign, spacing=spacing, cfg=appearance)
+    out = as_acquired(img, painted.image, vol.slab) if acquired else painted.image
+    return out, painted.cord.astype(np.uint8), painted.lesion
 
 
 class PatchSampler:
@@ -80,11 +97,13 @@ class PatchSampler:
         lo = np.round(center - crop_shape / 2).astype(int)
         img, cord, les = (self._crop(a, lo, crop_shape, fill) for a, fill in
                           ((vol.image, vol.air), (vol.cord, 0), (vol.lesion, 0)))
-        if cord.any():
+        if cord.any() and cfg.families and rng.random() >= cfg.lesions.p_lesion_free:
             inner_lo = np.round(center - lo - (patch - 1) / 2.0).astype(int)
             focus = tuple(slice(int(a), int(a + p)) for a, p in zip(inner_lo, patch))
-            img, painted = paint_cached(vol, img, cord, cfg.spacing, rng, cfg.lesions, focus=focus,
-                                        acquired=cfg.lesions_as_acquired)
+            name = cfg.families[int(rng.integers(len(cfg.families)))]
+            img, cord, painted = paint_cached(vol, img, cord, cfg.spacing, rng, cfg.lesions, focus=focus,
+                                              acquired=cfg.lesions_as_acquired, family_name=name,
+                                              appearance=cfg.appearance)
             les = np.maximum(les, painted)
         cord = np.maximum(cord, les)
         t_img = torch.from_numpy(img)[None]

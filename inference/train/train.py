@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from inference import heap
 from inference.models.registry import LoadedModel, ModelMeta, build_network, read_meta, save_model
 from inference.train.data import CachedVolume, build_cache, load_split
+from inference.train.families import FAMILY_NAMES, check_families
 from inference.train.lesions import LesionConfig
 from inference.train.sampling import PatchSampler, SamplerConfig
 
@@ -138,7 +139,10 @@ class QuickVal:
     """Fast validation in model space: cord Dice on the real masks (cropped around the cord) and
     lesion Dice on lesions painted once with a fixed seed. The full evaluation is evaluate.py."""
 
-    def __init__(self, volumes: list[CachedVolume], spacing: tuple[float, float, float], seed: int = 1234) -> None:
+    def __init__(self, volumes: list[CachedVolume], spacing: tuple[float, float, float], seed: int = 1234,
+                 families: tuple[str, ...] = ("painter",)) -> None:
+        """One painted copy of each volume per family trained on: the held-out family of a
+        leave-one-family-out run plays no part in choosing its weights."""
         from inference.train.sampling import paint_cached
 
         rng = np.random.default_rng(seed)
@@ -149,8 +153,10 @@ class QuickVal:
             hi = np.minimum(idx.max(0) + 25, v.image.shape)
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             img, cord = v.image[sl], v.cord[sl]
-            painted, les = paint_cached(v, img, cord, spacing, rng, n_lesions=3)  # as evaluate.py's look
-            self.items.append((v.key + "+lesions", painted, np.maximum(cord, les), les))
+            for name in families:
+                painted, cord_p, les = paint_cached(v, img, cord, spacing, rng, n_lesions=3 if name == "painter" else None,
+                                                    family_name=name)
+                self.items.append((f"{v.key}+{name}", painted, np.maximum(cord_p, les), les))
 
     def __call__(self, model: LoadedModel) -> dict[str, float]:
         from inference.engine import postprocess, predict_model_space
@@ -202,7 +208,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of patches centred on the cord")
     p.add_argument("--p-lesion-free", type=float, default=LesionConfig.p_lesion_free,
                    help="share of cord patches left without painted lesions (a lesion-focused fine-tune lowers it)")
+    p.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), metavar="FAMILY",
+                   help=f"lesion families painted into patches (default all: {' '.join(FAMILY_NAMES)})")
+    p.add_argument("--exclude-family", default=None, metavar="FAMILY",
+                   help="leave this family out (leave-one-family-out: evaluate the model on it with "
+                        "`evaluate --families FAMILY`)")
     return p.parse_args(argv)
+
+
+def training_families(args: argparse.Namespace) -> tuple[str, ...]:
+    """--families less --exclude-family, validated; SystemExit naming the option otherwise."""
+    try:
+        families = check_families(args.families, "--families")
+        if args.exclude_family is not None:
+            check_families([args.exclude_family], "--exclude-family")
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    left = tuple(f for f in families if f != args.exclude_family)
+    if not left:
+        raise SystemExit("--families/--exclude-family: no lesion family left to train on")
+    return left
 
 
 def run_history(log_path: Path) -> list[str]:
@@ -266,11 +291,12 @@ def train(args: argparse.Namespace,
         val_vols = build_cache(split["val"], spacing, args.cache)
     else:
         train_vols, val_vols = volumes
+    families = training_families(args)
     cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
-                        lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free))
+                        lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families)
     # a resumed run reseeds from (seed, iteration): reproducible, never repeats the same patches
     stream = patch_stream(train_vols, cfg, args.seed * 100003 + state["iteration"], args.batch, args.workers)
-    quick_val = QuickVal(val_vols, spacing)
+    quick_val = QuickVal(val_vols, spacing, families=families)
     budget = args.minutes * 60.0
     _log(log_path, {"event": "start", "resume": bool(args.resume), "iteration": state["iteration"],
                     "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
@@ -294,6 +320,8 @@ def train(args: argparse.Namespace,
             "history": run_history(log_path),
             "quick_val": {k: round(v, 4) for k, v in metrics.items()},
             "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
+                        "families": list(cfg.families),
+                        "appearance": asdict(cfg.appearance) if cfg.appearance is not None else None,
                         "augment": asdict(cfg.augment)},
             "lr": args.lr,
         }
@@ -356,6 +384,7 @@ def train(args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
     heap.configure()  # before threads start (data loader threads, if any)
     args = parse_args(argv)
+    args.families = list(training_families(args))
     train(args)
     return 0
 
