@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from inference.lesion_filter import check_min_volume
+from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3, check_min_volume
 from inference.models.spec import NNUNET_OPTIONS, nnunet_spec
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
@@ -87,7 +87,7 @@ class ModelSettings:
 @dataclass
 class PipelineSettings:
     model: str = "default"  # key in `models`
-    min_lesion_volume_mm3: float = 0.0  # lesion components under this are dropped before measuring (0 = keep all)
+    min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3  # smaller lesion components are dropped (0 = keep all)
 
 
 @dataclass

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `dicom-node segment` (cord + lesion masks, probabilities and measurements)."""
+    from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3
+
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="NIfTI file (.nii/.nii.gz) or folder with the DICOM files of one series; several "
                         "inputs are a cohort: the model is loaded once, each case gets DIR/NAME/, and "
@@ -27,9 +29,10 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for torch (0 = torch default)")
     p.add_argument("--qc-png", action="store_true", help="also write qc.png (sagittal + axial overlays)")
-    p.add_argument("--min-lesion-volume", type=float, default=0.0, metavar="MM3",
+    p.add_argument("--min-lesion-volume", type=float, default=DEFAULT_MIN_LESION_VOLUME_MM3, metavar="MM3",
                    help="drop lesion components smaller than this before measuring (as sct_deepseg "
-                        "-remove-small; default 0 = keep every component)")
+                        f"-remove-small; default {DEFAULT_MIN_LESION_VOLUME_MM3:g}, the pipelines' default; "
+                        "0 = keep every component)")
 
 
 def run_segment(args: argparse.Namespace) -> int:

@@ -3,8 +3,9 @@
 Why: a network's lesion channel leaves specks of one or a few voxels (a bright central canal,
 noise at the cord edge). Measured as they are, each becomes a "lesion" in the SR and a segment
 in the SEG. Spinal Cord Toolbox offers the same clean-up as `sct_deepseg -remove-small`; here it
-is a pipeline setting (`pipelines.NAME.min_lesion_volume_mm3`), off (0) by default so that the
-lesion mask stays what the model (or nnU-Net) gives.
+is a pipeline setting (`pipelines.NAME.min_lesion_volume_mm3`) and `dicom-node segment
+--min-lesion-volume`, both defaulting to `DEFAULT_MIN_LESION_VOLUME_MM3` (0 keeps the lesion
+mask as the model, or nnU-Net, gives it).
 
 Components are found with the connectivity the measurements use (18: faces and edges, see
 LESION_METRICS.md), so a kept component is exactly one measured lesion.
@@ -15,6 +16,9 @@ import math
 
 import numpy as np
 
+# Chosen on the validation subjects (model card, "Speck rule"): the smallest minimum volume with no
+# false lesion on the unpainted validation volumes; larger ones also drop small true lesions.
+DEFAULT_MIN_LESION_VOLUME_MM3 = 5.0
 LESION_CONNECTIVITY = 2  # in 3D: 18-connectivity (faces and edges), how lesions are counted everywhere here
 
 

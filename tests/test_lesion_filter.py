@@ -126,9 +126,36 @@ def test_seg_and_sr_name_the_minimum_as_an_algorithm_parameter(tmp_path) -> None
 
 def test_config_reads_the_minimum_per_pipeline_and_refuses_a_negative_one(tmp_path) -> None:
     path = tmp_path / "node.yaml"
-    path.write_text("pipelines:\n  spinal_cord:\n    model: default\n    min_lesion_volume_mm3: 5\n")
-    assert load_config(path).pipelines["spinal_cord"].min_lesion_volume_mm3 == 5.0
-    assert load_config(None).pipelines["spinal_cord"].min_lesion_volume_mm3 == 0.0
+    from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3
+
+    path.write_text("pipelines:\n  spinal_cord:\n    model: default\n    min_lesion_volume_mm3: 12\n")
+    assert load_config(path).pipelines["spinal_cord"].min_lesion_volume_mm3 == 12.0
+    assert load_config(None).pipelines["spinal_cord"].min_lesion_volume_mm3 == DEFAULT_MIN_LESION_VOLUME_MM3
     path.write_text("pipelines:\n  spinal_cord:\n    model: default\n    min_lesion_volume_mm3: -1\n")
     with pytest.raises(ConfigError, match=r"pipelines\.spinal_cord\.min_lesion_volume_mm3"):
         load_config(path)
+
+
+def test_the_speck_rule_is_one_default_for_the_node_the_config_file_and_the_offline_tool() -> None:
+    """The chosen minimum (model card, "Speck rule") is the pipelines' default, what
+    config/default.yaml states, and `dicom-node segment`'s default: the node and the offline tool
+    report the same lesions."""
+    import argparse
+    from pathlib import Path
+
+    from dicom_node.config import PipelineSettings
+    from inference.cli import add_segment_arguments
+    from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3
+
+    assert DEFAULT_MIN_LESION_VOLUME_MM3 > 0, "one-voxel components are not reported by default"
+    assert PipelineSettings().min_lesion_volume_mm3 == DEFAULT_MIN_LESION_VOLUME_MM3
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("config/default.yaml", "deploy/node.yaml"):
+        cfg = load_config(repo / name) if name == "config/default.yaml" else None
+        text = (repo / name).read_text()
+        assert f"min_lesion_volume_mm3: {DEFAULT_MIN_LESION_VOLUME_MM3:g} " in text, name
+        if cfg is not None:
+            assert cfg.pipelines["spinal_cord"].min_lesion_volume_mm3 == DEFAULT_MIN_LESION_VOLUME_MM3
+    parser = argparse.ArgumentParser()
+    add_segment_arguments(parser)
+    assert parser.parse_args(["x.nii.gz", "--out", "o"]).min_lesion_volume == DEFAULT_MIN_LESION_VOLUME_MM3
