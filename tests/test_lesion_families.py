@@ -233,3 +233,16 @@ def test_lofo_knows_which_families_the_starting_weights_saw():
     from inference.train.lofo import seen_by
 
     assert seen_by("inference/models/spinecord-t2") in (["painter"], list(FAMILY_NAMES))
+
+
+def test_family_picture_is_written_for_the_card(tmp_path):
+    from PIL import Image
+
+    from inference.train.pictures import main
+
+    assert main(["--out", str(tmp_path), "--families", "cyst"]) == 0
+    im = Image.open(tmp_path / "cyst.png")
+    pixels = np.asarray(im.convert("RGB")).astype(int)
+    assert im.width > 200 and im.height > 100
+    assert ((pixels[..., 0] - pixels[..., 1]) > 60).any(), "the label is drawn in red"
+    assert main(["--out", str(tmp_path), "--families", "nope"]) == 1

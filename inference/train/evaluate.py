@@ -350,6 +350,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lesions", type=int, default=3, help="lesions painted per copy")
     parser.add_argument("--json", type=Path, default=None, help="write all rows + summary here")
     parser.add_argument("--card", action="store_true", help="(re)write MODEL_CARD.md in the model folder")
+    parser.add_argument("--from-json", type=Path, default=None, metavar="EVALUATION_JSON",
+                        help="with --card: write the card from this earlier result instead of evaluating again "
+                             "(e.g. after lofo.json was added to the model folder)")
     parser.add_argument("--cases", nargs="+", default=None, help="subset of the validation volumes (quick checks)")
     parser.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), metavar="FAMILY",
                         help="lesion families painted into the validation copies (leave-one-family-out: the "
@@ -377,6 +380,13 @@ def run(args: argparse.Namespace) -> int:
     except ModelError as exc:
         print(f"evaluate: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "from_json", None) is not None:
+        if not args.card:
+            print("evaluate: --from-json only rewrites the card: add --card", file=sys.stderr)
+            return 2
+        result = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        print(f"wrote {write_card(meta, result)}")
+        return 0
     try:
         families = check_families(args.families, "--families")
         result = evaluate(args.model, list(args.seeds), int(args.lesions), log=lambda m: print(m, flush=True),

@@ -57,6 +57,7 @@ def run_one(held_out: str, args: argparse.Namespace, log=print) -> dict[str, Any
                 "--exclude-family", held_out, "--seed", str(args.seed), "--lr", str(args.lr),
                 "--filters", *map(str, args.filters), "--patch", *map(str, args.patch),
                 "--infer-patch", *map(str, args.infer_patch), "--batch", "2", "--p-foreground", "0.9",
+                "--p-lesion-free", str(args.p_lesion_free),
                 "--val-minutes", str(args.minutes / 2.0), "--threads", str(args.threads),
                 "--version", f"lofo-without-{held_out}"]
         if (folder / "checkpoint.pt").is_file():
@@ -83,7 +84,7 @@ def run_one(held_out: str, args: argparse.Namespace, log=print) -> dict[str, Any
             "by_group": {g.split("/")[1]: {k: v[k] for k in KEEP if k in v}
                          for g, v in s.get("by_family_group", {}).items() if g.startswith(held_out + "/")},
             "command": (f".venv/bin/python -m inference.train.lofo --out {args.out} --minutes {args.minutes} "
-                        f"--init {args.init} --families {held_out}")}
+                        f"--init {args.init} --p-lesion-free {args.p_lesion_free} --families {held_out}")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[101, 202])
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--lr", type=float, default=0.001)
+    p.add_argument("--p-lesion-free", type=float, default=0.35)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--filters", type=int, nargs="+", default=[6, 12, 24, 48, 96])
     p.add_argument("--patch", type=int, nargs=3, default=[32, 48, 64])

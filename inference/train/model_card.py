@@ -104,6 +104,17 @@ def family_tables(summary: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def family_pictures(folder: Path) -> str:
+    """Links to FOLDER/families/NAME.png (`python -m inference.train.pictures`), where present."""
+    found = [f for f in FAMILY_TEXT if (Path(folder) / "families" / f"{f}.png").is_file()]
+    if not found:
+        return ""
+    links = "\n".join(f"- {f}: ![{f}](families/{f}.png)" for f in found)
+    return ("\nWhat each family paints into the validation subject errsm_21 (sagittal slice through the largest "
+            "lesion, then the axial slice; label in red; `python -m inference.train.pictures --out "
+            f"{Path(folder).as_posix()}/families`):\n\n{links}\n")
+
+
 def lofo_table(folder: Path) -> str:
     """The leave-one-family-out table from FOLDER/lofo.json (written by `inference.train.lofo`)."""
     path = Path(folder) / "lofo.json"
@@ -331,7 +342,7 @@ Painted by each family's own generator in its own look (no appearance randomisat
 acquisition grid of the validation subjects (`ax_t2`: the sagittal validation volume seen through
 5 mm axial slabs). Families seen in training: these show subject generalisation only.
 
-{family_tables(result.get('summary', {}))}
+{family_tables(result.get('summary', {}))}{family_pictures(meta.folder)}
 ### Leave-one-family-out
 
 {lofo_table(meta.folder) or "Not run for this version."}
