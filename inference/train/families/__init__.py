@@ -32,6 +32,12 @@ class Painted:
     cord: np.ndarray  # bool
     instances: np.ndarray  # uint8
 
+    @classmethod
+    def blank(cls, image: np.ndarray, cord: np.ndarray) -> "Painted":
+        """Nothing painted yet: a float32 copy of the image, the cord as bool, no lesion."""
+        cord = np.asarray(cord) > 0
+        return cls(np.asarray(image, np.float32).copy(), cord, np.zeros(cord.shape, np.uint8))
+
     @property
     def lesion(self) -> np.ndarray:
         return (self.instances > 0).astype(np.uint8)

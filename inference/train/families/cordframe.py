@@ -53,6 +53,14 @@ class CordFrame:
         return (np.broadcast_to(lr, shape), np.broadcast_to(ap, shape), np.broadcast_to(z, shape))
 
 
+def stretch_box(frame: CordFrame, shape: tuple[int, ...], zc: int, half_mm: float) -> tuple[slice, slice, slice]:
+    """Whole axial slices from `half_mm` below to `half_mm` above slice `zc` (one slice margin)."""
+    sz = frame.spacing[2]
+    z0 = max(int(np.floor(zc - half_mm / sz)) - 1, 0)
+    z1 = min(int(np.ceil(zc + half_mm / sz)) + 2, shape[2])
+    return (slice(0, shape[0]), slice(0, shape[1]), slice(z0, z1))
+
+
 def cord_frame(cord: np.ndarray, spacing: tuple[float, float, float], smooth_mm: float = 4.0) -> CordFrame:
     """CordFrame of a cord mask (RAS, cord along axis 2); ValueError if the mask is empty."""
     cord = np.asarray(cord) > 0

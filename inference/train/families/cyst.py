@@ -14,7 +14,8 @@ import numpy as np
 from scipy import ndimage
 
 from inference.train.families import Painted
-from inference.train.families.cordframe import cord_frame, pick_center_slice, radial_warp, stretch_profile
+from inference.train.families.cordframe import (cord_frame, pick_center_slice, radial_warp, stretch_box,
+                                                stretch_profile)
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,12 @@ def paint(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, floa
           rng: np.random.Generator, levels: tuple[float, float], sign: float = 1.0,
           focus: tuple[slice, ...] | None = None, n_lesions: int | None = None,
           r: CystRanges = RANGES) -> Painted:
-    cord = np.asarray(cord) > 0
-    out = np.asarray(image, np.float32).copy()
-    instances = np.zeros(cord.shape, np.uint8)
+    blank = Painted.blank(image, cord)
+    out, cord, instances = blank.image, blank.cord, blank.instances
     if n_lesions is None:
         n_lesions = 1 if rng.random() < 0.8 else 2
     if n_lesions == 0 or not cord.any():
-        return Painted(out, cord, instances)
+        return blank
     cord_level, ref = levels
     delta = ref - cord_level
     sp = np.asarray(spacing, float)
@@ -78,9 +78,8 @@ def _cavity(cord: np.ndarray, frame, zc: int, length: float, rng: np.random.Gene
     """Chained ellipsoidal loculi along the cord, each with its own width."""
     sz = frame.spacing[2]
     half = length / 2.0
-    z0 = max(int(np.floor(zc - half / sz)) - 1, 0)
-    z1 = min(int(np.ceil(zc + half / sz)) + 2, cord.shape[2])
-    box = (slice(0, cord.shape[0]), slice(0, cord.shape[1]), slice(z0, z1))
+    box = stretch_box(frame, cord.shape, zc, half)
+    z0, z1 = box[2].start, box[2].stop
     lr, ap, z = frame.offsets_mm(box)
     a = frame.half_lr[z0:z1][None, None, :]
     b = frame.half_ap[z0:z1][None, None, :]

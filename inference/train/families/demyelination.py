@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.train.families import Painted
-from inference.train.families.cordframe import cord_frame, pick_center_slice
+from inference.train.families.cordframe import cord_frame, pick_center_slice, stretch_box
 
 COLUMNS = {"dorsal": (0.0, -1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0),
            "dorsolateral_l": (-0.7, -0.7), "dorsolateral_r": (0.7, -0.7)}  # RAS: +x right, +y anterior
@@ -42,11 +42,10 @@ def paint(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, floa
           focus: tuple[slice, ...] | None = None, n_lesions: int | None = None,
           r: DemyelinationRanges = RANGES) -> Painted:
     """NMOSD-like (one long central lesion) with probability `p_nmosd`, else MS-like (1-4 small)."""
-    cord = np.asarray(cord) > 0
-    out = np.asarray(image, np.float32).copy()
-    instances = np.zeros(cord.shape, np.uint8)
+    blank = Painted.blank(image, cord)
+    out, cord, instances = blank.image, blank.cord, blank.instances
     if n_lesions == 0 or not cord.any():
-        return Painted(out, cord, instances)
+        return blank
     delta = levels[1] - levels[0]
     frame = cord_frame(cord, spacing)
     nmosd = rng.random() < r.p_nmosd
@@ -67,13 +66,6 @@ def paint(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, floa
     return Painted(out, cord | (instances > 0), instances)
 
 
-def _box(cord: np.ndarray, frame, zc: int, half_mm: float) -> tuple[slice, slice, slice]:
-    sz = frame.spacing[2]
-    z0 = max(int(np.floor(zc - half_mm / sz)) - 1, 0)
-    z1 = min(int(np.ceil(zc + half_mm / sz)) + 2, cord.shape[2])
-    return (slice(0, cord.shape[0]), slice(0, cord.shape[1]), slice(z0, z1))
-
-
 def _smooth(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
     return ndimage.gaussian_filter(mask.astype(np.float32), sigma=np.maximum(mm / np.asarray(spacing), 0.3))
 
@@ -82,7 +74,7 @@ def _ovoid(cord: np.ndarray, frame, zc: int, rng: np.random.Generator,
            r: DemyelinationRanges) -> tuple[np.ndarray, np.ndarray]:
     """A small homogeneous ellipsoid in a white-matter column, at the cord's periphery."""
     length = float(rng.uniform(*r.ms_length_mm))
-    box = _box(cord, frame, zc, length / 2.0 + 1.0)
+    box = stretch_box(frame, cord.shape, zc, length / 2.0 + 1.0)
     lr, ap, z = frame.offsets_mm(box)
     a = frame.half_lr[zc]
     b = frame.half_ap[zc]
@@ -107,7 +99,7 @@ def _letm(cord: np.ndarray, frame, zc: int, rng: np.random.Generator,
           r: DemyelinationRanges) -> tuple[np.ndarray, np.ndarray]:
     """A long central lesion, its width and signal varying along the cord."""
     length = float(rng.uniform(*r.nmosd_length_mm))
-    box = _box(cord, frame, zc, length / 2.0 + 1.0)
+    box = stretch_box(frame, cord.shape, zc, length / 2.0 + 1.0)
     lr, ap, z = frame.offsets_mm(box)
     a = frame.half_lr[box[2]][None, None, :]
     b = frame.half_ap[box[2]][None, None, :]
