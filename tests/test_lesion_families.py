@@ -219,10 +219,11 @@ def test_card_tables_show_each_family_the_held_out_runs_and_the_speck_rule(tmp_p
     assert "| sag_t2 |" in text
     assert lofo_table(tmp_path) == ""
     (tmp_path / "lofo.json").write_text(json.dumps({"runs": {"cyst": {
-        "pooled": fam, "by_group": {"ax_t2star": fam}, "trained_on": ["painter", "contusion", "demyelination"],
+        "pooled": fam, "by_group": {"ax_t2star": fam}, "baseline": dict(fam, lesion_dice=0.5), "trained_on": ["painter", "contusion", "demyelination"],
         "init": "inference/models/spinecord-t2", "init_saw": ["painter"], "command": "python -m inference.train.lofo"}}}))
     text = lofo_table(tmp_path)
     assert "| cyst | 4 |" in text and "| cyst, ax_t2star |" in text
+    assert "| cyst, by the starting weights | 4 | 0.500 (0.400) |" in text
     assert "without cyst: trained on painter, contusion, demyelination" in text and "had seen: painter" in text
     sweep = speck_table({"speck_sweep": {"0": {"lesion_f1": 0.5, "false_lesions_unpainted": 2,
                                               "largest_false_lesion_mm3": 3.0}}})

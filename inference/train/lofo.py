@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--patch", type=int, nargs=3, default=[32, 48, 64])
     p.add_argument("--infer-patch", type=int, nargs=3, default=[64, 128, 160])
     p.add_argument("--card-folder", type=Path, default=None, help="also write lofo.json here (the model's folder)")
+    p.add_argument("--baseline", type=Path, default=None, metavar="EVALUATION_JSON",
+                   help="`evaluate --json` of the --init model on every family: its row per held-out family is "
+                        "shown beside the run's (what the starting weights did on that family)")
     args = p.parse_args(argv)
     try:
         held = check_families(args.families, "--families")
@@ -114,8 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     table_path = args.out / "lofo.json"
     table = json.loads(table_path.read_text()) if table_path.is_file() else {"runs": {}}
+    baseline = json.loads(args.baseline.read_text())["summary"] if args.baseline else None
     for fam in held:
         table["runs"][fam] = run_one(fam, args, log=lambda m: print(m, flush=True))
+        if baseline is not None and fam in baseline.get("by_family", {}):
+            table["runs"][fam]["baseline"] = {k: v for k, v in baseline["by_family"][fam].items() if k in KEEP}
         table_path.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
         print(json.dumps(table["runs"][fam]["pooled"]), flush=True)
     if args.card_folder is not None:

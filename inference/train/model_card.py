@@ -129,6 +129,8 @@ def lofo_table(folder: Path) -> str:
     notes = []
     for fam, run in runs.items():
         out.append(lesion_row(fam, run.get("pooled", {})))
+        if "baseline" in run:
+            out.append(lesion_row(f"{fam}, by the starting weights", run["baseline"]))
         for g, v in run.get("by_group", {}).items():
             out.append(lesion_row(f"{fam}, {g}", v))
         notes.append(f"- without {fam}: trained on {', '.join(run['trained_on'])}, fine-tuned from `{run['init']}` "
