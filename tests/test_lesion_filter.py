@@ -159,3 +159,24 @@ def test_the_speck_rule_is_one_default_for_the_node_the_config_file_and_the_offl
     parser = argparse.ArgumentParser()
     add_segment_arguments(parser)
     assert parser.parse_args(["x.nii.gz", "--out", "o"]).min_lesion_volume == DEFAULT_MIN_LESION_VOLUME_MM3
+
+
+@pytest.mark.slow
+def test_the_default_rule_leaves_no_speck_on_the_demo_samples() -> None:
+    """What `make demo` shows: no lesion in the healthy volunteer, one in the lesion sample (SCT
+    measures its ground truth at 83.5 mm³), with the shipped model and the default speck rule."""
+    from pathlib import Path
+
+    from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3
+    from inference.pipeline import resolve_model
+    from inference.volume import load_volume
+
+    sample = Path(__file__).resolve().parents[1] / "dicom_node" / "sample"
+    model = resolve_model("builtin:spinecord-t2", device="cpu")
+    healthy = pipeline.analyze(load_volume(sample / "errsm_21_t2.nii.gz"), model,
+                               min_lesion_volume_mm3=DEFAULT_MIN_LESION_VOLUME_MM3).measurements
+    assert healthy["lesion_count"] == 0, healthy["lesions"]
+    lesion = pipeline.analyze(load_volume(sample / "t2_fake_lesion.nii.gz"), model,
+                              min_lesion_volume_mm3=DEFAULT_MIN_LESION_VOLUME_MM3).measurements
+    assert lesion["lesion_count"] == 1
+    assert lesion["lesions"][0]["volume_mm3"] == pytest.approx(83.5, rel=0.25)

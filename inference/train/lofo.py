@@ -35,13 +35,9 @@ KEEP = ("lesion_dice", "lesion_dice_min", "lesion_sensitivity", "lesion_ppv", "l
 def seen_by(model_folder: str) -> list[str]:
     """Families a model's weights have seen, through its whole fine-tune chain."""
     from inference.models.registry import read_meta
-    from inference.train.model_card import lineage
+    from inference.train.model_card import families_seen
 
-    tr = read_meta(model_folder).extra.get("training", {})
-    seen: set[str] = set()
-    for _, stage in lineage(tr):
-        seen |= set(stage.get("sampler", {}).get("families", ["painter"]))
-    return [f for f in FAMILY_NAMES if f in seen]
+    return families_seen(read_meta(model_folder).extra.get("training", {}))
 
 
 def run_one(held_out: str, args: argparse.Namespace, log=print) -> dict[str, Any]:

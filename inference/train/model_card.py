@@ -95,12 +95,23 @@ def lesion_row(label: str, v: dict[str, Any]) -> str:
             f"{_fmt(v.get('max_axial_damage_ratio_mean_abs_error'), 3)} |")
 
 
-def family_tables(summary: dict[str, Any]) -> str:
-    """Lesion metrics per family and per acquisition group (validation subjects, families seen in training)."""
+def families_seen(tr: dict[str, Any]) -> list[str]:
+    """Lesion families a model's weights have seen, through its whole fine-tune chain (the painter
+    alone for stages trained before the families existed)."""
+    seen: set[str] = set()
+    for _, stage in lineage(tr):
+        seen |= set(stage.get("sampler", {}).get("families", ["painter"]))
+    return [f for f in FAMILY_TEXT if f in seen]
+
+
+def family_tables(summary: dict[str, Any], seen: list[str] | None = None) -> str:
+    """Lesion metrics per family and per acquisition group (validation subjects); a family the
+    model never saw in training is marked, since its row is a held-out result."""
     if "by_family" not in summary:
         return ""
     out = [LESION_COLUMNS.format(what="family")]
-    out += [lesion_row(f, v) for f, v in summary["by_family"].items()]
+    out += [lesion_row(f if seen is None or f in seen else f"{f} (never seen in training)", v)
+            for f, v in summary["by_family"].items()]
     out += ["", LESION_COLUMNS.format(what="acquisition group")]
     out += [lesion_row(g, v) for g, v in summary.get("by_group", {}).items()]
     return "\n".join(out) + "\n"
@@ -344,9 +355,10 @@ Per case:
 
 Painted by each family's own generator in its own look (no appearance randomisation), in the
 acquisition grid of the validation subjects (`ax_t2`: the sagittal validation volume seen through
-5 mm axial slabs). Families seen in training: these show subject generalisation only.
+5 mm axial slabs). This model's weights have seen {', '.join(families_seen(tr))}: rows of those
+families show generalisation to new subjects only, the others to a kind of lesion never seen.
 
-{family_tables(result.get('summary', {}))}{family_pictures(meta.folder)}
+{family_tables(result.get('summary', {}), families_seen(tr))}{family_pictures(meta.folder)}
 ### Leave-one-family-out
 
 {lofo_table(meta.folder) or "Not run for this version."}
