@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from inference import heap
 from inference.models.registry import LoadedModel, ModelMeta, build_network, read_meta, save_model
+from inference.train.appearance import AppearanceConfig
 from inference.train.data import CachedVolume, build_cache, load_split
 from inference.train.families import FAMILY_NAMES, check_families
 from inference.train.lesions import LesionConfig
@@ -210,6 +211,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of cord patches left without painted lesions (a lesion-focused fine-tune lowers it)")
     p.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), metavar="FAMILY",
                    help=f"lesion families painted into patches (default all: {' '.join(FAMILY_NAMES)})")
+    p.add_argument("--appearance-ratio", type=float, nargs=2, default=list(AppearanceConfig.ratio), metavar=("LO", "HI"),
+                   help="lesion / cord signal range of the appearance randomisation")
     p.add_argument("--exclude-family", default=None, metavar="FAMILY",
                    help="leave this family out (leave-one-family-out: evaluate the model on it with "
                         "`evaluate --families FAMILY`)")
@@ -293,7 +296,9 @@ def train(args: argparse.Namespace,
         train_vols, val_vols = volumes
     families = training_families(args)
     cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
-                        lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families)
+                        lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families,
+                        appearance=replace(AppearanceConfig(), ratio=tuple(getattr(args, "appearance_ratio",
+                                                                                    AppearanceConfig.ratio))))
     # a resumed run reseeds from (seed, iteration): reproducible, never repeats the same patches
     stream = patch_stream(train_vols, cfg, args.seed * 100003 + state["iteration"], args.batch, args.workers)
     quick_val = QuickVal(val_vols, spacing, families=families)
