@@ -39,7 +39,8 @@ class AugmentConfig:
     p_lowres: float = 0.2
     p_gamma: float = 0.3
     p_thick_sag: float = 0.2  # 3-4 mm sagittal slices: averaged along X
-    p_thick_ax: float = 0.2  # 3-8 mm axial slices: averaged along Z
+    p_thick_ax: float = 0.2  # thick axial slices: averaged along Z
+    thick_ax_mm: tuple[float, float] = (3.0, 8.0)  # their thickness (models before 1.3 were trained with 3-6)
     p_aniso_inplane: float = 0.15
     p_bias: float = 0.25
     p_partial_fov: float = 0.1
@@ -173,7 +174,7 @@ def intensity(img: torch.Tensor, labels: torch.Tensor, rng: np.random.Generator,
     if rng.random() < cfg.p_thick_sag:
         img = thick_slices(img, 0, rng.uniform(3.0, 4.0))
     if rng.random() < cfg.p_thick_ax:
-        img = thick_slices(img, 2, rng.uniform(3.0, 8.0))
+        img = thick_slices(img, 2, rng.uniform(*cfg.thick_ax_mm))
     if rng.random() < cfg.p_aniso_inplane:
         img = thick_slices(img, int(rng.integers(0, 3)), rng.uniform(1.3, 2.0))
     if rng.random() < cfg.p_noise:

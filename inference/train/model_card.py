@@ -123,9 +123,14 @@ def family_pictures(folder: Path) -> str:
     if not found:
         return ""
     links = "\n".join(f"- {f}: ![{f}](families/{f}.png)" for f in found)
+    where = Path(folder).resolve()
+    try:
+        where = where.relative_to(Path.cwd())
+    except ValueError:
+        pass
     return ("\nWhat each family paints into the validation subject errsm_21 (sagittal slice through the largest "
             "lesion, then the axial slice; label in red; `python -m inference.train.pictures --out "
-            f"{Path(folder).as_posix()}/families`):\n\n{links}\n")
+            f"{where.as_posix()}/families`):\n\n{links}\n")
 
 
 def lofo_table(folder: Path) -> str:
@@ -146,7 +151,11 @@ def lofo_table(folder: Path) -> str:
             out.append(lesion_row(f"{fam}, {g}", v))
         notes.append(f"- without {fam}: trained on {', '.join(run['trained_on'])}, fine-tuned from `{run['init']}` "
                      f"(whose weights had seen: {', '.join(run.get('init_saw', []))}); `{run['command']}`")
-    return "\n".join(out) + "\n\n" + "\n".join(notes) + "\n"
+    intro = ("Each held-out family F: a model fine-tuned from the starting weights on every other family "
+             "(`train --exclude-family F`, same recipe, its own threshold calibration), scored on F; beside it "
+             "the starting weights on F, which never saw F either (the rows' notes name the starting weights, "
+             "e.g. a copy of this model as shipped).\n\n")
+    return intro + "\n".join(out) + "\n\n" + "\n".join(notes) + "\n"
 
 
 def speck_table(summary: dict[str, Any]) -> str:
@@ -263,6 +272,12 @@ def _as_acquired(tr: dict[str, Any]) -> str:
     return ("  On thick-slice sources (the axial T2*w, 2.5–5 mm slices) the painted change is averaged "
             "through the source slices and interpolated back (`augment.as_acquired`), as a real lesion in such "
             f"a series looks and as the evaluation's acquisition-grid painting looks: {where}.\n")
+
+
+def _thick_axial(tr: dict[str, Any]) -> str:
+    """The thick axial slice range the last stage trained with (recorded since it became a setting)."""
+    lo, hi = tr.get("sampler", {}).get("augment", {}).get("thick_ax_mm", (3.0, 6.0))
+    return f"{lo:g}–{hi:g}"
 
 
 def _final_folder(tr: dict[str, Any]) -> str:
@@ -393,7 +408,7 @@ are the same person and both in training. Unlabelled volumes were not used.
 - Augmentation (`inference/train/augment.py`): rotation, scaling, elastic-lite, left-right
   mirroring only, noise, blur, brightness, contrast, gamma, low-resolution simulation, plus
   simulated clinical acquisitions: thick sagittal slices (3–4 mm), thick axial slices
-  (3–8 mm), anisotropic in-plane pixels, bias field, partial field of view.
+  ({_thick_axial(tr)} mm), anisotropic in-plane pixels, bias field, partial field of view.
 - Loss BCE + soft Dice per region; {tr.get('optimizer')}; {tr.get('iterations')} iterations,
   {tr.get('patches')} patches, {tr.get('minutes')} min of training on {tr.get('device')} (2 cores shared with
   other jobs: {sec_per_it:.2f} s per iteration on average; validation time excluded); seed {tr.get('seed')}.
