@@ -248,3 +248,22 @@ def test_family_picture_is_written_for_the_card(tmp_path):
     assert im.width > 200 and im.height > 100
     assert ((pixels[..., 0] - pixels[..., 1]) > 60).any(), "the label is drawn in red"
     assert main(["--out", str(tmp_path), "--families", "nope"]) == 1
+
+
+def test_the_card_command_reproduces_the_families_and_the_look(tmp_path):
+    from inference.models.registry import read_meta
+    from inference.train.model_card import train_command
+
+    common = ["--minutes", "5", "--patch", "16", "16", "32", "--filters", "4", "8", "16", "--batch", "1",
+              "--workers", "0", "--threads", "1", "--val-minutes", "100", "--max-iters", "1"]
+    vols = ([fake_volume("a")], [fake_volume("v", 2)])
+    run = train_mod.train(train_mod.parse_args(["--out", str(tmp_path / "a"), "--exclude-family", "cyst",
+                                                "--no-appearance"] + common), volumes=vols)
+    meta = read_meta(run)
+    assert meta.extra["training"]["sampler"]["families"] == ["painter", "contusion", "demyelination"]
+    assert meta.extra["training"]["sampler"]["appearance"] is None
+    assert "--families painter contusion demyelination --no-appearance" in train_command(meta)
+    run = train_mod.train(train_mod.parse_args(["--out", str(tmp_path / "b"), "--appearance-ratio", "1.3", "3"]
+                                               + common), volumes=vols)
+    cmd = train_command(read_meta(run))
+    assert "--families" not in cmd and cmd.endswith("--appearance-ratio 1.3 3")

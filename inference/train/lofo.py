@@ -59,9 +59,7 @@ def run_one(held_out: str, args: argparse.Namespace, log=print) -> dict[str, Any
         if (folder / "checkpoint.pt").is_file():
             argv.append("--resume")
         log(f"lofo: training without {held_out} ({args.minutes} min)")
-        targs = train_mod.parse_args(argv)
-        targs.families = list(train_mod.training_families(targs))
-        train_mod.train(targs)
+        train_mod.train(train_mod.parse_args(argv))
     cal = json.loads((model / "model.json").read_text()).get("training", {}).get("threshold_calibration")
     if not cal:
         log(f"lofo: calibrating the lesion threshold without {held_out}")

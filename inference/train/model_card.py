@@ -224,11 +224,19 @@ def train_command(meta: ModelMeta) -> str:
 
 def _one_command(out: str, tr: dict[str, Any], meta: ModelMeta) -> str:
     budget = str(tr.get("optimizer", "")).split(" over ")[-1].split(" ")[0] or "60"
+    sampler = tr.get("sampler", {})
+    families = sampler.get("families")
+    ratio = (sampler.get("appearance") or {}).get("ratio")
     return (f".venv/bin/python -m inference.train.train --out {out} --minutes " + budget
             + " --filters " + " ".join(str(f) for f in meta.architecture.get("filters", []))
             + " --patch " + " ".join(str(p) for p in tr.get("train_patch", []))
             + " --infer-patch " + " ".join(str(p) for p in meta.patch_size)
-            + f" --batch {tr.get('batch', 2)} --seed {tr.get('seed', 0)}")
+            + f" --batch {tr.get('batch', 2)} --seed {tr.get('seed', 0)}"
+            # stages before the families painted with the painter alone
+            + (" --families painter --no-appearance" if families is None else
+               "" if list(families) == list(FAMILY_TEXT) else " --families " + " ".join(families))
+            + (" --no-appearance" if families is not None and not sampler.get("appearance") else
+               f" --appearance-ratio {ratio[0]:g} {ratio[1]:g}" if ratio and list(ratio) != [1.1, 3.0] else ""))
 
 
 def _stages(tr: dict[str, Any]) -> str:

@@ -14,8 +14,7 @@ import torch
 from inference.train.appearance import AppearanceConfig, randomize
 from inference.train.augment import AugmentConfig, as_acquired, intensity, mirror_lr, spatial
 from inference.train.data import BY_KEY, CachedVolume
-from inference.train.families import FAMILY_NAMES, family
-from inference.train.families import painter
+from inference.train.families import FAMILY_NAMES, family, painter
 from inference.train.lesions import LesionConfig
 
 GROUP_WEIGHTS = {"sag_t2": 0.5, "ax_t2star": 0.3, "crop": 0.2}

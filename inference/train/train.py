@@ -213,6 +213,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"lesion families painted into patches (default all: {' '.join(FAMILY_NAMES)})")
     p.add_argument("--appearance-ratio", type=float, nargs=2, default=list(AppearanceConfig.ratio), metavar=("LO", "HI"),
                    help="lesion / cord signal range of the appearance randomisation")
+    p.add_argument("--no-appearance", action="store_true",
+                   help="keep each family's own look (no appearance randomisation), as models before 1.3 trained")
     p.add_argument("--exclude-family", default=None, metavar="FAMILY",
                    help="leave this family out (leave-one-family-out: evaluate the model on it with "
                         "`evaluate --families FAMILY`)")
@@ -297,8 +299,8 @@ def train(args: argparse.Namespace,
     families = training_families(args)
     cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
                         lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families,
-                        appearance=replace(AppearanceConfig(), ratio=tuple(getattr(args, "appearance_ratio",
-                                                                                    AppearanceConfig.ratio))))
+                        appearance=None if args.no_appearance else replace(AppearanceConfig(),
+                                                                           ratio=tuple(args.appearance_ratio)))
     # a resumed run reseeds from (seed, iteration): reproducible, never repeats the same patches
     stream = patch_stream(train_vols, cfg, args.seed * 100003 + state["iteration"], args.batch, args.workers)
     quick_val = QuickVal(val_vols, spacing, families=families)
@@ -389,7 +391,6 @@ def train(args: argparse.Namespace,
 def main(argv: list[str] | None = None) -> int:
     heap.configure()  # before threads start (data loader threads, if any)
     args = parse_args(argv)
-    args.families = list(training_families(args))
     train(args)
     return 0
 
