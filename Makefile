@@ -42,7 +42,7 @@ test: $(STAMP) peers
 bench: $(STAMP) peers
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/e2e.py
-	$(VENV)/bin/python bench/inference.py
+	$(VENV)/bin/python bench/analyze_speed.py
 	$(VENV)/bin/python bench/ray_throughput.py
 
 clean:

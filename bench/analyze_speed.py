@@ -7,7 +7,7 @@ With --compare-skip it also runs without the body crop / air-tile skipping, to s
 that saves. Peer: nnU-Net's predictor with a SCIseg-sized network took ~70 s on this volume
 at 1 mm (../shared/NOTES.md); the target here is <= 20 s on 2 CPU cores.
 
-    .venv/bin/python bench/inference.py [--input NIFTI] [--model builtin:spinecord-t2] [--threads 2]
+    .venv/bin/python bench/analyze_speed.py [--input NIFTI] [--model builtin:spinecord-t2] [--threads 2]
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def pick_model(spec: str, device: str, tmp: Path):
         what = f"random weights, architecture of {meta.folder / 'model.json'} (model not trained yet)"
     except ModelError as exc:
         raw = dict(CANDIDATE_META)
-        what = f"random weights, CANDIDATE architecture in bench/inference.py ({exc})"
+        what = f"random weights, CANDIDATE architecture in bench/analyze_speed.py ({exc})"
     raw["trained"] = True  # only in this temporary folder, so the run is allowed
     torch.manual_seed(0)
     save_model(tmp, raw, build_network(raw["architecture"]))
