@@ -26,7 +26,8 @@ from inference.train.data import BY_KEY, load_labelled, load_split
 from inference.train.families import FAMILY_NAMES, check_families
 from inference.train.lesions import paint_lesions
 
-GROUP_LABEL = {"sag_t2": "sagittal T2w (1 mm iso)", "ax_t2star": "axial T2*w (0.4 mm, 3 mm slices)"}
+GROUP_LABEL = {"sag_t2": "sagittal T2w (1 mm iso)", "ax_t2star": "axial T2*w (0.4 mm, 3 mm slices)",
+               "ax_t2": "axial T2w, 5 mm slices (simulated from the sagittal validation volume)"}
 TARGETS = {"cord_dice_sag_t2": 0.92, "cord_dice_ax_t2star": 0.94, "lesion_dice": 0.75,
            "lesion_f1": 0.85, "volume_within_25pct": 0.80, "largest_false_lesion_mm3": 20.0, "inference_s": 20.0}
 
@@ -59,7 +60,6 @@ def largest_component_mm3(mask: np.ndarray, spacing: tuple[float, float, float])
 
 
 AXIAL_SIMULATED = {"errsm_21@ax5mm": ("errsm_21", 5)}  # case -> (sagittal source, axial slab in mm)
-GROUP_LABEL["ax_t2"] = "axial T2w, 5 mm slices (simulated from the sagittal validation volume)"
 SPECK_RULES = (0.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0)  # minimum lesion volumes [mm³] compared
 
 
