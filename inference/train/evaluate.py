@@ -24,7 +24,6 @@ from inference import heap, preprocess
 from inference.lesion_filter import label_lesions
 from inference.train.data import BY_KEY, load_labelled, load_split
 from inference.train.families import FAMILY_NAMES, check_families
-from inference.train.lesions import paint_lesions
 
 GROUP_LABEL = {"sag_t2": "sagittal T2w (1 mm iso)", "ax_t2star": "axial T2*w (0.4 mm, 3 mm slices)",
                "ax_t2": "axial T2w, 5 mm slices (simulated from the sagittal validation volume)"}
@@ -83,15 +82,20 @@ def load_case(key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if key not in AXIAL_SIMULATED:
         image, cord, _, affine = load_labelled(BY_KEY[key])
         return image, cord, affine
-    src, mm = AXIAL_SIMULATED[key]
-    image, cord, _, affine = load_labelled(BY_KEY[src])
+    image, cord, _, affine = load_labelled(BY_KEY[AXIAL_SIMULATED[key][0]])
     reo = preprocess.reorient_to_ras(affine, image.shape)
-    n = int(round(mm / preprocess.voxel_sizes(reo.affine_ras)[2]))
-    aff = reo.affine_ras.copy()
-    aff[:3, 2] *= n
-    aff[:3, 3] += reo.affine_ras[:3, 2] * (n - 1) / 2.0  # the slab's centre
+    n, aff = _slab_geometry(key, reo.affine_ras)
     return (_slab_axial(reo.forward(image).astype(np.float32), n),
             _slab_axial(reo.forward(cord.astype(np.float32)), n) > 0.5, aff)
+
+
+def _slab_geometry(key: str, affine_ras: np.ndarray) -> tuple[int, np.ndarray]:
+    """(source slices per slab, the slab grid's affine) of a simulated axial case."""
+    n = int(round(AXIAL_SIMULATED[key][1] / preprocess.voxel_sizes(affine_ras)[2]))
+    aff = np.array(affine_ras, dtype=float, copy=True)
+    aff[:3, 2] *= n
+    aff[:3, 3] += affine_ras[:3, 2] * (n - 1) / 2.0  # the slab's centre
+    return n, aff
 
 
 def painted_case(key: str, seed: int, n_lesions: int | None,
@@ -110,16 +114,10 @@ def painted_case(key: str, seed: int, n_lesions: int | None,
     sign = BY_KEY[src].lesion_sign
     img_r, cord_r = reo.forward(image).astype(np.float32), reo.forward(cord.astype(np.uint8)) > 0
     levels = intensity_levels(img_r, cord_r, spacing, sign)
-    if family_name == "painter":
-        img_p, les_r, _ = paint_lesions(img_r, cord_r, spacing, rng, n_lesions=n_lesions if n_lesions is not None else 3,
-                                        levels=levels, sign=sign)
-        cord_p = cord_r | (les_r > 0)
-    else:
-        painted = family(family_name)(img_r, cord_r, spacing, rng, levels, sign=sign, n_lesions=n_lesions)
-        img_p, les_r, cord_p = painted.image, painted.lesion, painted.cord
+    painted = family(family_name)(img_r, cord_r, spacing, rng, levels, sign=sign, n_lesions=n_lesions)
+    img_p, les_r, cord_p = painted.image, painted.lesion, painted.cord
     if key in AXIAL_SIMULATED:
-        n = AXIAL_SIMULATED[key][1]
-        _, _, aff = load_case(key)
+        n, aff = _slab_geometry(key, reo.affine_ras)
         lesion = _slab_axial(les_r.astype(np.float32), n) > 0.5
         return (_slab_axial(img_p, n), (_slab_axial(cord_p.astype(np.float32), n) > 0.5) | lesion, lesion, aff)
     lesion = reo.backward(les_r) > 0

@@ -71,8 +71,8 @@ def intensity_levels(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, 
     cord_level = float(np.median(image[cord]))
     sl = _bbox(cord, margin=[int(np.ceil(4.0 / s)) for s in spacing])
     c, im = cord[sl], image[sl]
-    near = _dilate_mm(c, spacing, 1.0)
-    far = _dilate_mm(c, spacing, 3.0)
+    near = dilate_mm(c, spacing, 1.0)
+    far = dilate_mm(c, spacing, 3.0)
     ring = far & ~near
     vals = im[ring] if ring.any() else im[~c]
     ref = float(np.percentile(vals, 85 if sign > 0 else 15))
@@ -246,7 +246,7 @@ def _bbox(mask: np.ndarray, margin: list[int]) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def _dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
+def dilate_mm(mask: np.ndarray, spacing: tuple[float, float, float], mm: float) -> np.ndarray:
     """Dilate by `mm` with an ellipsoidal (anisotropy-aware) structuring element."""
     r = [max(0, int(round(mm / s))) for s in spacing]
     grids = np.meshgrid(*[np.arange(-k, k + 1) * s / max(mm, 1e-6) for k, s in zip(r, spacing)],

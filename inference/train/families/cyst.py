@@ -16,6 +16,7 @@ from scipy import ndimage
 from inference.train.families import Painted
 from inference.train.families.cordframe import (cord_frame, pick_center_slice, radial_warp, stretch_box,
                                                 stretch_profile)
+from inference.train.lesions import dilate_mm  # morphology in mm, not a lesion shape
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def paint(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, floa
         cavity = _cavity(cord, frame, zc, length, rng, r)
         if not cavity.any():
             continue
-        rim = _dilate_mm(cavity, sp, float(rng.uniform(*r.rim_mm))) & ~cavity & cord
+        rim = dilate_mm(cavity, spacing, float(rng.uniform(*r.rim_mm))) & ~cavity & cord
         soft_cav = ndimage.gaussian_filter(cavity.astype(np.float32), sigma=np.maximum(0.4 / sp, 0.3))
         soft_rim = ndimage.gaussian_filter(rim.astype(np.float32), sigma=np.maximum(0.6 / sp, 0.3))
         gliosis = float(rng.uniform(*r.rim)) * delta * soft_rim * (1.0 - soft_cav)
@@ -100,8 +101,3 @@ def _cavity(cord: np.ndarray, frame, zc: int, length: float, rng: np.random.Gene
     out[box] = sub & cord[box]
     return out
 
-
-def _dilate_mm(mask: np.ndarray, sp: np.ndarray, mm: float) -> np.ndarray:
-    r = [max(1, int(round(mm / s))) if mm / s >= 0.5 else 0 for s in sp]
-    grids = np.meshgrid(*[np.arange(-k, k + 1) * s / max(mm, 1e-6) for k, s in zip(r, sp)], indexing="ij")
-    return ndimage.binary_dilation(mask, structure=sum(g ** 2 for g in grids) <= 1.0)
