@@ -256,15 +256,28 @@ class Catalog:
         Only applies to the given generation still in state 'complete': if late instances
         re-opened the series meanwhile, this returns False and the caller drops its decision.
         """
+        with self.transaction() as con:
+            return self.record_routing(con, series_uid, generation, state, rule, reason)
+
+    @staticmethod
+    def record_routing(
+        con: sqlite3.Connection, series_uid: str, generation: int, state: str, rule: str | None, reason: str
+    ) -> bool:
+        """``set_series_routing`` inside the caller's transaction (the router also queues the job in it)."""
         if state not in ("routed", "ignored"):
             raise ValueError(f"series state after routing is 'routed' or 'ignored', not {state!r}")
-        with self.transaction() as con:
-            cur = con.execute(
-                "UPDATE series SET state=?, routing_rule=?, routing_reason=?"
-                " WHERE series_uid=? AND generation=? AND state='complete'",
-                (state, rule, reason, series_uid, generation),
-            )
-            return cur.rowcount == 1
+        cur = con.execute(
+            "UPDATE series SET state=?, routing_rule=?, routing_reason=?"
+            " WHERE series_uid=? AND generation=? AND state='complete'",
+            (state, rule, reason, series_uid, generation),
+        )
+        return cur.rowcount == 1
+
+    def first_instance(self, series_uid: str) -> sqlite3.Row | None:
+        """(path, calling_ae) of the first instance received for a series: what routing reads."""
+        rows = self.query("SELECT path, calling_ae FROM instances WHERE series_uid=? ORDER BY received_at LIMIT 1",
+                          (series_uid,))
+        return rows[0] if rows else None
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)

@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Callable
 
-from inference import heap
+from inference.api import OFFLINE_COMMANDS, configure_heap
 
 # command -> (module, add-arguments function, run function, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -16,10 +16,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "backup": ("dicom_node.backup", "add_arguments", "run", "consistent copy of the live catalog (SQLite online backup)"),
     "demo": ("dicom_node.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
     "rules": ("dicom_node.routing", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
-    "segment": ("inference.cli", "add_segment_arguments", "run_segment", "segment cord and lesions in a NIfTI file or DICOM folder"),
-    "analyze-lesion": ("inference.cli", "add_analyze_lesion_arguments", "run_analyze_lesion", "lesion metrics from lesion and cord masks"),
+    **OFFLINE_COMMANDS,  # segment, analyze-lesion, evaluate: inference's offline tools
     "make-series": ("inference.nifti_to_dicom", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),
-    "evaluate": ("inference.train.evaluate", "add_arguments", "run", "evaluate a model on the validation subjects"),
 }
 
 
@@ -49,7 +47,7 @@ def _command(argv: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    heap.configure()  # before any thread starts: tensors' memory is reused between tiles (inference.heap)
+    configure_heap()  # before any thread starts: tensors' memory is reused between tiles (inference.heap)
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(_command(argv)).parse_args(argv)
     if getattr(args, "_unavailable", None):

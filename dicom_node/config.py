@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3, check_min_volume
-from inference.models.spec import NNUNET_OPTIONS, nnunet_spec
+from inference.api import (DEFAULT_MIN_LESION_VOLUME_MM3, NNUNET_OPTIONS, AnalysisRequest, AnalysisSettings,
+                           ModelSpec, SettingError, check_min_volume, check_nnunet_settings)
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
@@ -205,18 +205,23 @@ class Config:
             path = self.source.parent / path
         return path.resolve()
 
-    def model_path(self, key: str) -> str:
-        """The model spec of a `models` entry: builtin:NAME or the folder, relative paths resolved;
-        an nnU-Net entry's settings that differ from the defaults ride along as FOLDER?key=value&...
-        (inference.models.spec.split_spec reads them back, also on a Ray actor)."""
+    def model_spec(self, key: str) -> ModelSpec:
+        """The model of a `models` entry: builtin:NAME or the folder, relative paths resolved, with
+        an nnU-Net entry's settings that differ from the defaults."""
         m = self.models[key]
         if m.path.startswith("builtin:"):
-            return m.path
-        folder = str(self._resolve(m.path))
-        options = _nnunet_options(m)
-        if not options:
-            return folder
-        return nnunet_spec(folder, **options)
+            return ModelSpec.of(m.path)
+        return ModelSpec.of(self._resolve(m.path), **_nnunet_options(m))
+
+    def model_path(self, key: str) -> str:
+        """``model_spec``'s text form: FOLDER?key=value&... (for logs, /health and the model cache)."""
+        return str(self.model_spec(key))
+
+    def analysis_request(self, pipeline: str) -> AnalysisRequest:
+        """What inference runs for a job of `pipeline`: its model, the worker's device, its settings."""
+        p = self.pipelines[pipeline]
+        return AnalysisRequest(model=self.model_spec(p.model), device=self.worker.device,
+                               settings=AnalysisSettings(min_lesion_volume_mm3=p.min_lesion_volume_mm3))
 
     def pipeline_model_paths(self) -> list[str]:
         """The model specs the pipelines use, each once (what the node loads at start)."""
@@ -381,11 +386,8 @@ def _validate_model(cfg: Config, name: str, m: ModelSettings) -> None:
         if w.executor == "ray" and w.ray.address:
             return  # on a Ray cluster the folder may live on the workers only; their load says what is wrong
         raise ConfigError(f"models.{name}.path: {folder} does not exist")
-    from inference.models.nnunet_folder import SettingError, resolve_settings  # torch-free: JSON and file names
-
     try:
-        resolve_settings(folder, m.configuration or None, m.folds or None, m.checkpoint,
-                         m.cord_labels or None, m.lesion_labels or None)
+        check_nnunet_settings(ModelSpec.of(folder, **options))  # torch-free: JSON and file names
     except SettingError as exc:
         raise ConfigError(f"models.{name}.{exc.key}: {exc}") from None
     except ValueError as exc:  # ModelError: the folder itself is broken (bad JSON, unsupported plans)

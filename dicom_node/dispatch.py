@@ -16,6 +16,7 @@ from pydicom import dcmread
 
 from dicom_node.catalog import Catalog, now
 from dicom_node.config import Config, DestinationSettings, DispatchSettings
+from dicom_node.jobs import Jobs
 
 log = logging.getLogger(__name__)
 
@@ -130,58 +131,7 @@ class Dispatcher:
                     "UPDATE dispatches SET attempts=?, last_error=?, next_attempt_at=? WHERE id=?",
                     (attempts, outcome.status, t + backoff_seconds(settings, attempts), row["id"]),
                 )
-            self._settle_job(con, row["job_id"], t)
+            Jobs.settle(con, row["job_id"], t)
         level = logging.INFO if outcome.ok else logging.WARNING
         log.log(level, "dispatch %s of job %s to %s (attempt %d): %s", row["kind"], row["job_id"],
                 row["destination"], attempts, "sent" if outcome.ok else outcome.status)
-
-    @staticmethod
-    def _settle_job(con, job_id: int, t: float) -> None:
-        """A job is done when every dispatch is sent, failed when one has given up."""
-        states = [r[0] for r in con.execute("SELECT state FROM dispatches WHERE job_id=?", (job_id,))]
-        job_state = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()[0]
-        if job_state not in ("dispatching", "retrying"):
-            return
-        if states and all(s == "sent" for s in states):
-            con.execute("UPDATE jobs SET state='done', reason=NULL, finished_at=?, updated_at=? WHERE id=?", (t, t, job_id))
-        elif "failed" in states and "pending" not in states:
-            errors = [r[0] for r in con.execute(
-                "SELECT destination || ' ' || kind || ': ' || COALESCE(last_error, '?') FROM dispatches "
-                "WHERE job_id=? AND state='failed'", (job_id,))]
-            con.execute("UPDATE jobs SET state='failed', reason=?, finished_at=?, updated_at=? WHERE id=?",
-                        ("dispatch failed: " + "; ".join(errors), t, t, job_id))
-        elif any(s != "sent" for s in states):
-            any_retry = con.execute("SELECT 1 FROM dispatches WHERE job_id=? AND attempts > 0 AND state='pending'",
-                                    (job_id,)).fetchone()
-            con.execute("UPDATE jobs SET state=?, updated_at=? WHERE id=?",
-                        ("retrying" if any_retry else "dispatching", t, job_id))
-
-
-def retry_job(catalog: Catalog, job_id: int) -> str:
-    """Queue a failed job again: re-send its results if they exist, else re-run it. Returns what was done."""
-    t = now()
-    with catalog.transaction() as con:
-        row = con.execute("SELECT state FROM jobs WHERE id=?", (job_id,)).fetchone()
-        if row is None:
-            raise ValueError(f"no job {job_id}")
-        if row[0] not in ("failed", "done"):
-            raise ValueError(f"job {job_id} is {row[0]}; only failed or done jobs can be retried")
-        purged = con.execute("SELECT p.at FROM purges p JOIN jobs j ON j.series_uid = p.series_uid"
-                             " WHERE j.id=? AND p.generation = j.generation", (job_id,)).fetchone()
-        if purged is not None:
-            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(purged[0]))
-            raise ValueError(f"job {job_id}: its series' instances and results were deleted by retention on "
-                             f"{when} (retention.finished_days / failed_days); send the series again from the "
-                             "PACS to process it anew")
-        n = con.execute("SELECT COUNT(*) FROM dispatches WHERE job_id=?", (job_id,)).fetchone()[0]
-        if n:
-            con.execute("UPDATE dispatches SET state='pending', attempts=0, next_attempt_at=?, last_error=NULL "
-                        "WHERE job_id=? AND state != 'sent'" if row[0] == "failed" else
-                        "UPDATE dispatches SET state='pending', attempts=0, next_attempt_at=?, last_error=NULL "
-                        "WHERE job_id=?", (t, job_id))
-            con.execute("UPDATE jobs SET state='dispatching', reason=NULL, finished_at=NULL, updated_at=? WHERE id=?",
-                        (t, job_id))
-            return "results queued for sending again"
-        con.execute("UPDATE jobs SET state='queued', attempts=0, reason=NULL, finished_at=NULL, updated_at=? WHERE id=?",
-                    (t, job_id))
-        return "job queued to run again"

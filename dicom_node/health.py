@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -19,10 +18,7 @@ from typing import Any, Callable
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config
 from dicom_node.security import DiskThreshold
-from inference.models.meta import read_meta
-from inference.models.nnunet_folder import (DEFAULT_CHECKPOINT, SettingError, is_nnunet_spec,
-                                            resolve_settings)
-from inference.models.spec import ModelError, split_spec
+from inference.api import ModelState, check_model
 
 
 @dataclass(frozen=True)
@@ -53,46 +49,9 @@ def check_disk(data_dir: Path, reserve: DiskThreshold) -> Check:
     return Check("disk", short is None, short or f"{free / 2**30:.2f} GiB free")
 
 
-def nnunet_state(spec: str) -> tuple[bool, bool, str]:
-    """(loadable, loaded, detail) of an nnU-Net folder spec (FOLDER?key=value&...): its settings
-    resolved against the folder's files as the worker's load would (JSON and file names only)."""
-    path, options = "", {}
-    try:
-        path, options = split_spec(spec)
-        choice = resolve_settings(path, options.get("configuration"), options.get("folds"),
-                                  options.get("checkpoint") or DEFAULT_CHECKPOINT,
-                                  options.get("cord_labels"), options.get("lesion_labels"))
-    except SettingError as exc:
-        return False, False, f"nnU-Net model {path}: setting {exc.key}: {exc}"
-    except ModelError as exc:  # bad JSON, unsupported plans, a malformed option in the spec
-        return False, False, f"nnU-Net model {path or spec}: {exc}"
-    nnunet = sys.modules.get("inference.models.nnunet")  # only if the worker imported it: no torch here
-    is_loaded = getattr(nnunet, "is_loaded", None)
-    loaded = bool(is_loaded and is_loaded(choice, options.get("use_mirroring", True), options.get("fast_cpu", False)))
-    plan = choice.plan
-    return True, loaded, (f"nnU-Net {plan.dataset_name} {plan.plans_name}/{plan.configuration} "
-                          f"folds {','.join(choice.folds)} ({choice.checkpoint})")
-
-
-def model_state(spec: str) -> tuple[bool, bool, str]:
-    """(loadable, loaded, detail) of a model spec, without loading it.
-
-    Loadable: its model.json and weights are there; for an nnU-Net folder, its settings fit it
-    (see nnunet_state). Loaded: this process's inference registry holds it (loaded at start or by a job).
-    """
-    if is_nnunet_spec(spec):
-        return nnunet_state(spec)
-
-    try:
-        meta = read_meta(spec)
-    except ModelError as exc:
-        return False, False, str(exc)
-    if not (meta.folder / meta.weights).is_file():
-        return False, False, f"model {meta.name}: weights {meta.folder / meta.weights} missing"
-    registry = sys.modules.get("inference.models.registry")
-    cache = getattr(registry, "_CACHE", {}) or {}
-    loaded = any(key[0] == str(meta.folder) for key in cache)
-    return True, loaded, f"{meta.name} {meta.version}"
+def model_state(spec: str) -> ModelState:
+    """(loadable, loaded, detail) of a model spec, without loading it (inference's check_model)."""
+    return check_model(spec)
 
 
 class HealthChecker:

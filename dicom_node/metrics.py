@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from dicom_node.catalog import Catalog
+from dicom_node.jobs import JobState
 
 # seconds; covers a fast GPU (1 s) to a slow CPU with retries (1 h)
 BUCKETS = (0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
@@ -134,7 +135,7 @@ def render_metrics(catalog: Catalog, data_dir: Path, refusals: RefusalCounter | 
 
     ex.family("dicom_node_jobs", "gauge", "Jobs by state")
     counts = {r[0]: r[1] for r in catalog.query("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
-    for state in sorted({"queued", "running", "dispatching", "retrying", "done", "failed", "superseded", *counts}):
+    for state in sorted({*(s.value for s in JobState), *counts}):
         ex.sample("dicom_node_jobs", counts.get(state, 0), state=state)
 
     ex.family("dicom_node_stage_seconds", "histogram",

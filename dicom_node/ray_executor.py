@@ -21,7 +21,7 @@ import threading
 from typing import Any
 
 from dicom_node.config import Config
-from inference import heap
+from inference.api import Analysis, AnalysisRequest, Volume, analyze, heap_child_env, preload
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,19 @@ class ModelHost:
     """The actor's body (made remote with ray.remote in RayAnalyzer): models loaded at start."""
 
     def __init__(self, models: list[str], device: str) -> None:
-        from inference.pipeline import resolve_model
-
         self.device = device
         self.loaded = []
         for spec in models:
             try:
-                self.loaded.append(resolve_model(spec, device).meta.name)
+                self.loaded.append(preload(spec, device)[0].name)
             except Exception as exc:  # the node's /health names missing models; jobs fail with the reason
                 log.error("ray actor: model %s not loaded: %s", spec, exc)
 
     def ping(self) -> dict[str, Any]:
         return {"pid": os.getpid(), "host": os.uname().nodename, "models": self.loaded}
 
-    def analyze(self, volume: Any, model: str, device: str, min_lesion_volume_mm3: float = 0.0) -> Any:
-        from inference.pipeline import analyze
-
-        return analyze(volume, model=model, device=device, min_lesion_volume_mm3=min_lesion_volume_mm3)
+    def analyze(self, volume: Volume, request: AnalysisRequest) -> Analysis:
+        return analyze(volume, request)
 
 
 class RayWorkerLost(RuntimeError):
@@ -54,7 +50,7 @@ class RayWorkerLost(RuntimeError):
 
 
 class RayAnalyzer:
-    """Analyzer(volume, model, device, min_lesion_volume_mm3) -> Analysis on a pool of `worker.ray.actors` actors."""
+    """Analyzer(volume, request) -> Analysis on a pool of `worker.ray.actors` actors."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -87,7 +83,7 @@ class RayAnalyzer:
                                    "`ray start --head` or leave the address empty for a local instance") from None
             self._owns_ray = True
         self._models = self.config.pipeline_model_paths()
-        env = heap.child_env()  # set at the actor's start, before its threads (inference.heap)
+        env = heap_child_env()  # set at the actor's start, before its threads (inference.heap)
         if self.config.worker.torch_threads:
             env["OMP_NUM_THREADS"] = str(self.config.worker.torch_threads)
         self._remote = ray.remote(ModelHost).options(
@@ -127,14 +123,14 @@ class RayAnalyzer:
 
         threading.Thread(target=wait_ready, name=f"ray-actor-{index}", daemon=True).start()
 
-    def __call__(self, volume: Any, model: str, device: str, min_lesion_volume_mm3: float = 0.0) -> Any:
+    def __call__(self, volume: Volume, request: AnalysisRequest) -> Analysis:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
         index = self._free.get(timeout=self.settings.task_timeout_s)
         lost = False
         try:
-            ref = self._actors[index].analyze.remote(volume, model, device, min_lesion_volume_mm3)
+            ref = self._actors[index].analyze.remote(volume, request)
             return ray.get(ref, timeout=self.settings.task_timeout_s)
         except RayActorError as exc:
             lost = True

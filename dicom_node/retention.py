@@ -30,13 +30,14 @@ from pathlib import Path
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import RetentionSettings
+from dicom_node.jobs import ACTIVE_STATES, JobState
 from dicom_node.security import DiskThreshold
 from dicom_node.store import InstanceStore, fsync_dir
 
 log = logging.getLogger("dicom_node.retention")
 
 DAY_S = 86400.0
-ACTIVE_JOB_STATES = ("queued", "running", "dispatching", "retrying")
+ACTIVE_JOB_STATES = tuple(state.value for state in ACTIVE_STATES)
 
 # Per routed or store-only series: when it finished, whether a job is still active, whether its
 # current generation's job failed.
@@ -47,7 +48,7 @@ SELECT s.series_uid, s.generation, s.state,
        (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid
           AND j.state IN ({", ".join(repr(state) for state in ACTIVE_JOB_STATES)})) AS active,
        (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid AND j.generation = s.generation
-          AND j.state = 'failed') AS failed,
+          AND j.state = '{JobState.FAILED.value}') AS failed,
        (SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_uid = s.series_uid) AS bytes
 FROM series s WHERE s.state IN ('routed', 'ignored')
 ORDER BY finished

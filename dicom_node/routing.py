@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from dicom_node.config import ConfigError
-from inference.volume import orientation_label  # one definition of 'sagittal' for routing and geometry
+from inference.api import orientation_label  # one definition of 'sagittal' for routing and geometry
 
 DERIVED = ("orientation", "calling_ae")
 OPERATORS = ("equals", "iequals", "matches", "contains", "in", "lt", "le", "gt", "ge", "between", "exists")

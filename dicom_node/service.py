@@ -96,17 +96,16 @@ class Node:
         """Load every pipeline's model in the background after the listener is up, so the first
         case after a (re)start does not wait for it and a broken model is in the log at once.
         Loading is cached and locked per model: a job that comes first simply waits for it."""
-        from inference.pipeline import resolve_model
+        from inference.api import preload
 
         for spec in self.config.pipeline_model_paths():
             t0 = time.monotonic()
             try:
-                loaded = resolve_model(spec, self.config.worker.device)
+                model, device = preload(spec, self.config.worker.device)
             except Exception as exc:  # jobs of its pipelines fail with the same reason; /health shows it
                 log.error("model %s not loaded at start: %s", spec, exc)
                 continue
-            log.info("model %s %s loaded on %s in %.1f s", loaded.meta.name, loaded.meta.version,
-                     loaded.device, time.monotonic() - t0)
+            log.info("model %s %s loaded on %s in %.1f s", model.name, model.version, device, time.monotonic() - t0)
 
     def alive(self) -> dict[str, bool]:
         """Liveness of the listener and of each loop thread (for /health)."""
@@ -268,7 +267,7 @@ def add_retry_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_retry(args: argparse.Namespace) -> int:
-    from dicom_node.dispatch import retry_job
+    from dicom_node.jobs import retry_job
 
     config = _load(args)
     if config is None:

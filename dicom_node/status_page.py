@@ -15,8 +15,9 @@ from typing import Any
 from urllib.parse import quote
 
 from dicom_node.catalog import Catalog
+from dicom_node.jobs import JobState
 
-from dicom_node.worker import THUMB_NAME  # written by the worker beside seg.dcm
+from dicom_node.results.build import THUMB_NAME  # written beside seg.dcm
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.2em;color:#222;background:#fafafa}
@@ -94,7 +95,7 @@ def render_status_page(catalog: Catalog, data_dir: Path, node_name: str, limit: 
                    f"{e(s['job_state'])}</span> tries {s['attempts']}")
             if s["job_reason"]:
                 job += f"<div class=reason>{e(s['job_reason'])}</div>"
-            if can_retry and s["job_state"] == "failed":
+            if can_retry and s["job_state"] == JobState.FAILED.value:
                 job += (f"<form method=post action='/jobs/{jid}/retry'>"
                         f"<input type=hidden name=token value='{e(token, quote=True)}'>"
                         f"<button type=submit id=retry-{jid}>retry</button></form>")

@@ -153,7 +153,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json(500, {"error": f"{type(exc).__name__}: {exc}"})
 
     def do_POST(self) -> None:
-        from dicom_node.dispatch import retry_job
+        from dicom_node.jobs import retry_job
 
         app = self.server_app
         path = urlsplit(self.path).path

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.lesion_filter import label_lesions
+from inference.measurements import LesionMetrics, finite_or_none
 from inference.rpi import RpiFrame, centerline_derivatives
 
 # Smoothing of the centerline spline used for angle correction (sct_analyze_lesion's default).
@@ -28,44 +29,6 @@ MIDSAGITTAL_HALF_WINDOW = 2  # x* averages the cord's x centre over z_c-2 .. z_c
 
 class MetricsError(ValueError):
     """The masks cannot be measured (non-binary lesion, shape mismatch, bad affine)."""
-
-
-@dataclass(frozen=True)
-class LesionMetrics:
-    """One lesion's measurements; None where a value is undefined (no midsagittal slice)."""
-
-    label: int
-    volume_mm3: float
-    length_mm: float
-    width_mm: float
-    max_equivalent_diameter_mm: float
-    max_axial_damage_ratio: float
-    midsagittal_length_mm: float | None
-    midsagittal_width_mm: float | None
-    dorsal_bridge_mm: float | None
-    ventral_bridge_mm: float | None
-    total_bridge_mm: float | None
-    dorsal_bridge_ratio_pct: float | None
-    ventral_bridge_ratio_pct: float | None
-    centroid_ras_mm: tuple[float, float, float]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "label": int(self.label),
-            "volume_mm3": _num(self.volume_mm3),
-            "length_mm": _num(self.length_mm),
-            "width_mm": _num(self.width_mm),
-            "max_equivalent_diameter_mm": _num(self.max_equivalent_diameter_mm),
-            "max_axial_damage_ratio": _num(self.max_axial_damage_ratio),
-            "midsagittal_length_mm": _num(self.midsagittal_length_mm),
-            "midsagittal_width_mm": _num(self.midsagittal_width_mm),
-            "dorsal_bridge_mm": _num(self.dorsal_bridge_mm),
-            "ventral_bridge_mm": _num(self.ventral_bridge_mm),
-            "total_bridge_mm": _num(self.total_bridge_mm),
-            "dorsal_bridge_ratio_pct": _num(self.dorsal_bridge_ratio_pct),
-            "ventral_bridge_ratio_pct": _num(self.ventral_bridge_ratio_pct),
-            "centroid_ras_mm": [float(v) for v in self.centroid_ras_mm],
-        }
 
 
 @dataclass
@@ -84,17 +47,11 @@ class LesionReport:
         """Plain JSON types only (the SR writer and measurements.json use this schema)."""
         return {
             "lesions": [lesion.to_json() for lesion in self.lesions],
-            "interpolated_midsagittal_slice": _num(self.interpolated_midsagittal_slice),
+            "interpolated_midsagittal_slice": finite_or_none(self.interpolated_midsagittal_slice),
             "total_volume_mm3": float(self.total_volume_mm3),
             "total_length_mm": float(self.total_length_mm),
             "max_axial_damage_ratio": float(self.max_axial_damage_ratio),
         }
-
-
-def _num(value: float | None) -> float | None:
-    if value is None or not math.isfinite(value):
-        return None
-    return float(value)
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from inference.engine import Progress
     from inference.pipeline import Analysis
     from inference.volume import Volume
 
@@ -43,6 +44,7 @@ def run_segment(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from inference.case_files import write_case
     from inference.lesion_filter import check_min_volume
     from inference.pipeline import analyze, resolve_model, set_cpu_threads
     from inference.volume import load_volume
@@ -78,37 +80,7 @@ def run_segment(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_case(analysis: "Analysis", volume: "Volume", out: "Path", qc_png: bool, name: str) -> list[str]:
-    """One case's files in `out`, each whole or absent (inference.files); measurements.json last,
-    so its presence means the case is complete. Returns the names written."""
-    import json
-
-    import numpy as np
-
-    from inference.files import replaced_atomically, write_text_atomically
-    from inference.volume import save_nifti
-
-    written = []
-    for file, array in (("cord.nii.gz", analysis.cord_mask.astype(np.uint8)),
-                        ("lesion.nii.gz", analysis.lesion_mask.astype(np.uint8)),
-                        ("cord_prob.nii.gz", analysis.cord_prob.astype(np.float32))):
-        with replaced_atomically(out / file) as tmp:
-            save_nifti(array, analysis.affine, tmp)
-        written.append(file)
-    if qc_png:
-        from inference.qc import render_overlay
-
-        title = f"{analysis.model.name} {analysis.model.version}  {name}"
-        with replaced_atomically(out / "qc.png") as tmp:
-            render_overlay(volume.array, analysis.cord_mask, analysis.lesion_mask, analysis.affine,
-                           title=title).save(tmp)
-        written.append("qc.png")
-    write_text_atomically(out / "measurements.json", json.dumps(analysis.measurements, indent=2, allow_nan=False) + "\n")
-    written.append("measurements.json")
-    return written
-
-
-def _segment_progress(start: float):
+def _segment_progress(start: float) -> "Progress":
     """Stage lines on stderr; the sliding window reports about every 10 % so long runs show life."""
     import sys
     import time
@@ -129,22 +101,24 @@ def _segment_progress(start: float):
     return report
 
 
-def _segment_summary(analysis, volume, device: str, out, written: list[str], seconds: float) -> str:
+def _segment_summary(analysis: "Analysis", volume: "Volume", device: str, out: "Path", written: list[str],
+                     seconds: float) -> str:
     """A few human lines: model, input geometry, cord, lesions, timings, files."""
-    m = analysis.measurements
+    m = analysis.metrics
     shape = "x".join(str(n) for n in volume.array.shape)
     spacing = "x".join(f"{s:.2f}" for s in volume.spacing)
-    csa = m.get("cord_csa_mm2_mean")
+    csa = m.cord.cord_csa_mm2_mean
     csa_text = "n/a" if csa is None else f"{csa:.1f} mm2"
     timing = ", ".join(f"{k} {v:.1f} s" for k, v in analysis.timings.items())
-    dropped = m.get("lesions_below_minimum") or 0
-    dropped_text = f" ({dropped} smaller than {m['min_lesion_volume_mm3']:g} mm3 dropped)" if dropped else ""
+    applied = m.lesion_filter
+    dropped_text = (f" ({applied.lesions_below_minimum} smaller than {applied.min_lesion_volume_mm3:g} mm3 dropped)"
+                    if applied is not None and applied.lesions_below_minimum else "")
     return "\n".join([
         f"model {analysis.model.name} {analysis.model.version} on {device}",
         f"input {shape} voxels of {spacing} mm",
-        f"cord: {int(analysis.cord_mask.sum())} voxels, {m['cord_volume_mm3']:.1f} mm3, mean CSA {csa_text}",
-        f"lesions: {m['lesion_count']}{dropped_text}, total volume {m['total_volume_mm3']:.1f} mm3, "
-        f"total length {m['total_length_mm']:.1f} mm, max axial damage ratio {m['max_axial_damage_ratio']:.3f}",
+        f"cord: {int(analysis.cord_mask.sum())} voxels, {m.cord.cord_volume_mm3:.1f} mm3, mean CSA {csa_text}",
+        f"lesions: {m.lesion_count}{dropped_text}, total volume {m.total_volume_mm3:.1f} mm3, "
+        f"total length {m.total_length_mm:.1f} mm, max axial damage ratio {m.max_axial_damage_ratio:.3f}",
         f"time: {timing} (total {seconds:.1f} s)",
         f"written to {out}: {', '.join(written)}",
     ])

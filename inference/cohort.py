@@ -29,7 +29,7 @@ CASE_COLUMNS = ("case", "input", "status", "error", "lesion_count", "total_volum
 
 def _lesion_columns() -> tuple[str, ...]:
     """The per-lesion measurements of inference.biomarkers, the centroid as three columns."""
-    from inference.biomarkers import LesionMetrics
+    from inference.measurements import LesionMetrics
 
     names = [f.name for f in dataclasses.fields(LesionMetrics) if f.name != "centroid_ras_mm"]
     return ("case", *names, "centroid_ras_x_mm", "centroid_ras_y_mm", "centroid_ras_z_mm")
@@ -90,7 +90,7 @@ def _case(label: str, folder: Path, source: Path, model: Any, qc_png: bool, min_
           ) -> tuple[str, str, dict[str, Any] | None]:
     """(status, error, measurements) of one case: read back when whole already, else measured and
     written into a hidden folder that is renamed to `folder` when whole."""
-    from inference.cli import write_case
+    from inference.case_files import write_case
     from inference.pipeline import analyze
     from inference.volume import load_volume
 

@@ -6,13 +6,14 @@ and the model identity. No networking, no catalog, no DICOM encoding here.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from inference.measurements import (CordMeasurements, CsaPerSlice, JsonDict, LesionFilter, Measurements,
+                                    finite_or_none)
 from inference.volume import Volume
 
 if TYPE_CHECKING:  # torch is imported only when a model is actually loaded
@@ -40,9 +41,14 @@ class Analysis:
     lesion_labels: np.ndarray  # int32, 0 = background, n = lesion with measurement label n
     cord_prob: np.ndarray  # float32 in [0, 1]
     affine: np.ndarray  # 4x4 voxel -> RAS mm, same as the input
-    measurements: dict[str, Any]  # schema of measurements.json (lesions list, totals, CSA)
+    metrics: Measurements  # typed numbers; .measurements is their JSON form
     model: ModelIdentity
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+    @property
+    def measurements(self) -> JsonDict:
+        """The measurements.json form of ``metrics``: for storage and CLI edges only."""
+        return self.metrics.to_json()
 
 
 def model_identity(meta: "ModelMeta") -> ModelIdentity:
@@ -71,26 +77,8 @@ def resolve_model(model: "str | LoadedModel", device: str = "auto",
     return model if isinstance(model, LoadedModel) else load_model(model, device=device)
 
 
-def _json_safe(value: Any) -> Any:
-    """measurements must be valid JSON: NaN/inf become null, numpy scalars plain numbers."""
-    kind = type(value)  # plain values first: a mask of many specks gives ~10^6 of them
-    if kind is float:
-        return value if math.isfinite(value) else None
-    if kind is int or kind is str or kind is bool or value is None:
-        return value
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, (np.integer, int)) and not isinstance(value, bool):
-        return int(value)
-    if isinstance(value, (np.floating, float)):
-        return float(value) if math.isfinite(value) else None
-    return value
-
-
-def measure(cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:
-    """measurements.json content and the lesion label map, from masks in one grid."""
+def measure(cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> tuple[Measurements, np.ndarray]:
+    """The measurements and the lesion label map, from masks in one grid (no lesion filter recorded)."""
     from inference.biomarkers import analyze_lesions
     from inference.csa import cord_csa
     from inference.lesion_filter import voxel_volume_mm3
@@ -98,14 +86,17 @@ def measure(cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> tuple[d
     report = analyze_lesions(lesion, cord, affine)
     csa = cord_csa(cord, affine)
     labels = np.asarray(report.label_map, dtype=np.int32)
-    measurements = dict(report.to_json())
-    measurements.update(
-        cord_csa_mm2_mean=csa.mean_mm2,
-        cord_csa_mm2_per_slice=list(csa.per_slice_mm2),
-        cord_volume_mm3=float(np.count_nonzero(cord)) * voxel_volume_mm3(affine),
-        lesion_count=int(len(np.unique(labels[labels > 0]))),
+    measurements = Measurements(
+        lesions=tuple(report.lesions),
+        total_volume_mm3=report.total_volume_mm3,
+        total_length_mm=report.total_length_mm,
+        max_axial_damage_ratio=report.max_axial_damage_ratio,
+        interpolated_midsagittal_slice=finite_or_none(report.interpolated_midsagittal_slice),
+        cord=CordMeasurements(cord_csa_mm2_mean=finite_or_none(csa.mean_mm2),
+                              cord_volume_mm3=float(np.count_nonzero(cord)) * voxel_volume_mm3(affine)),
+        per_slice=CsaPerSlice(tuple(finite_or_none(v) for v in csa.per_slice_mm2)),
     )
-    return _json_safe(measurements), labels
+    return measurements, labels
 
 
 def set_cpu_threads(n: int) -> None:
@@ -134,11 +125,11 @@ def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: 
     if progress:
         progress("metrics", 0, 1)
     lesion_mask, dropped = drop_small_lesions(seg.lesion_mask, volume.affine, min_lesion_volume_mm3)
-    measurements, labels = measure(seg.cord_mask, lesion_mask, volume.affine)
-    measurements.update(min_lesion_volume_mm3=float(min_lesion_volume_mm3), lesions_below_minimum=dropped)
+    measured, labels = measure(seg.cord_mask, lesion_mask, volume.affine)
+    measured = measured.with_filter(LesionFilter(float(min_lesion_volume_mm3), dropped))
     timings = {**seg.timings, "metrics": time.perf_counter() - t0}
     return Analysis(
         cord_mask=seg.cord_mask, lesion_mask=lesion_mask, lesion_labels=labels,
         cord_prob=seg.cord_prob, affine=np.asarray(volume.affine, dtype=np.float64).copy(),
-        measurements=measurements, model=model_identity(loaded.meta), timings=timings,
+        metrics=measured, model=model_identity(loaded.meta), timings=timings,
     )

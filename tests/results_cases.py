@@ -15,6 +15,7 @@ import pydicom
 from scipy import ndimage
 
 from inference.biomarkers import analyze_lesions
+from inference.measurements import Measurements
 from inference.nifti_to_dicom import rotated_affine, write_series
 from inference.pipeline import Analysis, ModelIdentity
 from inference.volume import FrameRef, Volume, align_array, volume_from_datasets
@@ -113,7 +114,7 @@ def make_case(
     prob = np.clip(ndimage.gaussian_filter(cord.astype(np.float32), 0.8), 0, 1).astype(np.float32)
     analysis = Analysis(
         cord_mask=cord, lesion_mask=(labels > 0).astype(np.uint8), lesion_labels=labels,
-        cord_prob=prob, affine=volume.affine, measurements=measurements, model=MODEL,
+        cord_prob=prob, affine=volume.affine, metrics=Measurements.from_json(measurements), model=MODEL,
     )
     return Case(source=source, frames=list(volume.frames), image=volume.array, analysis=analysis, paths=paths)
 

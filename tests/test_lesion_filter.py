@@ -16,6 +16,7 @@ from dicom_node.results.validate import validate_dicom, write_result
 from inference import pipeline
 from inference.biomarkers import analyze_lesions
 from inference.lesion_filter import drop_small_lesions
+from inference.measurements import Measurements
 from inference.volume import Volume
 from tests.conftest import require_shared, require_tool
 from tests.results_cases import make_case
@@ -108,7 +109,7 @@ def test_seg_and_sr_name_the_minimum_as_an_algorithm_parameter(tmp_path) -> None
     shared = require_shared("lesion-example")
     case = make_case(shared.parent, tmp_path / "src", "sagittal")
     meas = dict(case.analysis.measurements, min_lesion_volume_mm3=5.0, lesions_below_minimum=2)
-    analysis = dataclasses.replace(case.analysis, measurements=meas)
+    analysis = dataclasses.replace(case.analysis, metrics=Measurements.from_json(meas))
     seg = build_seg(case.source, case.frames, analysis, series_uid=generate_uid(), sop_instance_uid=generate_uid())
     sr = build_sr(case.source, analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)

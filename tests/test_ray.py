@@ -20,11 +20,17 @@ import pydicom
 import pytest
 
 from dicom_node.catalog import dumps
-from dicom_node.config import (Config, DestinationSettings, DispatchSettings, ModelSettings, PipelineSettings,
-                               StorageSettings)
+from dicom_node.config import (
+    Config,
+    DestinationSettings,
+    DispatchSettings,
+    ModelSettings,
+    PipelineSettings,
+    StorageSettings,
+)
 from dicom_node.local_pacs import free_port
 from dicom_node.service import Node
-from dicom_node.worker import analyze_in_process
+from inference.api import AnalysisRequest, AnalysisSettings, ModelSpec, analyze
 from inference.nifti_to_dicom import write_series
 from inference.volume import volume_from_datasets
 from tests.conftest import IN_CI, require_shared, require_tool
@@ -73,8 +79,9 @@ def test_two_actors_same_results_as_local_and_a_lost_worker_is_retried(cluster, 
     big = require_shared("spine-t2-sag/errsm_11/t2.nii.gz")
     series += [write_series(big, tmp_path / f"s{i}", series_description=f"T2 SAG SPINE {i}", uid_seed=f"ray-{i}")
                for i in range(2, 4)]
-    reference = analyze_in_process(volume_from_datasets([pydicom.dcmread(f) for f in series[0]]), str(model), "cpu",
-                                   PipelineSettings().min_lesion_volume_mm3)  # the node's pipeline setting
+    settings = AnalysisSettings(PipelineSettings().min_lesion_volume_mm3)  # the node's pipeline setting
+    reference = analyze(volume_from_datasets([pydicom.dcmread(f) for f in series[0]]),
+                        AnalysisRequest(ModelSpec.parse(str(model)), "cpu", settings))
 
     cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "node"), fsync=False),
                  models={"default": ModelSettings(path=str(model))}, routing=RULES,

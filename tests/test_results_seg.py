@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 from dicom_node.results.readback import seg_masks_on_source
 from dicom_node.results.seg import ResultBuildError, build_seg
 from dicom_node.results.validate import check_result, validate_dicom, write_result
+from inference.measurements import Measurements
 from tests.conftest import require_shared, require_tool
 from tests.results_cases import Case, frame_pixels, make_case
 
@@ -189,7 +190,7 @@ def test_mismatched_inputs_are_refused_with_a_reason(sagittal_no_lesion):
     with pytest.raises(ResultBuildError, match="without gaps"):
         build_seg(case.source, case.frames, gaps, **kw)
     bad_meas = type(case.analysis)(**{**case.analysis.__dict__,
-                                      "measurements": {"lesions": [{"label": 1}]}})
+                                      "metrics": Measurements.from_json({"lesions": [{"label": 1}]})})
     with pytest.raises(ResultBuildError, match="lesion labels"):
         build_seg(case.source, case.frames, bad_meas, **kw)
 
@@ -214,7 +215,10 @@ def test_png_of_decoded_seg_equals_png_of_the_analysis_masks(case, tmp_path):
 
 def test_secondary_capture_fallback_is_marked_and_conformant(case, tmp_path):
     require_tool("dciodvfy")
-    from dicom_node.results.secondary_capture import NOT_FOR_DIAGNOSIS, build_secondary_captures
+    from dicom_node.results.secondary_capture import (
+        NOT_FOR_DIAGNOSIS,
+        build_secondary_captures,
+    )
 
     uids = [generate_uid() for _ in range(3)]
     series = generate_uid()

@@ -16,6 +16,7 @@ from dicom_node.results.readback import SRGroup, sr_measurements
 from dicom_node.results.seg import build_seg
 from dicom_node.results.sr import PreviousSR, build_sr
 from dicom_node.results.validate import check_result, validate_dicom, write_result
+from inference.measurements import Measurements
 from tests.conftest import require_shared, require_tool
 from tests.results_cases import Case, make_case
 
@@ -229,7 +230,7 @@ def test_undefined_values_are_left_out(written, tmp_path):
     meas["lesions"] = [dict(les) for les in meas["lesions"]]
     meas["lesions"][0]["midsagittal_length_mm"] = None
     meas["cord_csa_mm2_mean"] = float("nan")
-    analysis = type(case.analysis)(**{**case.analysis.__dict__, "measurements": meas})
+    analysis = type(case.analysis)(**{**case.analysis.__dict__, "metrics": Measurements.from_json(meas)})
     sr = build_sr(case.source, analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)
     groups = _groups(write_result(sr, tmp_path / "sr.dcm"))

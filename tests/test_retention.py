@@ -12,7 +12,7 @@ import pytest
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import ConfigError, RetentionSettings, load_config
-from dicom_node.dispatch import retry_job
+from dicom_node.jobs import retry_job
 from dicom_node.retention import DAY_S, Retention
 from dicom_node.store import InstanceStore, SharedExclusive
 from tests.conftest import require_shared

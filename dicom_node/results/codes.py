@@ -67,7 +67,8 @@ MRI_PROCEDURE = codes.LN.MRIUnspecifiedBodyRegion  # 25056-3
 
 @dataclass(frozen=True)
 class MetricCode:
-    """How one measurements.json key is written as a TID 300 NUM item."""
+    """How one measured attribute is written as a TID 300 NUM item; ``key`` names the attribute of
+    inference.measurements (the same name as its measurements.json key)."""
 
     key: str
     name: hd.sr.CodedConcept | pydicom.sr.coding.Code

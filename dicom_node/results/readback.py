@@ -15,7 +15,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
-from inference.volume import FrameRef
+from inference.api import FrameRef
 
 
 class ResultValidationError(RuntimeError):

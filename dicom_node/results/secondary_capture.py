@@ -20,8 +20,7 @@ from PIL import Image, ImageDraw
 
 from dicom_node.results.readback import seg_masks_on_source
 from dicom_node.results.seg import CORD_SEGMENT, DEFAULT_MANUFACTURER, ResultBuildError, order_source
-from inference.pipeline import Analysis
-from inference.volume import FrameRef, Volume
+from inference.api import Analysis, FrameRef, Volume, render_overlay
 
 SC_SERIES_NUMBER = 9903
 NOT_FOR_DIAGNOSIS = "NOT FOR DIAGNOSIS"
@@ -152,8 +151,6 @@ def render_seg_png(
 
     A FRACTIONAL cord is drawn where the probability is at least 0.5; all lesion segments in red.
     """
-    from inference.qc import render_overlay
-
     shape = source_volume.array.shape
     if isinstance(seg_or_masks, tuple):
         cord, lesion = (np.asarray(m) > 0 for m in seg_or_masks)

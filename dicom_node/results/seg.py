@@ -26,8 +26,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from inference.pipeline import Analysis
-from inference.volume import FrameRef
+from inference.api import Analysis, FrameRef
 
 CORD_SEGMENT = 1
 SEG_SERIES_NUMBER = 9901
@@ -40,7 +39,7 @@ class ResultBuildError(ValueError):
 
 
 def lesion_numbers(analysis: Analysis) -> list[int]:
-    """Measurement labels of the lesions, in the order of ``measurements['lesions']`` when given.
+    """Measurement labels of the lesions, in the order of ``metrics.lesions`` when given.
 
     The SR and the SEG must agree on which lesion is which; the measurement list is the
     reference, and every listed lesion must exist in ``lesion_labels`` (and vice versa).
@@ -50,7 +49,7 @@ def lesion_numbers(analysis: Analysis) -> list[int]:
         raise ResultBuildError(
             f"lesion labels must be 1..n without gaps (SEG segment numbers follow them); got {in_map[:10]}"
         )
-    listed = [int(les["label"]) for les in analysis.measurements.get("lesions", [])]
+    listed = [lesion.label for lesion in analysis.metrics.lesions]
     if listed and sorted(listed) != in_map:
         raise ResultBuildError(
             f"lesion labels in measurements {sorted(listed)} differ from labels in "
@@ -168,7 +167,8 @@ def _to_frames(mask: np.ndarray, slice_of_frame: list[int]) -> np.ndarray:
 def algorithm_parameters(analysis: Analysis) -> dict[str, str]:
     """Settings that changed the result beyond the model itself, for the SEG's and the SR's
     algorithm identification: today the minimum lesion volume, when one was applied."""
-    minimum = analysis.measurements.get("min_lesion_volume_mm3") or 0.0
+    applied = analysis.metrics.lesion_filter
+    minimum = applied.min_lesion_volume_mm3 if applied is not None else 0.0
     return {"min_lesion_volume_mm3": f"{minimum:g}"} if minimum > 0 else {}
 
 

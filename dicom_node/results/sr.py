@@ -38,7 +38,7 @@ from dicom_node.results.seg import (
     tracking_uid,
     unique_source,
 )
-from inference.pipeline import Analysis
+from inference.api import Analysis
 
 SR_SERIES_NUMBER = 9902
 TOTALS_TRACKING_ID = "All intramedullary lesions"
@@ -82,9 +82,12 @@ def _is_multiframe(ds: pydicom.Dataset) -> bool:
     return "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds
 
 
-def _value(values: Mapping[str, Any], key: str) -> float | int | None:
-    """The number to write, or None when undefined; counts stay int (NUM "2", not "2.0")."""
-    raw = values.get(key)
+def _value(source: object, key: str, overrides: Mapping[str, Any]) -> float | int | None:
+    """The number to write, or None when undefined; counts stay int (NUM "2", not "2.0").
+
+    ``getattr`` without a default on purpose: a metric renamed in inference.measurements fails
+    here, loudly, instead of vanishing from the SR."""
+    raw = overrides[key] if key in overrides else getattr(source, key)
     if raw is None or isinstance(raw, bool):
         return None
     if isinstance(raw, (int, np.integer)):
@@ -93,10 +96,14 @@ def _value(values: Mapping[str, Any], key: str) -> float | int | None:
     return value if math.isfinite(value) else None
 
 
-def _measurements(values: Mapping[str, Any], specs: Sequence[C.MetricCode]) -> list[hd.sr.Measurement]:
+def _measurements(source: object | None, specs: Sequence[C.MetricCode],
+                  overrides: Mapping[str, Any] | None = None) -> list[hd.sr.Measurement]:
+    """TID 300 NUMs of ``source``'s attributes named by ``specs`` (none when there is no source)."""
+    if source is None:
+        return []
     out = []
     for spec in specs:
-        value = _value(values, spec.key)
+        value = _value(source, spec.key, overrides or {})
         if value is None:
             continue
         out.append(hd.sr.Measurement(
@@ -151,8 +158,8 @@ def build_sr(
     study_uid, source_series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     labels = lesion_numbers(analysis)
     _check_seg(seg, source, labels)
-    meas = analysis.measurements
-    by_label = {int(les["label"]): les for les in meas.get("lesions", [])}
+    meas = analysis.metrics
+    by_label = {lesion.label: lesion for lesion in meas.lesions}
     model = analysis.model
     params = [f"{k}={v}" for k, v in algorithm_parameters(analysis).items()]
     algo = hd.sr.AlgorithmIdentification(name=model.name, version=model.version, parameters=params or None)
@@ -176,7 +183,7 @@ def build_sr(
             finding_type=C.LESION,
             finding_sites=site,
             algorithm_id=algo,
-            measurements=_measurements(by_label.get(label, {}), C.LESION_METRICS),
+            measurements=_measurements(by_label.get(label), C.LESION_METRICS),
         ))
 
     cord_uid = _segment_tracking_uid(seg, CORD_SEGMENT, tracking_uid(study_uid, source_series, "cord"))
@@ -186,10 +193,9 @@ def build_sr(
         finding_category=C.ANATOMICAL_STRUCTURE,
         finding_type=C.SPINAL_CORD,
         algorithm_id=algo,
-        measurements=_measurements(meas, C.CORD_METRICS),
+        measurements=_measurements(meas.cord, C.CORD_METRICS),
     ))
 
-    totals = dict(meas) | {"lesion_count": len(labels)}
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid(study_uid, source_series, "lesion-totals"), identifier=TOTALS_TRACKING_ID
@@ -198,7 +204,7 @@ def build_sr(
         finding_type=C.LESION,
         finding_sites=site,
         algorithm_id=algo,
-        measurements=_measurements(totals, C.TOTAL_METRICS),
+        measurements=_measurements(meas, C.TOTAL_METRICS, {"lesion_count": len(labels)}),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=C.LESION, value=C.PRESENT if labels else C.ABSENT
         )],

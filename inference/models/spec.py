@@ -8,6 +8,7 @@ torch; ``inference.models.registry`` reads them back (and re-exports all of this
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
@@ -66,3 +67,38 @@ def split_spec(spec: str | Path) -> tuple[str, dict[str, Any]]:
         else:
             options[key] = unquote(raw)
     return base, options
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to run, as a value: a builtin name or folder, and its nnU-Net options.
+
+    Why not the string: a string is parsed again wherever it is used, and a typo in an option
+    name only shows when the model loads. The text form (``str(spec)``) stays the stable one for
+    logs, the model cache key and the config (``FOLDER?key=value&...``).
+    """
+
+    location: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def parse(cls, spec: str | Path | ModelSpec) -> ModelSpec:
+        if isinstance(spec, ModelSpec):
+            return spec
+        location, options = split_spec(spec)
+        return cls.of(location, **options)
+
+    @classmethod
+    def of(cls, location: str | Path, **options: Any) -> ModelSpec:
+        """A spec from a folder (or builtin:NAME) and nnU-Net options (None, "" and [] are left out)."""
+        nnunet_spec(location, **options)  # refuses unknown option names
+        kept = tuple((key, tuple(value) if isinstance(value, list) else value)
+                     for key in NNUNET_OPTIONS if (value := options.get(key)) not in (None, "", [], ()))
+        return cls(str(location), kept)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        value = dict(self.options).get(key, default)
+        return list(value) if isinstance(value, tuple) else value
+
+    def __str__(self) -> str:
+        return nnunet_spec(self.location, **{key: self.option(key) for key, _ in self.options})

@@ -1,0 +1,61 @@
+"""Routing applied: a complete series -> its rule's decision recorded -> a job queued (or ignored).
+
+Why apart from ``routing``: that module says what a rule matches (pure, testable on files with
+``dicom-node rules test``); this one acts on the catalog. The decision and the job it creates are
+written in one transaction, and only if no late instance re-opened the series meanwhile.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from pydicom import dcmread
+
+from dicom_node.catalog import Catalog
+from dicom_node.jobs import Jobs
+from dicom_node.routing import Rule, route
+
+log = logging.getLogger(__name__)
+
+
+class Router:
+    """Routes complete series of one catalog with one rule set."""
+
+    def __init__(self, catalog: Catalog, rules: list[Rule], data_dir: Path) -> None:
+        self.catalog = catalog
+        self.rules = rules
+        self.data_dir = data_dir
+
+    def route_complete_series(self) -> list[int]:
+        """Route every series in state 'complete'; returns ids of jobs created."""
+        created: list[int] = []
+        for row in self.catalog.query("SELECT series_uid FROM series WHERE state='complete'"):
+            job = self.route_series(row["series_uid"])
+            if job is not None:
+                created.append(job)
+        return created
+
+    def route_series(self, series_uid: str) -> int | None:
+        """Apply the rules to one complete series; the new job's id, or None (ignored, or re-opened)."""
+        first = self.catalog.first_instance(series_uid)
+        series = self.catalog.series_row(series_uid)
+        if first is None or series is None or series["state"] != "complete":
+            return None
+        ds = dcmread(self.data_dir / first["path"], stop_before_pixels=True)
+        decision = route(self.rules, ds, first["calling_ae"])
+        reason = "\n".join(decision.explanation)
+        rule = decision.rule
+        generation = int(series["generation"])
+        with self.catalog.transaction() as con:
+            if rule is None or rule.pipeline is None:
+                if self.catalog.record_routing(con, series_uid, generation, "ignored",
+                                               rule.name if rule else None, reason):
+                    log.info("series %s: no pipeline (%s)", series_uid, rule.name if rule else "no rule matched")
+                return None
+            if not self.catalog.record_routing(con, series_uid, generation, "routed", rule.name, reason):
+                return None  # re-opened by a late instance meanwhile
+            job_id, supersedes = Jobs.create(con, series_uid, generation, rule.name, rule.pipeline,
+                                             list(rule.destinations))
+        log.info("series %s: rule %s -> pipeline %s, job %d%s", series_uid, rule.name, rule.pipeline, job_id,
+                 f" (supersedes job {supersedes})" if supersedes else "")
+        return job_id
