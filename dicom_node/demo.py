@@ -19,7 +19,7 @@ import yaml
 from pydicom import dcmread
 
 from dicom_node.config import DEFAULT_CONFIG
-from dicom_node.local_pacs import LocalOrthanc, free_port
+from testbed.orthanc import LocalOrthanc, free_port
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLES = {
@@ -80,7 +80,7 @@ def wait_for_results(pacs: LocalOrthanc, study_uids: set[str], timeout: float) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.nifti_to_dicom import write_series
+    from testbed.series import write_series
 
     storescu = shutil.which("storescu")
     if storescu is None:

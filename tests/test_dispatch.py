@@ -10,7 +10,7 @@ import pytest
 from dicom_node.catalog import Catalog, now
 from dicom_node.config import Config, DestinationSettings, DispatchSettings, StorageSettings
 from dicom_node.dispatch import Dispatcher, backoff_seconds, retry_job
-from dicom_node.local_pacs import LocalOrthanc, free_port
+from testbed.orthanc import LocalOrthanc, free_port
 from tests.conftest import require_shared, require_tool
 
 

@@ -18,7 +18,7 @@ from dicom_node.config import (
     StorageSettings,
 )
 from dicom_node.dispatch import Dispatcher
-from dicom_node.local_pacs import LocalOrthanc
+from testbed.orthanc import LocalOrthanc
 from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore
 from tests.conftest import require_shared, require_tool

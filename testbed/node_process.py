@@ -17,8 +17,8 @@ from typing import Any, Callable
 import yaml
 
 from dicom_node.demo import node_config, start_node
-from dicom_node.local_pacs import LocalOrthanc
-from tests.tiny_model import make_tiny_model
+from testbed.orthanc import LocalOrthanc
+from testbed.tiny_model import make_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 
