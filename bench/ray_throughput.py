@@ -29,8 +29,8 @@ for _k, _v in LOOPBACK_ENV.items():  # before anything imports ray
 import pydicom  # noqa: E402
 
 from dicom_node.config import Config, DestinationSettings, DispatchSettings, ModelSettings, StorageSettings  # noqa: E402
-from testbed.orthanc import free_port  # noqa: E402
 from dicom_node.service import Node  # noqa: E402
+from testbed.orthanc import free_port  # noqa: E402
 
 RULES = [{"name": "spine", "when": {}, "pipeline": "spinal_cord", "destinations": ["pacs"]}]
 READY = ("dispatching", "retrying", "done", "failed")

@@ -15,9 +15,9 @@ import pydicom
 from scipy import ndimage
 
 from inference.biomarkers import analyze_lesions
-from testbed.series import rotated_affine, write_series
 from inference.pipeline import Analysis, ModelIdentity
 from inference.volume import FrameRef, Volume, align_array, volume_from_datasets
+from testbed.series import rotated_affine, write_series
 
 MODEL = ModelIdentity(name="spinecord-t2", version="0.1.0", description="test model identity")
 

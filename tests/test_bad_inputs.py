@@ -22,9 +22,9 @@ from dicom_node.config import DEFAULT_CONFIG, load_config
 from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore
 from dicom_node.worker import Worker
+from testbed.tiny_model import make_tiny_model
 from tests.bad_inputs.make_corpus import Case, make_corpus
 from tests.conftest import require_shared, require_tool
-from testbed.tiny_model import make_tiny_model
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom warns on every hostile value, by design

@@ -21,10 +21,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from testbed.node_process import NodeProcess, catalog_query, tiny_node_config, wait_until
 from testbed.orthanc import LocalOrthanc
 from testbed.series import write_series
 from tests.conftest import REPO, require_tool
-from testbed.node_process import NodeProcess, catalog_query, tiny_node_config, wait_until
 
 pytestmark = pytest.mark.integration
 

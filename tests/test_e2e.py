@@ -15,10 +15,11 @@ import pytest
 
 from dicom_node.cli import main as cli
 from dicom_node.config import load_config
-from dicom_node.demo import node_config, wait_for_results
-from testbed.orthanc import LocalOrthanc
+from dicom_node.demo import wait_for_results
 from dicom_node.results.readback import measurements_from_sr
 from dicom_node.service import Node
+from testbed.node_process import node_config
+from testbed.orthanc import LocalOrthanc
 from testbed.series import write_series
 from tests.conftest import require_shared, require_tool
 

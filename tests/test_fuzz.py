@@ -99,8 +99,8 @@ def test_listener_parse_raises_only_invalid_instance(datasets, tmp_path: Path) -
 
 
 def test_volume_builder_raises_only_volume_error(tmp_path: Path) -> None:
-    from testbed.series import write_series
     from inference.volume import VolumeError, volume_from_datasets
+    from testbed.series import write_series
     from tests.bad_inputs.make_corpus import crop_source
 
     crop = crop_source(require_shared("lesion-example/t2_fake_lesion.nii.gz"), tmp_path)

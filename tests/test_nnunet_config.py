@@ -174,8 +174,8 @@ def test_settings_reach_the_loaded_model_and_match_nnunet(tmp_path: Path) -> Non
     from inference.models.registry import load_model
     from inference.pipeline import analyze
     from inference.volume import Volume, load_nifti
-    from tests.conftest import require_shared
     from testbed.nnunet_folder import make_folder, nnunet_predict
+    from tests.conftest import require_shared
 
     plans = plans_dict([1.0, 0.9, 2.8], [32, 48, 8], [4, 8, 16], [[1, 1, 1], [2, 2, 1], [2, 2, 2]])
     folder = make_folder(tmp_path / TRAINER, plans, dataset_dict(True, None), ["0", "1"], (0, 1, 2))

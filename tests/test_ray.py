@@ -22,14 +22,14 @@ import pytest
 from dicom_node.catalog import dumps
 from dicom_node.config import (Config, DestinationSettings, DispatchSettings, ModelSettings, PipelineSettings,
                                StorageSettings)
-from testbed.orthanc import free_port
 from dicom_node.service import Node
 from dicom_node.worker import analyze_in_process
-from testbed.series import write_series
 from inference.volume import volume_from_datasets
-from tests.conftest import IN_CI, require_shared, require_tool
 from testbed.node_process import wait_until
+from testbed.orthanc import free_port
+from testbed.series import write_series
 from testbed.tiny_model import make_tiny_model
+from tests.conftest import IN_CI, require_shared, require_tool
 
 RULES = [{"name": "spine", "when": {}, "pipeline": "spinal_cord", "destinations": ["pacs"]}]
 FINISHED = ("dispatching", "retrying", "done", "failed")

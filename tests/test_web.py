@@ -25,13 +25,13 @@ from dicom_node.config import (
     Config, DestinationSettings, DispatchSettings, ModelSettings, PeerSettings, SecuritySettings, StorageSettings,
     WebSettings,
 )
-from testbed.orthanc import free_port
 from dicom_node.service import Node
 from dicom_node.web import WebServer
-from testbed.series import write_series
-from tests.conftest import IN_CI, require_shared, require_tool
 from testbed.node_process import wait_until
+from testbed.orthanc import free_port
+from testbed.series import write_series
 from testbed.tiny_model import make_tiny_model
+from tests.conftest import IN_CI, require_shared, require_tool
 
 TOKEN = "test-token-0123456789"
 RULES = [

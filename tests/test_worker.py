@@ -19,8 +19,8 @@ from dicom_node.config import Config, DestinationSettings, ModelSettings, Storag
 from dicom_node.store import InstanceStore
 from dicom_node.worker import Worker
 from testbed.series import write_series
-from tests.conftest import require_shared, require_tool
 from testbed.tiny_model import make_tiny_model
+from tests.conftest import require_shared, require_tool
 
 RULES = [
     {"name": "spine", "when": {"attribute": "SeriesDescription", "matches": "spine"}, "pipeline": "spinal_cord",
