@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "rules": ("dicom_node.routing", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
     "segment": ("inference.cli", "add_segment_arguments", "run_segment", "segment cord and lesions in a NIfTI file or DICOM folder"),
     "analyze-lesion": ("inference.cli", "add_analyze_lesion_arguments", "run_analyze_lesion", "lesion metrics from lesion and cord masks"),
+    # a dev tool (testbed/): loaded only for this command; "not available in this build" where testbed is absent
     "make-series": ("testbed.series", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),
     "evaluate": ("inference.train.evaluate", "add_arguments", "run", "evaluate a model on the validation subjects"),
 }
