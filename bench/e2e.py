@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dicom_node.demo import SAMPLE_DIR, SAMPLES, node_config, start_node, wait_for_results  # noqa: E402
-from dicom_node.local_pacs import LocalOrthanc  # noqa: E402
+from dicom_node.demo import SAMPLE_DIR, SAMPLES, wait_for_results  # noqa: E402
+from testbed.node_process import node_config, start_node  # noqa: E402
+from testbed.orthanc import LocalOrthanc  # noqa: E402
 
 
 def main() -> int:
@@ -31,7 +32,7 @@ def main() -> int:
     args = ap.parse_args()
     from pydicom import dcmread
 
-    from inference.nifti_to_dicom import write_series
+    from testbed.series import write_series
 
     work = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     nifti, desc, patient, pid = SAMPLES[args.sample]

@@ -105,9 +105,9 @@ def _rss_mb(pid: int, field_name: str) -> float:
 def run_load(workdir: Path, associations: int = 16, per_association: int = 10, studies: int = 4,
              timeout_s: float = 900) -> LoadResult:
     """Start the node (limit = `associations`), start a job, then send everything at once."""
-    from dicom_node.local_pacs import LocalOrthanc
-    from inference.nifti_to_dicom import write_series
-    from tests.node_process import NodeProcess, catalog_query, tiny_node_config, wait_until
+    from testbed.node_process import NodeProcess, catalog_query, tiny_node_config, wait_until
+    from testbed.orthanc import LocalOrthanc
+    from testbed.series import write_series
 
     workdir.mkdir(parents=True, exist_ok=True)
     folders = make_instances(workdir / "load", associations, per_association, studies)

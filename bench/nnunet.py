@@ -20,7 +20,7 @@ nnU-Net's runs with glibc's defaults unless given the same settings, which separ
 handling gains from what our code gains:
     --env MALLOC_ARENA_MAX=1 --env MALLOC_MMAP_THRESHOLD_=2147483647
     --env MALLOC_TRIM_THRESHOLD_=18446744073709551615
-The folder is a random-weight trained-model folder written by nnunetv2 itself (tests/nnunet_folder.py). Each process loads once, then predicts the same
+The folder is a random-weight trained-model folder written by nnunetv2 itself (testbed/nnunet_folder.py). Each process loads once, then predicts the same
 volume --cases times: the first case includes one-off costs (oneDNN kernel generation, first
 page faults), later cases are what a running node sees (our weights stay resident in the node;
 nnU-Net's predictor object is reused likewise, so both sides get the same treatment).
@@ -84,7 +84,7 @@ PATCH = [64, 160, 192]
 
 
 def make_bench_folder(root: Path, size: str, spacing: float, folds: int, mirror: bool) -> Path:
-    from tests.nnunet_folder import dataset_dict, make_folder, plans_dict
+    from testbed.nnunet_folder import dataset_dict, make_folder, plans_dict
 
     plans = plans_dict([spacing] * 3, PATCH, SIZES[size], STRIDES, use_mask=False)
     folder = root / "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -134,7 +134,7 @@ def worker(args: argparse.Namespace) -> None:
             seg = segment(vol, model, tile_batch=args.tile_batch or None)
             return seg.info["labels"], np.stack([seg.cord_prob, seg.lesion_prob]), seg
     else:
-        from tests.nnunet_folder import nnunet_predictor, predictor_predict
+        from testbed.nnunet_folder import nnunet_predictor, predictor_predict
 
         pred = nnunet_predictor(args.folder, folds, args.mirror)
         data, spacing = vol.array.transpose(2, 1, 0), vol.spacing[::-1]

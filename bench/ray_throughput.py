@@ -3,7 +3,7 @@
 The same fixed set of series (the bundled lesion example written as N DICOM series) goes
 into a fresh node each round; the clock runs from the first job created to the last job with
 results (SEG + SR written and validated). Dispatch is left out (destination unreachable,
-one attempt). The Ray cluster is two loopback nodes with one CPU each (tests/ray_cluster.py);
+one attempt). The Ray cluster is two loopback nodes with one CPU each (testbed/ray_cluster.py);
 each actor runs torch with one thread. Model: --model FOLDER, else the tiny random-weight test
 model (then the numbers measure the pipeline around inference more than inference).
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.ray_cluster import LOOPBACK_ENV  # noqa: E402
+from testbed.ray_cluster import LOOPBACK_ENV  # noqa: E402
 
 for _k, _v in LOOPBACK_ENV.items():  # before anything imports ray
     os.environ.setdefault(_k, _v)
@@ -29,8 +29,8 @@ for _k, _v in LOOPBACK_ENV.items():  # before anything imports ray
 import pydicom  # noqa: E402
 
 from dicom_node.config import Config, DestinationSettings, DispatchSettings, ModelSettings, StorageSettings  # noqa: E402
-from dicom_node.local_pacs import free_port  # noqa: E402
 from dicom_node.service import Node  # noqa: E402
+from testbed.orthanc import free_port  # noqa: E402
 
 RULES = [{"name": "spine", "when": {}, "pipeline": "spinal_cord", "destinations": ["pacs"]}]
 READY = ("dispatching", "retrying", "done", "failed")
@@ -86,9 +86,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from dicom_node.demo import SAMPLE_DIR
-    from inference.nifti_to_dicom import write_series
-    from tests.ray_cluster import LocalRayCluster
-    from tests.tiny_model import make_tiny_model
+    from testbed.ray_cluster import LocalRayCluster
+    from testbed.series import write_series
+    from testbed.tiny_model import make_tiny_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-ray-"))
     model = Path(args.model) if args.model else make_tiny_model(tmp / "model", thresholds=(0.5, 1.01),

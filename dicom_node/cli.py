@@ -17,7 +17,8 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "demo": ("dicom_node.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
     "rules": ("dicom_node.routing", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
     **OFFLINE_COMMANDS,  # segment, analyze-lesion, evaluate: inference's offline tools
-    "make-series": ("inference.nifti_to_dicom", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),
+    # a dev tool (testbed/): loaded only for this command; "not available in this build" where testbed is absent
+    "make-series": ("testbed.series", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),
 }
 
 

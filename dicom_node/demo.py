@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydicom import dcmread
 
-from dicom_node.config import DEFAULT_CONFIG
-from dicom_node.local_pacs import LocalOrthanc, free_port
+from testbed.node_process import node_config, start_node
+from testbed.orthanc import LocalOrthanc
 
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 SAMPLES = {
@@ -33,34 +32,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="var/demo", help="scratch folder (emptied first)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for results")
     p.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda")
-
-
-def node_config(workdir: Path, pacs: LocalOrthanc, device: str) -> Path:
-    """The default config with loopback ports, a scratch data dir and Orthanc as the destination."""
-    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    cfg["node"]["port"] = free_port()
-    cfg["storage"]["data_dir"] = str(workdir / "node")
-    cfg["completion"]["idle_seconds"] = 5.0
-    cfg["completion"]["poll_interval_s"] = 0.5
-    cfg["worker"]["device"] = device
-    cfg["worker"]["poll_interval_s"] = 0.5
-    cfg["destinations"]["pacs"].update(ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.dicom_port)
-    cfg["dispatch"]["backoff_initial_s"] = 1.0
-    path = workdir / "node.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def start_node(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], int]:
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # "READY AE host:port" once the listener accepts associations
-    if not line.startswith("READY"):
-        proc.kill()
-        raise RuntimeError(f"node did not start; see {log_path}")
-    return proc, int(line.split(":")[-1])
 
 
 def wait_for_results(pacs: LocalOrthanc, study_uids: set[str], timeout: float) -> dict[str, dict[str, Any]]:
@@ -80,7 +51,7 @@ def wait_for_results(pacs: LocalOrthanc, study_uids: set[str], timeout: float) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from inference.nifti_to_dicom import write_series
+    from testbed.series import write_series
 
     storescu = shutil.which("storescu")
     if storescu is None:

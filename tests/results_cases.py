@@ -2,7 +2,7 @@
 
 Built from ``lesion-example/`` (real T2 crop, 0.8 mm, real cord mask, painted lesion) with a
 second lesion painted in, written as sagittal, axial or 15-degree oblique series by
-``inference.nifti_to_dicom.write_series`` and read back by ``volume_from_datasets``.
+``testbed.series.write_series`` and read back by ``volume_from_datasets``.
 """
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from scipy import ndimage
 
 from inference.biomarkers import analyze_lesions
 from inference.measurements import Measurements
-from inference.nifti_to_dicom import rotated_affine, write_series
 from inference.pipeline import Analysis, ModelIdentity
 from inference.volume import FrameRef, Volume, align_array, volume_from_datasets
+from testbed.series import rotated_affine, write_series
 
 MODEL = ModelIdentity(name="spinecord-t2", version="0.1.0", description="test model identity")
 

@@ -22,9 +22,9 @@ from dicom_node.config import DEFAULT_CONFIG, load_config
 from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore
 from dicom_node.worker import Worker
+from testbed.tiny_model import make_tiny_model
 from tests.bad_inputs.make_corpus import Case, make_corpus
 from tests.conftest import require_shared, require_tool
-from tests.tiny_model import make_tiny_model
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore::UserWarning")]  # pydicom warns on every hostile value, by design
@@ -97,7 +97,7 @@ def test_bad_input_corpus(tmp_path: Path) -> None:
             echo = subprocess.run([echoscu, "-aec", AET, "127.0.0.1", str(scp.port)], capture_output=True,
                                   text=True, timeout=30)
             assert echo.returncode == 0, f"listener stopped answering after {case.name}: {echo.stderr}"
-        from inference.nifti_to_dicom import write_series
+        from testbed.series import write_series
 
         good = write_series(tmp_path / "corpus" / "crop.nii.gz", tmp_path / "control", uid_seed="control",
                             series_description="T2 SAG SPINE")

@@ -11,8 +11,8 @@ from PIL import Image
 
 from dicom_node.cli import main
 from inference.volume import save_nifti
+from testbed.tiny_model import make_tiny_model
 from tests.test_engine import PSR, _phantom
-from tests.tiny_model import make_tiny_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -98,8 +98,8 @@ def test_qc_overlay_colours_and_radiological_orientation() -> None:
 
 def test_segment_a_dicom_series_folder(tmp_path, nifti, capsys) -> None:
     """DICOM input: the outputs carry the geometry the DICOM reader gives the series."""
-    from inference.nifti_to_dicom import write_series
     from inference.volume import load_volume
+    from testbed.series import write_series
 
     series = tmp_path / "series"
     write_series(nifti, series, uid_seed="segment-test")

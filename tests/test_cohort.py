@@ -13,8 +13,8 @@ import torch
 from dicom_node.cli import main
 from inference.files import replaced_atomically
 from inference.volume import save_nifti
+from testbed.tiny_model import make_tiny_model
 from tests.test_engine import PSR, _phantom
-from tests.tiny_model import make_tiny_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from dicom_node.local_pacs import LocalOrthanc
-from inference.nifti_to_dicom import write_series
+from testbed.node_process import NodeProcess, catalog_query, tiny_node_config, wait_until
+from testbed.orthanc import LocalOrthanc
+from testbed.series import write_series
 from tests.conftest import REPO, require_tool
-from tests.node_process import NodeProcess, catalog_query, tiny_node_config, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -25,13 +25,13 @@ import yaml
 from dicom_node.config import (
     ConfigError, Config, DestinationSettings, ModelSettings, StorageSettings, load_config,
 )
-from dicom_node.local_pacs import LocalOrthanc
 from dicom_node.metrics import stage_durations
 from dicom_node.service import Node
-from inference.nifti_to_dicom import write_series
+from testbed.node_process import wait_until
+from testbed.orthanc import LocalOrthanc
+from testbed.series import write_series
+from testbed.tiny_model import make_tiny_model
 from tests.conftest import IN_CI, REPO, require_shared, require_tool
-from tests.node_process import wait_until
-from tests.tiny_model import make_tiny_model
 
 DEPLOY = REPO / "deploy"
 DEPLOY_CHANGES = {  # the only settings deploy/node.yaml may change from config/default.yaml

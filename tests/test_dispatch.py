@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 
 from dicom_node.catalog import Catalog, now
-from dicom_node.config import (
-    Config,
-    DestinationSettings,
-    DispatchSettings,
-    StorageSettings,
-)
+from dicom_node.config import Config, DestinationSettings, DispatchSettings, StorageSettings
 from dicom_node.dispatch import Dispatcher, backoff_seconds
 from dicom_node.jobs import retry_job
-from dicom_node.local_pacs import LocalOrthanc, free_port
+from testbed.orthanc import LocalOrthanc, free_port
 from tests.conftest import require_shared, require_tool
 
 

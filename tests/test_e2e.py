@@ -15,11 +15,12 @@ import pytest
 
 from dicom_node.cli import main as cli
 from dicom_node.config import load_config
-from dicom_node.demo import node_config, wait_for_results
-from dicom_node.local_pacs import LocalOrthanc
+from dicom_node.demo import wait_for_results
 from dicom_node.results.readback import measurements_from_sr
 from dicom_node.service import Node
-from inference.nifti_to_dicom import write_series
+from testbed.node_process import node_config
+from testbed.orthanc import LocalOrthanc
+from testbed.series import write_series
 from tests.conftest import require_shared, require_tool
 
 LESION_KEYS = ("volume_mm3", "length_mm", "width_mm", "max_equivalent_diameter_mm", "max_axial_damage_ratio")

@@ -14,7 +14,7 @@ from scipy import ndimage
 from inference import engine, preprocess
 from inference.models import registry
 from inference.volume import Volume
-from tests.tiny_model import make_tiny_model, pass_through_model
+from testbed.tiny_model import make_tiny_model, pass_through_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -1,6 +1,6 @@
 """Byte-mutation fuzzing of what the listener and the volume builder parse.
 
-Real files (../shared/data/dicom and a real series written by nifti_to_dicom) are mutated by
+Real files (../shared/data/dicom and a real series written by testbed.series) are mutated by
 hypothesis (bytes overwritten, deleted, inserted, truncated). The parsers may only fail with
 their documented error types: `store.read_header` and `InstanceStore.store_encoded` with
 InvalidInstance (OSError is reserved for the disk), `volume_from_datasets` with VolumeError.
@@ -99,8 +99,8 @@ def test_listener_parse_raises_only_invalid_instance(datasets, tmp_path: Path) -
 
 
 def test_volume_builder_raises_only_volume_error(tmp_path: Path) -> None:
-    from inference.nifti_to_dicom import write_series
     from inference.volume import VolumeError, volume_from_datasets
+    from testbed.series import write_series
     from tests.bad_inputs.make_corpus import crop_source
 
     crop = crop_source(require_shared("lesion-example/t2_fake_lesion.nii.gz"), tmp_path)

@@ -18,11 +18,11 @@ from inference.biomarkers import analyze_lesions
 from inference.lesion_filter import drop_small_lesions
 from inference.measurements import Measurements
 from inference.volume import Volume
+from testbed.tiny_model import pass_through_model
 from tests.conftest import require_shared, require_tool
 from tests.results_cases import make_case
 from tests.test_engine import PSR, _phantom, _ras_spacing, _z_threshold
 from tests.test_pipeline import _sigmoid
-from tests.tiny_model import pass_through_model
 
 HALF = np.diag([0.5, 0.5, 2.0, 1.0])  # 0.5 mm3 voxels
 

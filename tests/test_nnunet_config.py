@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from dicom_node.config import ConfigError, load_config
-from tests.nnunet_folder import dataset_dict, plans_dict
+from testbed.nnunet_folder import dataset_dict, plans_dict
 
 TRAINER = "nnUNetTrainer__nnUNetPlans__3d_fullres"
 
@@ -174,8 +174,8 @@ def test_settings_reach_the_loaded_model_and_match_nnunet(tmp_path: Path) -> Non
     from inference.models.registry import load_model
     from inference.pipeline import analyze
     from inference.volume import Volume, load_nifti
+    from testbed.nnunet_folder import make_folder, nnunet_predict
     from tests.conftest import require_shared
-    from tests.nnunet_folder import make_folder, nnunet_predict
 
     plans = plans_dict([1.0, 0.9, 2.8], [32, 48, 8], [4, 8, 16], [[1, 1, 1], [2, 2, 1], [2, 2, 2]])
     folder = make_folder(tmp_path / TRAINER, plans, dataset_dict(True, None), ["0", "1"], (0, 1, 2))
@@ -249,7 +249,7 @@ def test_health_sees_the_loaded_nnunet_model(tmp_path: Path) -> None:
     from dicom_node.health import model_state
     from inference.models import registry
     from inference.models.spec import nnunet_spec
-    from tests.nnunet_folder import make_folder
+    from testbed.nnunet_folder import make_folder
 
     plans = plans_dict([1.0, 0.9, 2.8], [32, 48, 8], [4, 8, 16], [[1, 1, 1], [2, 2, 1], [2, 2, 2]])
     dataset = tmp_path / "Dataset901_RandomCord"

@@ -56,7 +56,7 @@ def volume() -> Volume:
 @pytest.fixture(scope="module")
 def folder_a(tmp_path_factory) -> Path:
     _need_nnunet()
-    from tests.nnunet_folder import dataset_dict, make_folder, plans_dict
+    from testbed.nnunet_folder import dataset_dict, make_folder, plans_dict
 
     plans = plans_dict([1.0, 0.9, 2.8], [32, 48, 8], [4, 8, 16], [[1, 1, 1], [2, 2, 1], [2, 2, 2]], use_mask=True)
     root = tmp_path_factory.mktemp("nnA") / "nnUNetTrainer__nnUNetPlans__3d_fullres"
@@ -66,7 +66,7 @@ def folder_a(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def folder_b(tmp_path_factory) -> Path:
     _need_nnunet()
-    from tests.nnunet_folder import dataset_dict, make_folder, plans_dict
+    from testbed.nnunet_folder import dataset_dict, make_folder, plans_dict
 
     plans = plans_dict([1.2, 1.0, 1.1], [32, 32, 32], [4, 8, 16], [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
                        old_format=True, transpose=(2, 0, 1), norm="CTNormalization")
@@ -92,7 +92,7 @@ def _assert_parity(ours_labels, ref_labels, ours_probs, ref_probs, exact: bool =
 
 def _nnunet_on_volume(folder: Path, vol: Volume, sct_orientation: str | None, folds, mirroring=True):
     """What SCT does around nnU-Net: reorient (nibabel), transpose to (z, y, x), predict, undo."""
-    from tests.nnunet_folder import nnunet_predict
+    from testbed.nnunet_folder import nnunet_predict
 
     img = nib.Nifti1Image(vol.array, vol.affine)
     target = None

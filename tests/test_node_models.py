@@ -10,8 +10,8 @@ import pytest
 from dicom_node.config import Config, ModelSettings, StorageSettings
 from dicom_node.health import model_state
 from dicom_node.service import Node
-from tests.node_process import wait_until
-from tests.tiny_model import make_tiny_model
+from testbed.node_process import wait_until
+from testbed.tiny_model import make_tiny_model
 
 
 def _config(tmp_path: Path, model_path: str) -> Config:

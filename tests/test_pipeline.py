@@ -11,8 +11,8 @@ import torch
 from inference import pipeline
 from inference.models import registry
 from inference.volume import Volume
+from testbed.tiny_model import make_tiny_model, pass_through_model
 from tests.test_engine import PSR, _phantom, _ras_spacing, _z_threshold
-from tests.tiny_model import make_tiny_model, pass_through_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -20,22 +20,16 @@ import pydicom
 import pytest
 
 from dicom_node.catalog import dumps
-from dicom_node.config import (
-    Config,
-    DestinationSettings,
-    DispatchSettings,
-    ModelSettings,
-    PipelineSettings,
-    StorageSettings,
-)
-from dicom_node.local_pacs import free_port
+from dicom_node.config import (Config, DestinationSettings, DispatchSettings, ModelSettings, PipelineSettings,
+                               StorageSettings)
 from dicom_node.service import Node
 from inference.api import AnalysisRequest, AnalysisSettings, ModelSpec, analyze
-from inference.nifti_to_dicom import write_series
 from inference.volume import volume_from_datasets
+from testbed.node_process import wait_until
+from testbed.orthanc import free_port
+from testbed.series import write_series
+from testbed.tiny_model import make_tiny_model
 from tests.conftest import IN_CI, require_shared, require_tool
-from tests.node_process import wait_until
-from tests.tiny_model import make_tiny_model
 
 RULES = [{"name": "spine", "when": {}, "pipeline": "spinal_cord", "destinations": ["pacs"]}]
 FINISHED = ("dispatching", "retrying", "done", "failed")
@@ -54,7 +48,7 @@ def close(a, b, rel: float = 1e-4) -> bool:
 
 @pytest.fixture()
 def cluster(tmp_path: Path, monkeypatch):
-    from tests.ray_cluster import LOOPBACK_ENV, LocalRayCluster
+    from testbed.ray_cluster import LOOPBACK_ENV, LocalRayCluster
 
     for key, value in LOOPBACK_ENV.items():  # before `import ray`: it reads them at import
         monkeypatch.setenv(key, value)

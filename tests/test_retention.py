@@ -235,7 +235,7 @@ def test_the_node_purges_a_finished_series_and_takes_it_again(tmp_path: Path) ->
     days, the same series sent again is received and completed as new, then purged again."""
     from dicom_node.config import Config, StorageSettings
     from dicom_node.service import Node
-    from tests.node_process import wait_until
+    from testbed.node_process import wait_until
     from tests.test_scp import storescu
 
     series = require_shared("dicom/dcm_qa_decubitus_HFS_t1_sag")

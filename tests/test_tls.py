@@ -18,9 +18,9 @@ from dicom_node.config import (
     StorageSettings,
 )
 from dicom_node.dispatch import Dispatcher
-from dicom_node.local_pacs import LocalOrthanc
 from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore
+from testbed.orthanc import LocalOrthanc
 from tests.conftest import require_shared, require_tool
 from tests.test_dispatch import job_state, queue_one
 from tests.test_security import listener

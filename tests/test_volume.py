@@ -11,7 +11,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from inference.nifti_to_dicom import rotated_affine, write_series
+from testbed.series import rotated_affine, write_series
 from inference.volume import (
     FrameRef,
     Volume,

@@ -25,13 +25,13 @@ from dicom_node.config import (
     Config, DestinationSettings, DispatchSettings, ModelSettings, PeerSettings, SecuritySettings, StorageSettings,
     WebSettings,
 )
-from dicom_node.local_pacs import free_port
 from dicom_node.service import Node
 from dicom_node.web import WebServer
-from inference.nifti_to_dicom import write_series
+from testbed.node_process import wait_until
+from testbed.orthanc import free_port
+from testbed.series import write_series
+from testbed.tiny_model import make_tiny_model
 from tests.conftest import IN_CI, require_shared, require_tool
-from tests.node_process import wait_until
-from tests.tiny_model import make_tiny_model
 
 TOKEN = "test-token-0123456789"
 RULES = [

@@ -18,9 +18,9 @@ from dicom_node.completion import CompletionTracker
 from dicom_node.config import Config, DestinationSettings, ModelSettings, StorageSettings
 from dicom_node.store import InstanceStore
 from dicom_node.worker import Worker
-from inference.nifti_to_dicom import write_series
+from testbed.series import write_series
+from testbed.tiny_model import make_tiny_model
 from tests.conftest import require_shared, require_tool
-from tests.tiny_model import make_tiny_model
 
 RULES = [
     {"name": "spine", "when": {"attribute": "SeriesDescription", "matches": "spine"}, "pipeline": "spinal_cord",

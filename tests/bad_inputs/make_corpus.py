@@ -2,7 +2,7 @@
 
     python -m tests.bad_inputs.make_corpus OUT_DIR [--source NIFTI]
 
-Every case is derived from a real series (`inference.nifti_to_dicom.write_series` of a crop of
+Every case is derived from a real series (`testbed.series.write_series` of a crop of
 a real spine T2 volume) or from real files in ../shared/data/dicom, so only the one defect
 differs from valid input. Nothing binary is committed: the cases are made on demand.
 
@@ -98,7 +98,7 @@ def set_pixels(ds: Dataset, arr: np.ndarray, bits_stored: int, signed: bool) -> 
 
 def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
     """Write every case under `out/<case name>/` and return the list."""
-    from inference.nifti_to_dicom import TRANSFER_SYNTAXES, write_series
+    from testbed.series import TRANSFER_SYNTAXES, write_series
 
     out.mkdir(parents=True, exist_ok=True)
     crop = crop_source(source, out)

@@ -1,4 +1,4 @@
-"""Test-only models: a tiny random DynUNet saved with save_model, and a pass-through network.
+"""Models for tests and benches: a tiny random DynUNet saved with save_model, and a pass-through network.
 
 The pass-through network returns its (z-scored) input as both logits, so any geometry error
 in the engine shows up as a moved or distorted mask in the input grid.

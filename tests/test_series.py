@@ -11,8 +11,8 @@ import pytest
 from pydicom.uid import UID
 
 from dicom_node.cli import main as cli_main
-from inference.nifti_to_dicom import TRANSFER_SYNTAXES, rotated_affine, write_series
 from inference.volume import Volume, VolumeError, align_array, load_dicom_series
+from testbed.series import TRANSFER_SYNTAXES, rotated_affine, write_series
 from tests.conftest import require_shared, require_tool
 
 SAG = "spine-t2-sag/errsm_11/t2.nii.gz"

@@ -1,8 +1,10 @@
-"""The node as a separate process (`dicom-node serve`), for tests that kill -9 it or use its CLI.
+"""The node as a separate process (`dicom-node serve`): for the demo, the benches, and tests that
+kill -9 it or use its CLI.
 
-The config is the default one (as `dicom-node demo` writes it) with Orthanc as the destination,
-a scratch data dir and the tiny random-weight test model. Every process started here is
-stopped by the context manager, whatever happens.
+The config is the default one with loopback ports, Orthanc as the destination and a scratch
+data dir (node_config, as `dicom-node demo` runs it), plus the tiny random-weight model for
+tests (tiny_node_config). Every process NodeProcess starts is stopped by the context manager,
+whatever happens.
 """
 from __future__ import annotations
 
@@ -16,15 +18,45 @@ from typing import Any, Callable
 
 import yaml
 
-from dicom_node.demo import node_config, start_node
-from dicom_node.local_pacs import LocalOrthanc
-from tests.tiny_model import make_tiny_model
+from dicom_node.config import DEFAULT_CONFIG
+from testbed.orthanc import LocalOrthanc, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 
+def node_config(workdir: Path, pacs: LocalOrthanc, device: str) -> Path:
+    """The default config with loopback ports, a scratch data dir and Orthanc as the destination."""
+    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg["node"]["port"] = free_port()
+    cfg["storage"]["data_dir"] = str(workdir / "node")
+    cfg["completion"]["idle_seconds"] = 5.0
+    cfg["completion"]["poll_interval_s"] = 0.5
+    cfg["worker"]["device"] = device
+    cfg["worker"]["poll_interval_s"] = 0.5
+    cfg["destinations"]["pacs"].update(ae_title=pacs.ae_title, host="127.0.0.1", port=pacs.dicom_port)
+    cfg["dispatch"]["backoff_initial_s"] = 1.0
+    path = workdir / "node.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def start_node(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], int]:
+    """`dicom-node serve` in a child process, returned with its DICOM port once it accepts associations."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "READY AE host:port" once the listener accepts associations
+    if not line.startswith("READY"):
+        proc.kill()
+        raise RuntimeError(f"node did not start; see {log_path}")
+    return proc, int(line.split(":")[-1])
+
+
 def tiny_node_config(workdir: Path, pacs: LocalOrthanc, **overrides: dict[str, Any]) -> Path:
-    """demo's node config with the tiny model; `overrides` update sections (dispatch={...})."""
+    """node_config with the tiny model; `overrides` update sections (dispatch={...})."""
+    from testbed.tiny_model import make_tiny_model  # torch: only when a model is made
+
     workdir.mkdir(parents=True, exist_ok=True)
     model = make_tiny_model(workdir / "model", thresholds=(0.5, 1.01), patch=(32, 32, 32))
     path = node_config(workdir, pacs, "cpu")
