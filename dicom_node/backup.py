@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from inference.files import atomic_write
+from inference.api import atomic_write
 
 
 def backup_catalog(source: Path, dest: Path, pages_per_step: int = -1) -> dict[str, int]:

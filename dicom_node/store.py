@@ -31,7 +31,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian
 
 from dicom_node.catalog import Catalog
-from inference.files import atomic_write, fsync_dir
+from inference.api import atomic_write, fsync_dir
 
 LOGGER = logging.getLogger(__name__)
 

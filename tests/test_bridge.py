@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import re
 from pathlib import Path
 
 from dicom_node.results import codes
@@ -14,6 +15,7 @@ from inference import measurements as M
 
 ROOT = Path(__file__).resolve().parents[1]
 BRIDGE = "inference.api"
+MODULE_NAME = re.compile(r"(inference|dicom_node)(\.[a-z_][a-z0-9_]*)+")  # a dotted name, not prose
 
 
 def _imported_modules(path: Path) -> list[tuple[int, str]]:
@@ -26,9 +28,8 @@ def _imported_modules(path: Path) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found += [(node.lineno, node.module)] + [(node.lineno, f"{node.module}.{a.name}") for a in node.names
                                                      if node.module == "inference"]
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("inference."):
-            if node.value.replace(".", "").replace("_", "").isalnum():  # a dotted module name, not prose
-                found.append((node.lineno, node.value))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_NAME.fullmatch(node.value):
+            found.append((node.lineno, node.value))
     return found
 
 

@@ -130,34 +130,10 @@ def _check_seg(seg: pydicom.Dataset, source: Sequence[pydicom.Dataset], labels: 
         raise ResultBuildError(f"SEG segments {have} do not match the analysis (expected {want})")
 
 
-def build_sr(
-    source: Sequence[pydicom.Dataset],
-    analysis: Analysis,
-    seg: pydicom.Dataset,
-    *,
-    series_uid: str,
-    sop_instance_uid: str,
-    series_number: int = SR_SERIES_NUMBER,
-    instance_number: int = 1,
-    previous_sr: PreviousSR | Mapping[str, str] | pydicom.Dataset | None = None,
-    manufacturer: str = DEFAULT_MANUFACTURER,
-    device_name: str = "spine-dicom-node",
-    device_uid: str | None = None,
-    institution_name: str | None = None,
-    image_library: bool = True,
-) -> pydicom.Dataset:
-    """Build the TID 1500 SR of ``analysis``; every lesion group references its ``seg`` segment.
-
-    ``image_library``: list the source images in TID 1600 (as dcmqi does); turn it off for very
-    long series if SR size matters (about 1.5 kB per image).
-    """
-    if not source:
-        raise ResultBuildError("build_sr needs the source series datasets (evidence, patient, study)")
-    source = unique_source(source)
-    first = source[0]
-    study_uid, source_series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
-    labels = lesion_numbers(analysis)
-    _check_seg(seg, source, labels)
+def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[int], study_uid: str,
+                        source_series: str) -> list[Any]:
+    """TID 1411 groups: one per lesion and one for the cord, each referencing its SEG segment, then
+    the study totals (TID 1501) with lesion present/absent."""
     meas = analysis.metrics
     by_label = {lesion.label: lesion for lesion in meas.lesions}
     model = analysis.model
@@ -209,7 +185,39 @@ def build_sr(
             name=C.LESION, value=C.PRESENT if labels else C.ABSENT
         )],
     ))
+    return groups
 
+
+def build_sr(
+    source: Sequence[pydicom.Dataset],
+    analysis: Analysis,
+    seg: pydicom.Dataset,
+    *,
+    series_uid: str,
+    sop_instance_uid: str,
+    series_number: int = SR_SERIES_NUMBER,
+    instance_number: int = 1,
+    previous_sr: PreviousSR | Mapping[str, str] | pydicom.Dataset | None = None,
+    manufacturer: str = DEFAULT_MANUFACTURER,
+    device_name: str = "spine-dicom-node",
+    device_uid: str | None = None,
+    institution_name: str | None = None,
+    image_library: bool = True,
+) -> pydicom.Dataset:
+    """Build the TID 1500 SR of ``analysis``; every lesion group references its ``seg`` segment.
+
+    ``image_library``: list the source images in TID 1600 (as dcmqi does); turn it off for very
+    long series if SR size matters (about 1.5 kB per image).
+    """
+    if not source:
+        raise ResultBuildError("build_sr needs the source series datasets (evidence, patient, study)")
+    source = unique_source(source)
+    first = source[0]
+    study_uid, source_series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
+    labels = lesion_numbers(analysis)
+    _check_seg(seg, source, labels)
+    groups = _measurement_groups(analysis, seg, labels, study_uid, source_series)
+    model = analysis.model
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(

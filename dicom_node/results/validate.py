@@ -19,7 +19,7 @@ from dicom_node.results.readback import (  # noqa: F401  (re-exported: the worke
     readback_seg,
     readback_sr,
 )
-from inference.files import atomic_write
+from inference.api import atomic_write
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
