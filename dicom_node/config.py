@@ -50,7 +50,9 @@ class NodeSettings:
 
 @dataclass
 class StorageSettings:
-    data_dir: str = "var"  # instances/, results/, catalog.sqlite live below it
+    # instances/, results/, catalog.sqlite live below it. Relative to the config file's folder:
+    # for the shipped config/default.yaml that is the checkout's var/ (git-ignored, `make clean`)
+    data_dir: str = "../var"
     fsync: bool = True
 
 
