@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "retry": ("dicom_node.service", "add_retry_arguments", "run_retry", "queue a failed job's results for sending again"),
     "backup": ("dicom_node.backup", "add_arguments", "run", "consistent copy of the live catalog (SQLite online backup)"),
     "demo": ("dicom_node.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
-    "rules": ("dicom_node.routing", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
+    "rules": ("dicom_node.rules_cli", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
     **OFFLINE_COMMANDS,  # segment, analyze-lesion, evaluate: inference's offline tools
     # a dev tool (testbed/): loaded only for this command; "not available in this build" where testbed is absent
     "make-series": ("testbed.series", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),

@@ -2,6 +2,10 @@
 
 The node reads nothing else: the environment may only say *which* file (``DICOM_NODE_CONFIG``).
 Relative paths in the file are resolved against the file's own folder.
+
+Imports point one way: this module composes the settings of `dicom_node.security` (its
+dataclasses, `validate_security`) and `dicom_node.routing` (`parse_rules`); neither imports it.
+ConfigError lives in `dicom_node.config_error`, below all three, and is re-exported here.
 """
 from __future__ import annotations
 
@@ -16,15 +20,15 @@ from typing import Any
 
 import yaml
 
+from dicom_node.config_error import ConfigError as ConfigError
+from dicom_node.security import DestinationTlsSettings, DiskThreshold, SecuritySettings, validate_security
+from dicom_node.security import ListenerTlsSettings as ListenerTlsSettings
+from dicom_node.security import PeerSettings as PeerSettings
 from inference.api import (DEFAULT_MIN_LESION_VOLUME_MM3, NNUNET_OPTIONS, AnalysisRequest, AnalysisSettings,
                            ModelSpec, SettingError, check_min_volume, check_nnunet_settings)
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A setting is missing, unknown or of the wrong type; the message names the key."""
 
 
 @dataclass
@@ -41,7 +45,9 @@ class NodeSettings:
 
 @dataclass
 class StorageSettings:
-    data_dir: str = "var"  # instances/, results/, catalog.sqlite live below it
+    # instances/, results/, catalog.sqlite live below it. Relative to the config file's folder:
+    # for the shipped config/default.yaml that is the checkout's var/ (git-ignored, `make clean`)
+    data_dir: str = "../var"
     fsync: bool = True
 
 
@@ -91,16 +97,6 @@ class PipelineSettings:
 
 
 @dataclass
-class DestinationTlsSettings:
-    enabled: bool = False
-    ca: str = ""  # PEM CA bundle that signed the destination's certificate; "" = the system CAs
-    cert: str = ""  # our client certificate (PEM), when the destination asks for one
-    key: str = ""  # its private key (PEM, unencrypted)
-    check_hostname: bool = True  # the certificate must name server_hostname
-    server_hostname: str = ""  # "" = the destination's host
-
-
-@dataclass
 class DestinationSettings:
     ae_title: str = "ORTHANC"
     host: str = "127.0.0.1"
@@ -120,30 +116,6 @@ class DispatchSettings:
     backoff_factor: float = 2.0
     backoff_max_s: float = 300.0
     timeout_s: float = 30.0
-
-
-@dataclass
-class PeerSettings:
-    ae_title: str = ""  # calling AE title, exact (trailing spaces ignored)
-    hosts: list[str] = field(default_factory=list)  # IP addresses or networks (CIDR); empty = any host
-
-
-@dataclass
-class ListenerTlsSettings:
-    enabled: bool = False
-    cert: str = ""  # our certificate chain (PEM)
-    key: str = ""  # its private key (PEM, unencrypted)
-    ca: str = ""  # PEM CA bundle that client certificates must chain to
-    require_client_cert: bool = False  # refuse TLS clients without a certificate signed by `ca`
-
-
-@dataclass
-class SecuritySettings:
-    allowed_peers: list[PeerSettings] = field(default_factory=list)  # empty = any calling AE from any host
-    sop_classes: list[str] = field(default_factory=lambda: ["default"])  # keywords/UIDs; "default", "all"
-    max_instance_bytes: int = 1 << 30  # one received instance larger than this is refused (0 = no limit)
-    min_free_disk: int | str = "1GiB"  # below this free space C-STORE answers 0xA700; bytes, "NGiB"/"NMB", "N%"
-    tls: ListenerTlsSettings = field(default_factory=ListenerTlsSettings)
 
 
 @dataclass
@@ -320,8 +292,6 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"retention.{key}: must be 0 (keep for ever) or a positive number of days")
     if not (math.isfinite(r.interval_s) and r.interval_s > 0):
         raise ConfigError("retention.interval_s: must be a positive number of seconds")
-    from dicom_node.security import DiskThreshold  # the one size parser (bytes, "500GB", "2TiB")
-
     if DiskThreshold.parse(r.max_stored, "retention.max_stored").percent:
         raise ConfigError("retention.max_stored: a size (bytes, '500GB', '2TiB'), not a percentage")
     if cfg.logging.level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -342,10 +312,10 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("web.token: still the placeholder; set a random one (openssl rand -hex 24)")
     if w.status_limit < 1:
         raise ConfigError("web.status_limit: must be at least 1")
-    from dicom_node.security import validate_security  # security owns its checks (peers, classes, TLS files)
-
-    validate_security(cfg)
-    from dicom_node.routing import parse_rules  # routing owns the rule grammar
+    # security owns its checks (peers, classes, TLS files)
+    validate_security(cfg.security, {name: d.tls for name, d in cfg.destinations.items()}, cfg.path)
+    # routing owns the rule grammar; imported here, not at the top: it pulls in pydicom
+    from dicom_node.routing import parse_rules
 
     rules = parse_rules(cfg.routing)
     for rule in rules:

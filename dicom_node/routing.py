@@ -5,24 +5,23 @@ at start (`parse_rules`, errors name the rule and the key) and evaluated on the 
 instance of a series (`route`), first match wins. Every decision carries an explanation, one
 line per condition with what the attribute held, so an operator can see why a series was or
 was not processed (`dicom-node rules test`, series.routing_reason).
+
+This module does not import dicom_node.config (config imports it to validate `routing`);
+`dicom-node rules test`, which loads a config, lives in dicom_node.rules_cli.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import pydicom
 from pydicom.datadict import tag_for_keyword
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
-from dicom_node.config import ConfigError
+from dicom_node.config_error import ConfigError
 from inference.api import orientation_label  # one definition of 'sagittal' for routing and geometry
 
 DERIVED = ("orientation", "calling_ae")
@@ -307,58 +306,3 @@ def route(rules: list[Rule], ds: Dataset, calling_ae: str) -> RoutingDecision:
             return RoutingDecision(rule=rule, matched=True, explanation=explanation)
     explanation.append("no rule matched")
     return RoutingDecision(rule=None, matched=False, explanation=explanation)
-
-
-# -- `dicom-node rules test` -----------------------------------------------------------------
-
-def add_rules_arguments(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="rules_command", required=True)
-    t = sub.add_parser("test", help="show which rule matches each series of FILE_OR_DIR and why")
-    t.add_argument("path", metavar="FILE_OR_DIR", type=Path, help="a DICOM file or a folder (searched recursively)")
-    t.add_argument("--config", type=Path, default=None, help="config file (default: $DICOM_NODE_CONFIG or the bundled one)")
-    t.add_argument("--calling-ae", default="", help="the sender's AE title, for rules on calling_ae")
-
-
-def _dicom_files(path: Path) -> Iterator[tuple[Path, Dataset]]:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        try:
-            yield f, pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue
-
-
-def run_rules(args: argparse.Namespace) -> int:
-    from dicom_node.config import load_config
-
-    if not args.path.exists():
-        print(f"rules test: {args.path} does not exist", file=sys.stderr)
-        return 2
-    try:
-        rules = parse_rules(load_config(args.config).routing)
-    except ConfigError as exc:
-        print(f"rules test: {exc}", file=sys.stderr)
-        return 2
-    series: dict[str, tuple[Path, Dataset, int]] = {}
-    for f, ds in _dicom_files(args.path):
-        uid = str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID: {f})"
-        first, first_ds, n = series.get(uid, (f, ds, 0))
-        series[uid] = (first, first_ds, n + 1)
-    if not series:
-        print(f"rules test: no DICOM files under {args.path}", file=sys.stderr)
-        return 2
-    for uid, (first, ds, n) in series.items():
-        decision = route(rules, ds, args.calling_ae)
-        rule = decision.rule
-        if rule is None:
-            verdict = "no rule matched: stored only"
-        elif rule.pipeline is None:
-            verdict = f"rule {rule.name!r}: stored only (no pipeline)"
-        else:
-            verdict = f"rule {rule.name!r}: pipeline {rule.pipeline}, destinations {', '.join(rule.destinations) or '-'}"
-        print(f"series {uid}  {ds.get('Modality', '')} {str(ds.get('SeriesDescription', ''))!r}  "
-              f"{n} file(s), first {first}")
-        print(f"  -> {verdict}")
-        for line in decision.explanation:
-            print(f"    {line}")
-    return 0

@@ -6,6 +6,10 @@ peer's address), only the storage classes a spine study carries are negotiated, 
 instance may not exceed a size, and the disk is never filled to the last byte (the catalog
 and the results need room too). All settings live in `security:` of the config and are
 validated here when the config is loaded, so a typo stops the start, not a study.
+
+The settings dataclasses of that section (and of a destination's TLS) live here too:
+dicom_node.config composes them into Config and calls `validate_security`; this module never
+imports config.
 """
 from __future__ import annotations
 
@@ -14,14 +18,11 @@ import re
 import shutil
 import ssl
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Hashable
+from typing import Callable, Hashable, Mapping
 
-from pydicom.uid import RE_VALID_UID
-
-if TYPE_CHECKING:
-    from dicom_node.config import Config, DestinationTlsSettings, ListenerTlsSettings, PeerSettings
+from dicom_node.config_error import ConfigError
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # rejected-permanent, service-user, calling AE title not recognised
@@ -41,10 +42,39 @@ DEFAULT_SOP_CLASSES = (
 )
 
 
-def _config_error(message: str) -> Exception:
-    from dicom_node.config import ConfigError
+# ---- settings (`security:` and a destination's `tls:`); defaults here are the node's defaults --
+@dataclass
+class PeerSettings:
+    ae_title: str = ""  # calling AE title, exact (trailing spaces ignored)
+    hosts: list[str] = field(default_factory=list)  # IP addresses or networks (CIDR); empty = any host
 
-    return ConfigError(message)
+
+@dataclass
+class ListenerTlsSettings:
+    enabled: bool = False
+    cert: str = ""  # our certificate chain (PEM)
+    key: str = ""  # its private key (PEM, unencrypted)
+    ca: str = ""  # PEM CA bundle that client certificates must chain to
+    require_client_cert: bool = False  # refuse TLS clients without a certificate signed by `ca`
+
+
+@dataclass
+class SecuritySettings:
+    allowed_peers: list[PeerSettings] = field(default_factory=list)  # empty = any calling AE from any host
+    sop_classes: list[str] = field(default_factory=lambda: ["default"])  # keywords/UIDs; "default", "all"
+    max_instance_bytes: int = 1 << 30  # one received instance larger than this is refused (0 = no limit)
+    min_free_disk: int | str = "1GiB"  # below this free space C-STORE answers 0xA700; bytes, "NGiB"/"NMB", "N%"
+    tls: ListenerTlsSettings = field(default_factory=ListenerTlsSettings)
+
+
+@dataclass
+class DestinationTlsSettings:
+    enabled: bool = False
+    ca: str = ""  # PEM CA bundle that signed the destination's certificate; "" = the system CAs
+    cert: str = ""  # our client certificate (PEM), when the destination asks for one
+    key: str = ""  # its private key (PEM, unencrypted)
+    check_hostname: bool = True  # the certificate must name server_hostname
+    server_hostname: str = ""  # "" = the destination's host
 
 
 # ---- SOP classes ------------------------------------------------------------------------------
@@ -54,6 +84,8 @@ def storage_class_uids(names: list[str], key: str = "security.sop_classes") -> l
     Each entry is a pynetdicom keyword (MRImageStorage), a UID, "default" (the spine study set)
     or "all".
     """
+    # here, not at the top: config imports this module, and pydicom is slow to import
+    from pydicom.uid import RE_VALID_UID
     from pynetdicom import sop_class
 
     if "all" in names:
@@ -67,7 +99,7 @@ def storage_class_uids(names: list[str], key: str = "security.sop_classes") -> l
         elif isinstance(getattr(sop_class, name, None), str) and name.endswith("Storage"):
             uids.append(str(getattr(sop_class, name)))
         else:
-            raise _config_error(f"{key}[{i}]: {name!r} is not a storage SOP class keyword (e.g. MRImageStorage), "
+            raise ConfigError(f"{key}[{i}]: {name!r} is not a storage SOP class keyword (e.g. MRImageStorage), "
                                 "a UID, 'default' or 'all'")
     return list(dict.fromkeys(uids))
 
@@ -87,21 +119,21 @@ class DiskThreshold:
     @classmethod
     def parse(cls, value: int | str, key: str = "security.min_free_disk") -> "DiskThreshold":
         if isinstance(value, bool):
-            raise _config_error(f"{key}: expected bytes (1073741824), a size ('10GiB') or a percentage ('5%')")
+            raise ConfigError(f"{key}: expected bytes (1073741824), a size ('10GiB') or a percentage ('5%')")
         if isinstance(value, int):
             if value < 0:
-                raise _config_error(f"{key}: must not be negative")
+                raise ConfigError(f"{key}: must not be negative")
             return cls(bytes=value)
         text = str(value).strip().lower().replace(" ", "")
         m = re.fullmatch(r"(\d+(?:\.\d+)?)%", text)
         if m:
             pct = float(m.group(1))
             if not 0 <= pct < 100:
-                raise _config_error(f"{key}: a percentage from 0 to below 100, got {value!r}")
+                raise ConfigError(f"{key}: a percentage from 0 to below 100, got {value!r}")
             return cls(percent=pct)
         m = re.fullmatch(r"(\d+(?:\.\d+)?)([a-z]*)", text)
         if not m or m.group(2) not in _UNITS:
-            raise _config_error(f"{key}: {value!r} is not bytes, a size with unit (B, MB, GB, MiB, GiB...) "
+            raise ConfigError(f"{key}: {value!r} is not bytes, a size with unit (B, MB, GB, MiB, GiB...) "
                                 "or a percentage ('5%')")
         return cls(bytes=int(float(m.group(1)) * _UNITS[m.group(2)]))
 
@@ -136,7 +168,7 @@ class Refusal:
 class AccessPolicy:
     """Called AE must be ours; calling AE must be on the allow-list and come from one of its hosts."""
 
-    def __init__(self, own_ae_title: str, peers: list["PeerSettings"]) -> None:
+    def __init__(self, own_ae_title: str, peers: list[PeerSettings]) -> None:
         self.own = own_ae_title.strip()
         self.peers: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
         for p in peers:
@@ -204,74 +236,78 @@ class AssociationLimiter:
 def _file(resolve: Callable[[str], Path], value: str, key: str) -> str:
     path = resolve(value)
     if not path.is_file():
-        raise _config_error(f"{key}: file {path} does not exist")
+        raise ConfigError(f"{key}: file {path} does not exist")
     return str(path)
 
 
-def listener_ssl_context(t: "ListenerTlsSettings", resolve: Callable[[str], Path],
+def listener_ssl_context(t: ListenerTlsSettings, resolve: Callable[[str], Path],
                          key: str = "security.tls") -> ssl.SSLContext:
     """Server-side TLS for the listener (TLS 1.2+), with optional client-certificate checking."""
     if not t.cert or not t.key:
-        raise _config_error(f"{key}: enabled needs cert and key (PEM files)")
+        raise ConfigError(f"{key}: enabled needs cert and key (PEM files)")
     cert, pkey = _file(resolve, t.cert, f"{key}.cert"), _file(resolve, t.key, f"{key}.key")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_cert_chain(cert, pkey)
     except (ssl.SSLError, OSError) as exc:
-        raise _config_error(f"{key}.cert/{key}.key: cannot load the certificate and key: {exc}") from None
+        raise ConfigError(f"{key}.cert/{key}.key: cannot load the certificate and key: {exc}") from None
     if t.require_client_cert and not t.ca:
-        raise _config_error(f"{key}.require_client_cert: needs {key}.ca (the CA that signs client certificates)")
+        raise ConfigError(f"{key}.require_client_cert: needs {key}.ca (the CA that signs client certificates)")
     if t.ca:
         try:
             ctx.load_verify_locations(_file(resolve, t.ca, f"{key}.ca"))
         except ssl.SSLError as exc:
-            raise _config_error(f"{key}.ca: not a PEM CA bundle: {exc}") from None
+            raise ConfigError(f"{key}.ca: not a PEM CA bundle: {exc}") from None
         ctx.verify_mode = ssl.CERT_REQUIRED if t.require_client_cert else ssl.CERT_OPTIONAL
     return ctx
 
 
-def destination_ssl_context(t: "DestinationTlsSettings", resolve: Callable[[str], Path],
+def destination_ssl_context(t: DestinationTlsSettings, resolve: Callable[[str], Path],
                             key: str = "destinations.?.tls") -> ssl.SSLContext:
     """Client-side TLS for dispatch: the destination's certificate is verified (CA, host name)."""
     try:
         ctx = ssl.create_default_context(cafile=_file(resolve, t.ca, f"{key}.ca") if t.ca else None)
     except ssl.SSLError as exc:
-        raise _config_error(f"{key}.ca: not a PEM CA bundle: {exc}") from None
+        raise ConfigError(f"{key}.ca: not a PEM CA bundle: {exc}") from None
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.check_hostname = t.check_hostname
     if bool(t.cert) != bool(t.key):
-        raise _config_error(f"{key}: cert and key go together (a client certificate needs its key)")
+        raise ConfigError(f"{key}: cert and key go together (a client certificate needs its key)")
     if t.cert:
         try:
             ctx.load_cert_chain(_file(resolve, t.cert, f"{key}.cert"), _file(resolve, t.key, f"{key}.key"))
         except (ssl.SSLError, OSError) as exc:
-            raise _config_error(f"{key}.cert/{key}.key: cannot load the certificate and key: {exc}") from None
+            raise ConfigError(f"{key}.cert/{key}.key: cannot load the certificate and key: {exc}") from None
     return ctx
 
 
 # ---- validation at load -----------------------------------------------------------------------
-def validate_security(cfg: "Config") -> None:
-    """Check every security setting (and TLS file) once, at start, with messages naming the key."""
-    s = cfg.security
+def validate_security(s: SecuritySettings, destination_tls: Mapping[str, DestinationTlsSettings],
+                      resolve: Callable[[str], Path]) -> None:
+    """Check every security setting (and TLS file) once, at start, with messages naming the key.
+
+    `destination_tls` maps each destination's name to its `tls` settings; `resolve` turns a
+    path setting into a path (Config.path: relative to the config file's folder).
+    """
     for i, peer in enumerate(s.allowed_peers):
         if not 1 <= len(peer.ae_title.strip()) <= 16 or "\\" in peer.ae_title:
-            raise _config_error(f"security.allowed_peers[{i}].ae_title: 1 to 16 characters, no backslash")
+            raise ConfigError(f"security.allowed_peers[{i}].ae_title: 1 to 16 characters, no backslash")
         for j, host in enumerate(peer.hosts):
             try:
                 ipaddress.ip_network(str(host), strict=False)
             except ValueError:
-                raise _config_error(f"security.allowed_peers[{i}].hosts[{j}]: {host!r} is not an IP address or "
+                raise ConfigError(f"security.allowed_peers[{i}].hosts[{j}]: {host!r} is not an IP address or "
                                     "network (e.g. 10.1.2.3 or 10.1.0.0/16); host names are not resolved") from None
     storage_class_uids(s.sop_classes)
     if s.max_instance_bytes < 0:
-        raise _config_error("security.max_instance_bytes: must be 0 (no limit) or positive")
+        raise ConfigError("security.max_instance_bytes: must be 0 (no limit) or positive")
     DiskThreshold.parse(s.min_free_disk)
     if s.tls.enabled:
-        listener_ssl_context(s.tls, cfg.path)
-    for name, dest in cfg.destinations.items():
-        if dest.tls.enabled:
-            destination_ssl_context(dest.tls, cfg.path, key=f"destinations.{name}.tls")
+        listener_ssl_context(s.tls, resolve)
+    for name, tls in destination_tls.items():
+        if tls.enabled:
+            destination_ssl_context(tls, resolve, key=f"destinations.{name}.tls")
 
 
 def peer_host(address: object) -> str:
@@ -282,6 +318,7 @@ def peer_host(address: object) -> str:
 
 
 __all__ = [
-    "AccessPolicy", "AssociationLimiter", "DEFAULT_SOP_CLASSES", "DiskThreshold", "Refusal",
-    "destination_ssl_context", "listener_ssl_context", "peer_host", "storage_class_uids", "validate_security",
+    "AccessPolicy", "AssociationLimiter", "DEFAULT_SOP_CLASSES", "DestinationTlsSettings", "DiskThreshold",
+    "ListenerTlsSettings", "PeerSettings", "Refusal", "SecuritySettings", "destination_ssl_context",
+    "listener_ssl_context", "peer_host", "storage_class_uids", "validate_security",
 ]
