@@ -17,7 +17,7 @@ from urllib.parse import quote
 from dicom_node.catalog import Catalog
 from dicom_node.jobs import JobState
 
-from dicom_node.results.build import THUMB_NAME  # written beside seg.dcm
+from dicom_node.results import THUMB_NAME
 
 STYLE = """
 body{font:14px system-ui,sans-serif;margin:1.2em;color:#222;background:#fafafa}

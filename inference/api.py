@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from inference.files import atomic_write, replaced_atomically
+from inference.files import atomic_write, fsync_dir, replaced_atomically
 from inference.heap import child_env as heap_child_env
 from inference.heap import configure as configure_heap
 from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3, check_min_volume
@@ -37,7 +37,7 @@ __all__ = [
     "DEFAULT_MIN_LESION_VOLUME_MM3", "DEFAULT_MODEL", "NNUNET_OPTIONS", "OFFLINE_COMMANDS", "Analysis",
     "AnalysisRequest", "AnalysisSettings", "CordMeasurements", "CsaPerSlice", "FrameRef", "LesionFilter",
     "LesionMetrics", "Measurements", "ModelError", "ModelIdentity", "ModelSpec", "ModelState", "SettingError",
-    "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "check_model", "check_nnunet_settings",
+    "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model", "check_nnunet_settings",
     "configure_heap", "heap_child_env", "json_keys", "orientation_label", "preload", "render_overlay",
     "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
 ]

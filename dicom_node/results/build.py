@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from dicom_node.config import DestinationSettings
 from dicom_node.jobs import Delivery
+from dicom_node.results import THUMB_NAME
 from dicom_node.results.readback import ResultValidationError
 from dicom_node.results.secondary_capture import build_secondary_captures, render_seg_png
 from dicom_node.results.seg import build_seg
@@ -34,7 +35,6 @@ DEFAULT_VARIANT = "binary"
 VARIANTS = ("binary", "binary-sparse", "fractional", "fractional-sparse")
 PAIR_KEYS = ("seg_series", "seg_sop", "sr_series", "sr_sop")
 SC_IMAGES = 3  # key slices burned into Secondary Captures, for PACS that cannot show SEG
-THUMB_NAME = "thumb.png"  # overlay picture for the status page, beside seg.dcm
 THUMB_SIZE = (480, 320)
 
 
