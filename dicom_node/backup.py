@@ -10,11 +10,12 @@ set in which every catalog row's file exists.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import sys
 import time
 from pathlib import Path
+
+from inference.files import atomic_write
 
 
 def backup_catalog(source: Path, dest: Path, pages_per_step: int = -1) -> dict[str, int]:
@@ -27,32 +28,26 @@ def backup_catalog(source: Path, dest: Path, pages_per_step: int = -1) -> dict[s
         raise FileNotFoundError(f"no catalog at {source} (has the node run with this config?)")
     if dest.is_dir():
         dest = dest / f"catalog-{time.strftime('%Y%m%d-%H%M%S')}.sqlite"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.partial")
-    tmp.unlink(missing_ok=True)
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
-    out = sqlite3.connect(tmp)
-    try:
-        # one step (-1) = one read transaction on a WAL snapshot: the node's writers go on
-        # meanwhile, and the copy never restarts (a stepwise copy restarts on every write)
-        src.backup(out, pages=pages_per_step, sleep=0.005)
-        out.execute("PRAGMA journal_mode=DELETE")  # a single file, no -wal beside it
-        check = out.execute("PRAGMA integrity_check").fetchone()[0]
-        if check != "ok":
-            raise sqlite3.DatabaseError(f"backup failed its integrity check: {check}")
-        counts = {t: out.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                  for t in ("instances", "series", "jobs", "dispatches")}
-    finally:
-        out.close()
-        src.close()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    tmp.replace(dest)
-    dir_fd = os.open(dest.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    counts: dict[str, int] = {}
+
+    def copy(tmp: Path) -> None:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+        out = sqlite3.connect(tmp)
+        try:
+            # one step (-1) = one read transaction on a WAL snapshot: the node's writers go on
+            # meanwhile, and the copy never restarts (a stepwise copy restarts on every write)
+            src.backup(out, pages=pages_per_step, sleep=0.005)
+            out.execute("PRAGMA journal_mode=DELETE")  # a single file, no -wal beside it
+            check = out.execute("PRAGMA integrity_check").fetchone()[0]
+            if check != "ok":
+                raise sqlite3.DatabaseError(f"backup failed its integrity check: {check}")
+            counts.update({t: out.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                           for t in ("instances", "series", "jobs", "dispatches")})
+        finally:
+            out.close()
+            src.close()
+
+    atomic_write(dest, copy, temp_suffix=".partial")
     counts["path"] = str(dest)  # type: ignore[assignment]
     return counts
 

@@ -11,12 +11,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import re
 import struct
 import threading
 import time
-import uuid
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +31,7 @@ from pydicom.multival import MultiValue
 from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian
 
 from dicom_node.catalog import Catalog
+from inference.files import atomic_write, fsync_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,15 +103,6 @@ def _text(ds: Dataset, keyword: str) -> str:
     if isinstance(value, MultiValue):  # a backslash in a single-valued slot: keep the raw text
         return "\\".join(str(v) for v in value)
     return "" if value is None else str(value)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (files created, renamed or deleted in it) durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # attributes the store and the catalog need, and the declared pixel matrix (checked against the
@@ -496,27 +486,19 @@ class InstanceStore:
             self._known_dirs.add(folder)
 
     def _write_durably(self, final: Path, data: bytes) -> None:
-        """temp name in the same folder -> write -> fsync -> rename (folder fsync: GroupCommit)."""
+        """`atomic_write` with the store's temp ending (`.tmp`, swept by `remove_partial_files`).
+
+        The folder is fsynced by the group commit, once for all instances renamed into it.
+        """
         folder = final.parent
         self._ensure_dir(folder)
-        tmp = folder / f".{final.name}.{uuid.uuid4().hex}.tmp"
-        try:
+        for attempt in (1, 2):
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                atomic_write(final, data, fsync=self.fsync, fsync_folder=False, make_parents=False,
+                             temp_suffix=".tmp")
+                return
             except FileNotFoundError:  # the folder was removed behind our back: make it again
+                if attempt == 2:
+                    raise
                 self._known_dirs.discard(folder)
                 self._ensure_dir(folder)
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        # the folder is fsynced by the group commit, once for all instances renamed into it

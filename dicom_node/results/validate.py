@@ -6,7 +6,6 @@ gives one per use: dciodvfy only knows a fixed list of private schemes, declared
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -20,6 +19,7 @@ from dicom_node.results.readback import (  # noqa: F401  (re-exported: the worke
     readback_seg,
     readback_sr,
 )
+from inference.files import atomic_write
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -110,26 +110,11 @@ def check_result(path: str | Path) -> ValidationReport:
 
 
 def write_result(ds: pydicom.Dataset, path: str | Path) -> Path:
-    """Write a Part-10 file atomically: temp name in the same folder, fsync, rename, fsync folder.
-
-    A crash leaves either the old file or the complete new one, never half a result.
+    """Write a Part-10 file with `atomic_write` (temp name in the same folder, fsync, rename,
+    fsync folder): a crash leaves either the old file or the complete new one, never half a result.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
             ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+
+    return atomic_write(path, save)

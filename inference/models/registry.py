@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from inference.files import atomic_write
 from inference.models.meta import (  # noqa: F401 (re-exported: callers import them from the registry)
     BUILTIN_DIR, REQUIRED_KEYS, ModelMeta, mirror_axes, read_meta, resolve_folder)
 from inference.models.nnunet_folder import is_nnunet_spec
@@ -111,14 +112,11 @@ def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:
 
 
 def save_model(folder: Path, meta: dict[str, Any], network: torch.nn.Module) -> Path:
-    """Write the weights (a state_dict, written to a temp name then renamed) and model.json."""
+    """Write the weights (a state_dict) and model.json, each whole or absent (`atomic_write`)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     weights_name = meta.get("weights", "weights.pt")
     state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
-    tmp = folder / (weights_name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(folder / weights_name)
+    atomic_write(folder / weights_name, lambda tmp: torch.save(state, tmp))
     meta = {**meta, "weights": weights_name}
-    (folder / "model.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    atomic_write(folder / "model.json", json.dumps(meta, indent=2) + "\n")
     return folder

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import heap
+from inference.files import atomic_write
 from inference.models.registry import LoadedModel, ModelMeta, build_network, read_meta, save_model
 from inference.train.appearance import AppearanceConfig
 from inference.train.data import CachedVolume, build_cache, load_split
@@ -310,9 +311,8 @@ def train(args: argparse.Namespace,
                     "device": str(device), "train": split["train"], "val": split["val"]})
 
     def save_checkpoint() -> None:
-        tmp = ckpt_path.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state, "arch": arch}, tmp)
-        tmp.replace(ckpt_path)
+        checkpoint = {"model": net.state_dict(), "optimizer": opt.state_dict(), "state": state, "arch": arch}
+        atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
 
     def export(folder: Path, metrics: dict[str, float]) -> None:
         training = {
