@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 from inference import heap
+from inference.version import package_version
 
 # command -> (module, add-arguments function, run function, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -31,6 +32,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     them, nor `dicom-node status` for torch.
     """
     parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add_fn, _run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
