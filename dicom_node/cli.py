@@ -6,7 +6,7 @@ import importlib
 import sys
 from typing import Callable
 
-from inference.api import OFFLINE_COMMANDS, configure_heap
+from inference.api import OFFLINE_COMMANDS, configure_heap, package_version
 
 # command -> (module, add-arguments function, run function, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
@@ -21,6 +21,20 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "make-series": ("testbed.series", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),
 }
 
+# import name of an optional dependency -> the pyproject extra that installs it. A command whose
+# module needs one of these, missing here, is "not available in this build"; any other import
+# error is a real error and propagates.
+OPTIONAL_PACKAGES: dict[str, str] = {"ray": "ray"}
+
+
+def missing_optional(exc: ImportError) -> str | None:
+    """The optional package whose absence raised `exc`, or None when `exc` is anything else
+    (a missing required package, a broken module of ours, an ImportError raised inside one)."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    top = exc.name.partition(".")[0]
+    return top if top in OPTIONAL_PACKAGES else None
+
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """Every command, with the arguments of `command` only (all of them when None).
@@ -30,6 +44,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     them, nor `dicom-node status` for torch.
     """
     parser = argparse.ArgumentParser(prog="dicom-node", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add_fn, _run, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -37,8 +52,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             continue
         try:
             getattr(importlib.import_module(module), add_fn)(p)
-        except (ImportError, AttributeError, NotImplementedError):
-            p.set_defaults(_unavailable=f"{name}: not available in this build ({module})")
+        except ModuleNotFoundError as exc:
+            optional = missing_optional(exc)
+            if optional is None:
+                raise
+            p.set_defaults(_unavailable=f"{name}: not available in this build ({module} needs the optional "
+                                        f"package {optional}: pip install 'spine-dicom-node[{OPTIONAL_PACKAGES[optional]}]')")
     return parser
 
 
@@ -50,10 +69,13 @@ def _command(argv: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     configure_heap()  # before any thread starts: tensors' memory is reused between tiles (inference.heap)
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(_command(argv)).parse_args(argv)
-    if getattr(args, "_unavailable", None):
+    parser = build_parser(_command(argv))
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "_unavailable", None):  # before judging its arguments: it has none here
         print(args._unavailable, file=sys.stderr)
         return 2
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     module, _add, run_fn, _help = COMMANDS[args.command]
     runner: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(module), run_fn)
     return int(runner(args) or 0)

@@ -21,7 +21,6 @@ accept loop.
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import ssl
 import threading
@@ -30,9 +29,10 @@ from typing import Any, Callable
 from pydicom.dataset import Dataset
 from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
+from dicom_node import pynetdicom_adapter
 from dicom_node.config import Config
+from dicom_node.pynetdicom_adapter import NoDelayAssociationServer
 from dicom_node.security import (
     REJECT_CALLING_AE, REJECT_LIMIT, AccessPolicy, AssociationLimiter, DiskThreshold, Refusal, listener_ssl_context,
     storage_class_uids,
@@ -45,21 +45,6 @@ STATUS_SUCCESS = 0x0000
 STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
-
-
-class NoDelayAssociationServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server, with Nagle's algorithm off on every accepted connection."""
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        assert self.socket is not None
-        client, address = self.socket.accept()
-        try:
-            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:  # e.g. a socket type without TCP options: slower, still correct
-            LOGGER.warning("could not set TCP_NODELAY on a connection from %s: %s", address, exc)
-        if self.ssl_context:  # handshake on first read, in the association's own thread
-            client = self.ssl_context.wrap_socket(client, server_side=True, do_handshake_on_connect=False)
-        return client, address
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -115,6 +100,11 @@ class StorageSCP:
         return ae
 
     @property
+    def server(self) -> NoDelayAssociationServer | None:
+        """The running pynetdicom server (None when stopped): to bind more event handlers."""
+        return self._server
+
+    @property
     def port(self) -> int:
         """The TCP port actually bound (useful when the config says 0)."""
         if self._server is None:
@@ -145,7 +135,7 @@ class StorageSCP:
                 f"cannot listen on {node.host}:{node.port} ({exc}): is another node or storescp using it? "
                 "Change node.port or node.host in the config"
             ) from exc
-        self.ae._servers.append(server)  # so ae.shutdown() stops it as with start_server()
+        pynetdicom_adapter.register_server(self.ae, server)  # so ae.shutdown() stops it as with start_server()
         self._server = server
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-node-scp", daemon=True)
         self._thread.start()
@@ -187,9 +177,7 @@ class StorageSCP:
 
     @staticmethod
     def _reject(assoc: Any, rsd: tuple[int, int, int]) -> None:
-        assoc.acse.send_reject(*rsd)  # sets is_rejected: pynetdicom skips its own negotiation
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        assoc.kill()
+        pynetdicom_adapter.reject(assoc, *rsd)
 
     def _on_acse_recv(self, event: evt.Event) -> None:
         """A-RELEASE-RQ: the slot is free before our A-RELEASE-RP lets the peer reconnect."""
@@ -219,10 +207,8 @@ class StorageSCP:
                     LOGGER.error("association from %s@%s cut: a dataset passed %d bytes (2 x "
                                  "security.max_instance_bytes) while arriving", event.assoc.requestor.ae_title,
                                  event.assoc.requestor.address, 2 * limit)
-                    try:  # the DUL thread runs this handler: shut the socket, the DUL then sees it closed
-                        event.assoc.dul.socket.socket.shutdown(socket.SHUT_RDWR)
-                    except (OSError, AttributeError):
-                        pass
+                    # the DUL thread runs this handler: shut the socket, the DUL then sees it closed
+                    pynetdicom_adapter.cut_connection(event.assoc)
                     return
                 if control & 0x02:  # last fragment: the next dataset starts from zero
                     total = 0

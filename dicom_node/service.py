@@ -109,7 +109,7 @@ class Node:
 
     def alive(self) -> dict[str, bool]:
         """Liveness of the listener and of each loop thread (for /health)."""
-        state = {"listener": self.scp._server is not None and not self._stop.is_set()}
+        state = {"listener": self.scp.server is not None and not self._stop.is_set()}
         state.update({t.name: t.is_alive() for t in self._threads})
         return state
 
@@ -137,7 +137,7 @@ class Node:
                 if status != 0 and (status & 0xF000) != 0xB000:
                     self.refusals.add(calling(event), "store")
 
-        server = self.scp._server
+        server = self.scp.server
         if server is not None:
             server.bind(evt.EVT_REJECTED, rejected)
             server.bind(evt.EVT_DIMSE_SENT, sent)

@@ -27,6 +27,7 @@ from inference.models.nnunet_folder import DEFAULT_CHECKPOINT, SettingError, res
 from inference.models.spec import NNUNET_OPTIONS, ModelError, ModelSpec
 from inference.models.state import ModelState, check_model
 from inference.pipeline import DEFAULT_MODEL, Analysis, ModelIdentity
+from inference.version import package_version
 from inference.volume import FrameRef, Volume, VolumeError, orientation_label, volume_from_datasets
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ __all__ = [
     "AnalysisRequest", "AnalysisSettings", "CordMeasurements", "CsaPerSlice", "FrameRef", "LesionFilter",
     "LesionMetrics", "Measurements", "ModelError", "ModelIdentity", "ModelSpec", "ModelState", "SettingError",
     "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model", "check_nnunet_settings",
-    "configure_heap", "heap_child_env", "json_keys", "orientation_label", "preload", "render_overlay",
+    "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version", "preload", "render_overlay",
     "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
 ]
 

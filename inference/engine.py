@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,25 +22,12 @@ from scipy import ndimage
 
 from inference import heap, preprocess
 from inference.models.registry import LoadedModel, ModelError, mirror_axes
+from inference.segmentation import Progress, Segmentation, mirror_combos  # noqa: F401 (re-exported)
 from inference.volume import Volume
-
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 BODY_FRACTION = 0.02  # voxels brighter than this fraction of the 99th percentile are "body"
 CROP_MARGIN_MM = 16.0  # context kept around the body's bounding box
 TILE_OVERLAP = 0.5
-
-
-@dataclass
-class Segmentation:
-    """Network output in the INPUT grid (same shape as ``volume.array``)."""
-
-    cord_prob: np.ndarray  # float32 [0, 1]
-    lesion_prob: np.ndarray  # float32 [0, 1]
-    cord_mask: np.ndarray  # uint8 {0, 1}: largest connected component, includes lesion
-    lesion_mask: np.ndarray  # uint8 {0, 1}: inside cord_mask
-    timings: dict[str, float] = field(default_factory=dict)  # preprocess, network, postprocess [s]
-    info: dict[str, object] = field(default_factory=dict)  # tiles, tiles_skipped, device, model grid
 
 
 def _noop(stage: str, done: int, total: int) -> None:
@@ -135,13 +120,6 @@ def _forward(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if isinstance(y, (list, tuple)):  # deep-supervision outputs: full resolution first
         y = y[0]
     return y.float()
-
-
-def mirror_combos(axes: Sequence[int]) -> list[tuple[int, ...]]:
-    """Tensor dims (N, C, spatial...) of every non-empty combination of the spatial `axes`,
-    singles first: the mirrors test-time augmentation adds, in nnU-Net's order."""
-    dims = [a + 2 for a in axes]
-    return [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
 
 
 def forward_mirrored(net: torch.nn.Module, x: torch.Tensor, axes: tuple[int, ...]) -> torch.Tensor:

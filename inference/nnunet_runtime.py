@@ -33,28 +33,23 @@ import itertools
 import time
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
 from scipy import ndimage
 
-from inference.engine import mirror_combos
 from inference.models.nnunet import NnUNetModel, NnUNetPlan, default_tile_batch
 from inference.models.registry import ModelError
+from inference.segmentation import Progress, Segmentation, mirror_combos
 from inference.volume import Volume
-
-if TYPE_CHECKING:
-    from inference.engine import Segmentation
 
 ANISO_THRESHOLD = 3.0
 TILE_STEP = 0.5
 SIGMA_SCALE = 1.0 / 8
 GAUSSIAN_PEAK = 10.0
 _OPPOSITE = {"R": "L", "L": "R", "A": "P", "P": "A", "S": "I", "I": "S"}
-
-Progress = Callable[[str, int, int], None]
 
 
 # ------------------------------------------------------------------------------ orientation
@@ -435,14 +430,12 @@ def _channel_for(labels: frozenset[int], model: NnUNetModel, probs: np.ndarray) 
 
 
 def segment_nnunet(volume: Volume, loaded: NnUNetModel, progress: Progress | None = None,
-                   tile_batch: int | None = None) -> "Segmentation":
+                   tile_batch: int | None = None) -> Segmentation:
     """Our engine's contract on an nnU-Net folder: masks and probabilities in the input grid.
 
     Masks are nnU-Net's labels mapped as-is (cord = cord or lesion labels, lesion = lesion
     labels); no largest-component step, so what a site validated with nnU-Net is what it gets.
     """
-    from inference.engine import Segmentation
-
     if not isinstance(loaded, NnUNetModel) or loaded.plan is None:
         raise ModelError("segment_nnunet needs a model loaded from an nnU-Net folder (load_nnunet)")
     arr = np.asarray(volume.array, dtype=np.float32)

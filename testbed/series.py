@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from inference.version import package_version
 from inference.volume import Volume, VolumeError, load_nifti
 
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
@@ -351,7 +352,7 @@ def _set_study(ds: Any, header: SeriesHeader) -> None:
     ds.Modality = "MR"
     ds.Manufacturer = "spine-dicom-node"
     ds.ManufacturerModelName = "nifti_to_dicom"
-    ds.SoftwareVersions = "0.1.0"
+    ds.SoftwareVersions = package_version()
     ds.InstitutionName = "Test Hospital"
     ds.StationName = "MRSPINE1"
     ds.ReferringPhysicianName = ""

@@ -14,6 +14,7 @@ from pynetdicom import AE, build_context
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config
+from dicom_node.pynetdicom_adapter import connection_socket
 from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore, StoredInstance
 from tests.conftest import require_shared, require_tool
@@ -80,7 +81,7 @@ def test_real_files_arrive_byte_identical_with_counts(tmp_path: Path) -> None:
     nodelay: list[int] = []
 
     def on_stored(stored: StoredInstance) -> None:  # runs in the association's thread
-        sock = threading.current_thread().dul.socket.socket  # type: ignore[attr-defined]
+        sock = connection_socket(threading.current_thread())  # the Association is the thread
         nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
     with running_node(tmp_path, on_stored=on_stored) as (scp, store):

@@ -26,12 +26,12 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from inference.api import Analysis, FrameRef
+from inference.api import Analysis, FrameRef, package_version
 
 CORD_SEGMENT = 1
 SEG_SERIES_NUMBER = 9901
 DEFAULT_MANUFACTURER = "spine-dicom-node"
-DEFAULT_SOFTWARE_VERSION = "0.1.0"
+DEFAULT_SOFTWARE_VERSION = package_version()  # the node's release, from its package metadata
 
 
 class ResultBuildError(ValueError):

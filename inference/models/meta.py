@@ -1,4 +1,5 @@
-"""What a model folder says about itself: model.json read and checked, without torch.
+"""What a model folder says about itself: model.json (or an nnU-Net folder's JSON) read and checked,
+without torch.
 
 Why apart from the registry: the node's config check and /health must judge a model folder
 without importing torch (seconds and hundreds of MB in a process that only listens); the
@@ -9,9 +10,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-from inference.models.nnunet_folder import is_nnunet_spec
+from inference.models.nnunet_folder import DEFAULT_CHECKPOINT, NnUNetPlan, is_nnunet_spec, resolve_settings
 from inference.models.spec import ModelError, split_spec
 
 BUILTIN_DIR = Path(__file__).resolve().parent
@@ -61,7 +62,6 @@ def resolve_folder(spec: str | Path) -> Path:
 
 def read_meta(spec: str | Path) -> ModelMeta:
     if is_nnunet_spec(spec):  # a bring-your-own nnU-Net v2 folder (plans.json + dataset.json)
-        from inference.models.nnunet import read_nnunet_meta
         path, options = split_spec(spec)
         return read_nnunet_meta(path, **options)
     folder = resolve_folder(spec)
@@ -106,3 +106,30 @@ def mirror_axes(source: "ModelMeta | Mapping[str, Any]", where: str | None = Non
         raise ModelError(f"{where or 'model.json'}: test_time_mirroring {raw!r} must be a list of distinct "
                          "axes 0, 1, 2 (RAS; 0 = left-right), e.g. [0]")
     return tuple(raw)
+
+
+# ------------------------------------------------------------------ nnU-Net folders (JSON only)
+
+def nnunet_meta(plan: NnUNetPlan, folds: Sequence[str], checkpoint: str) -> ModelMeta:
+    """Our ModelMeta for the folder, so logs, SEG and SR can name the model."""
+    arch = plan.architecture
+    return ModelMeta(
+        folder=plan.folder, name=plan.dataset_name, version=f"{plan.plans_name}/{plan.configuration}",
+        architecture={"type": "nnUNetv2", "network_class_name": arch.get("network_class_name")},
+        spacing_mm=tuple(plan.spacing[i] for i in plan.transpose_backward)[::-1],  # type: ignore[arg-type]
+        orientation=plan.image_orientation or "as-read", normalization=",".join(plan.normalization_schemes),
+        patch_size=plan.patch_size,  # type: ignore[arg-type]
+        regions=("cord", "lesion"), activation="sigmoid" if plan.labels.has_regions else "softmax",
+        # `weights` is one file (the first fold's) so a readiness check can stat it; all are in extra
+        thresholds=(0.5, 0.5), weights=f"fold_{folds[0]}/{checkpoint}", trained=True,
+        description=f"nnU-Net v2 model folder {plan.folder}",
+        extra={"format": "nnunetv2", "configuration": plan.configuration, "folds": list(folds),
+               "checkpoints": [f"fold_{f}/{checkpoint}" for f in folds]},
+    )
+
+
+def read_nnunet_meta(folder: str | Path, configuration: str | None = None, folds: Sequence[str | int] | None = None,
+                     checkpoint: str = DEFAULT_CHECKPOINT, **_: Any) -> ModelMeta:
+    """ModelMeta from the JSON files only (no checkpoint is unpickled): for listings and config checks."""
+    choice = resolve_settings(folder, configuration, folds, checkpoint)
+    return nnunet_meta(choice.plan, choice.folds, checkpoint)

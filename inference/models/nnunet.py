@@ -25,11 +25,13 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from inference.models.loaded import LoadedModel, pick_device
+from inference.models.meta import nnunet_meta, read_nnunet_meta  # noqa: F401 (re-exported)
 from inference.models.nnunet_folder import (  # noqa: F401 (re-exported: callers import them from here)
     CORD_NAMES, DEFAULT_CHECKPOINT, DEFAULT_CONFIGURATION, LESION_NAMES, FolderChoice, Labels, NnUNetPlan,
     SettingError, find_folds, folder_configuration, is_nnunet_folder, read_plan, resolve_settings,
     trainer_folders)
-from inference.models.registry import LoadedModel, ModelError, ModelMeta, pick_device
+from inference.models.spec import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -268,31 +270,6 @@ class NnUNetModel(LoadedModel):
     channels_last: bool = False  # networks take channels-last input (CUDA, and CPU with fast_cpu)
     cord_labels: frozenset[int] = frozenset()
     lesion_labels: frozenset[int] = frozenset()
-
-
-def nnunet_meta(plan: NnUNetPlan, folds: Sequence[str], checkpoint: str) -> ModelMeta:
-    """Our ModelMeta for the folder, so logs, SEG and SR can name the model."""
-    arch = plan.architecture
-    return ModelMeta(
-        folder=plan.folder, name=plan.dataset_name, version=f"{plan.plans_name}/{plan.configuration}",
-        architecture={"type": "nnUNetv2", "network_class_name": arch.get("network_class_name")},
-        spacing_mm=tuple(plan.spacing[i] for i in plan.transpose_backward)[::-1],  # type: ignore[arg-type]
-        orientation=plan.image_orientation or "as-read", normalization=",".join(plan.normalization_schemes),
-        patch_size=plan.patch_size,  # type: ignore[arg-type]
-        regions=("cord", "lesion"), activation="sigmoid" if plan.labels.has_regions else "softmax",
-        # `weights` is one file (the first fold's) so a readiness check can stat it; all are in extra
-        thresholds=(0.5, 0.5), weights=f"fold_{folds[0]}/{checkpoint}", trained=True,
-        description=f"nnU-Net v2 model folder {plan.folder}",
-        extra={"format": "nnunetv2", "configuration": plan.configuration, "folds": list(folds),
-               "checkpoints": [f"fold_{f}/{checkpoint}" for f in folds]},
-    )
-
-
-def read_nnunet_meta(folder: str | Path, configuration: str | None = None, folds: Sequence[str | int] | None = None,
-                     checkpoint: str = DEFAULT_CHECKPOINT, **_: Any) -> ModelMeta:
-    """ModelMeta from the JSON files only (no checkpoint is unpickled): for listings and config checks."""
-    choice = resolve_settings(folder, configuration, folds, checkpoint)
-    return nnunet_meta(choice.plan, choice.folds, checkpoint)
 
 
 def default_tile_batch(device: torch.device, fast_cpu: bool) -> int:

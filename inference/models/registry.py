@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from inference.files import atomic_write
+from inference.models.loaded import LoadedModel, pick_device  # noqa: F401 (re-exported)
 from inference.models.meta import (  # noqa: F401 (re-exported: callers import them from the registry)
     BUILTIN_DIR, REQUIRED_KEYS, ModelMeta, mirror_axes, read_meta, resolve_folder)
 from inference.models.nnunet_folder import is_nnunet_spec
@@ -58,23 +58,8 @@ def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
     return DynUNet(spatial_dims=3, **arch)
 
 
-@dataclass
-class LoadedModel:
-    meta: ModelMeta
-    network: torch.nn.Module
-    device: torch.device
-
-
 _CACHE: dict[tuple[str, str], LoadedModel] = {}
 _LOCK = threading.Lock()
-
-
-def pick_device(setting: str = "auto") -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError(f"device {setting!r} requested but CUDA is not available")
-    return torch.device(setting)
 
 
 def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:

@@ -17,40 +17,9 @@ evaluation (`inference.train.evaluate --families`) measures shape generalisation
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from inference.train.families.painted import Painted, PaintFn
 
-import numpy as np
-
-
-@dataclass
-class Painted:
-    """One painting: the new image, the cord after any swelling or atrophy (lesion included),
-    and the lesions as instances (0 background, 1..n one lesion each, as a reader outlines it)."""
-
-    image: np.ndarray  # float32
-    cord: np.ndarray  # bool
-    instances: np.ndarray  # uint8
-
-    @classmethod
-    def blank(cls, image: np.ndarray, cord: np.ndarray) -> "Painted":
-        """Nothing painted yet: a float32 copy of the image, the cord as bool, no lesion."""
-        cord = np.asarray(cord) > 0
-        return cls(np.asarray(image, np.float32).copy(), cord, np.zeros(cord.shape, np.uint8))
-
-    @property
-    def lesion(self) -> np.ndarray:
-        return (self.instances > 0).astype(np.uint8)
-
-    @property
-    def count(self) -> int:
-        return int(len(np.unique(self.instances)) - 1)
-
-
-class PaintFn(Protocol):
-    def __call__(self, image: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, float],
-                 rng: np.random.Generator, levels: tuple[float, float], sign: float = 1.0,
-                 focus: tuple[slice, ...] | None = None, n_lesions: int | None = None) -> Painted: ...
+__all__ = ["FAMILY_NAMES", "PaintFn", "Painted", "check_families", "family"]
 
 
 def _registry() -> dict[str, PaintFn]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from inference.train.families import Painted
 from inference.train.families.cordframe import cord_frame, pick_center_slice, stretch_box
+from inference.train.families.painted import Painted
 
 COLUMNS = {"dorsal": (0.0, -1.0), "left": (-1.0, 0.0), "right": (1.0, 0.0),
            "dorsolateral_l": (-0.7, -0.7), "dorsolateral_r": (0.7, -0.7)}  # RAS: +x right, +y anterior

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from inference.train.families import Painted
+from inference.train.families.painted import Painted
 from inference.train.lesions import LesionConfig, paint_lesions
 from inference.lesion_filter import label_lesions
 
