@@ -132,7 +132,7 @@ def test_the_checker_finds_a_cycle_and_ignores_a_chain() -> None:
 
 def test_the_graph_sees_function_level_and_submodule_imports() -> None:
     graph = import_graph()
-    assert "inference.files" in graph["dicom_node.store"]  # from inference.files import ...
+    assert "inference.api" in graph["dicom_node.store"]  # from inference.api import ...
     assert "inference.models.nnunet" in graph["inference.models.registry"]  # inside load_model
 
 
