@@ -10,7 +10,7 @@ P is the limit), instances/s, and the node process's peak RSS (VmHWM: listener +
 
     .venv/bin/python bench/load.py [--associations 16] [--per-association 188] [--studies 6]
 
-The CI test tests/test_load.py runs the same code at 16 x 10.
+The CI test tests/integration/test_load.py runs the same code at 16 x 10.
 """
 from __future__ import annotations
 

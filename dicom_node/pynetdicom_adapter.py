@@ -1,7 +1,7 @@
 """Every use of pynetdicom beyond its documented API, in one place.
 
 Why: the listener needs a few things pynetdicom offers no public way to do. Kept here, a
-pynetdicom upgrade that changes them breaks one module, and `tests/test_pynetdicom_adapter.py`
+pynetdicom upgrade that changes them breaks one module, and `tests/unit/test_pynetdicom_adapter.py`
 says which reach broke instead of a listener that silently stops cutting or refusing. Tested
 with pynetdicom 3.0. What this relies on:
 

@@ -23,7 +23,7 @@ def package_version() -> str:
     Without package metadata (the sources run from a bare checkout or copy, never installed)
     this returns UNKNOWN, logged once, rather than raising: the node and the tools still work, and
     the marker shows in SoftwareVersions and --version instead of a plausible but invented
-    number. A stale editable install (pyproject bumped since) is caught by tests/test_version.py.
+    number. A stale editable install (pyproject bumped since) is caught by tests/unit/test_version.py.
     """
     try:
         return importlib.metadata.version(DIST_NAME)

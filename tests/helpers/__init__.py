@@ -1,0 +1,1 @@
+"""What tests share: where the data and peers are (``env``), SEG/SR cases (``results_cases``), TLS certificates (``tls_certs``)."""

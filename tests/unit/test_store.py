@@ -1,0 +1,210 @@
+"""InstanceStore: Part-10 files on disk, safe paths, one catalog transaction, idempotent re-sends."""
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _read_file_meta_info, read_preamble
+from pydicom.filewriter import write_dataset
+
+from dicom_node.catalog import Catalog
+from dicom_node.store import InstanceStore, InvalidInstance, expected_instances, path_component
+from tests.helpers.env import require_shared
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> InstanceStore:
+    return InstanceStore(tmp_path, Catalog(tmp_path / "catalog.sqlite"))
+
+
+def real(rel: str) -> pydicom.Dataset:
+    return pydicom.dcmread(require_shared(rel))
+
+
+def test_path_component_validates_or_hashes() -> None:
+    assert path_component("1.2.840.10008.1.2") == "1.2.840.10008.1.2"
+    for hostile in ("../../etc/passwd", "1.2/../3", "..", "", "1.02.3", "1." + "2" * 70, "1.2.3\x00", "1.2.3\n"):
+        component = path_component(hostile)
+        assert component == hashlib.sha256(hostile.encode()).hexdigest()
+        assert "/" not in component and component not in ("..", ".")
+
+
+def test_store_writes_part10_and_catalog(store: InstanceStore, tmp_path: Path) -> None:
+    ds = real("dicom/pydicom-data/MR-SIEMENS-DICOM-WithOverlays.dcm")
+    stored = store.store(ds, "MODALITY")
+    assert stored.new and not stored.reopened and stored.generation == 1
+    assert stored.path == Path("instances", ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID + ".dcm")
+    path = tmp_path / stored.path
+    raw = path.read_bytes()
+    assert raw[128:132] == b"DICM" and hashlib.sha256(raw).hexdigest() == stored.sha256
+    assert pydicom.dcmread(path) == ds
+    assert not [p for p in path.parent.iterdir() if p.suffix == ".tmp"]
+    (row,) = store.catalog.query("SELECT * FROM instances")
+    assert (row["path"], row["size"], row["calling_ae"]) == (stored.path.as_posix(), len(raw), "MODALITY")
+    assert row["transfer_syntax"] == ds.file_meta.TransferSyntaxUID
+    series = store.catalog.series_row(ds.SeriesInstanceUID)
+    assert (series["state"], series["received_count"], series["modality"]) == ("receiving", 1, "MR")
+    assert store.instances_of(ds.SeriesInstanceUID) == [path]
+    assert store.read_series(ds.SeriesInstanceUID)[0].pixel_array.shape == ds.pixel_array.shape
+
+
+def test_encoded_bytes_are_written_as_received(store: InstanceStore, tmp_path: Path) -> None:
+    src = require_shared("dicom/pydicom/MR_small.dcm")
+    ds = pydicom.dcmread(src)
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, ds)
+    encoded = buf.getvalue()
+    stored = store.store(ds, "X", encoded=encoded)
+    assert (tmp_path / stored.path).read_bytes().endswith(encoded)
+    assert pydicom.dcmread(tmp_path / stored.path) == ds
+
+
+def test_hostile_uids_never_escape_data_dir(store: InstanceStore, tmp_path: Path) -> None:
+    ds = real("dicom/pydicom/MR_small.dcm")
+    ds.StudyInstanceUID = "../../../../tmp/evil"
+    ds.SeriesInstanceUID = "/etc"
+    ds.SOPInstanceUID = "..\\..\\x"
+    stored = store.store(ds, "X")
+    path = (tmp_path / stored.path).resolve()
+    assert path.is_relative_to(tmp_path / "instances") and path.exists()
+    (row,) = store.catalog.query("SELECT sop_instance_uid, series_uid FROM instances")
+    assert tuple(row) == ("..\\..\\x", "/etc")  # the catalog keeps the raw values
+
+
+def test_resend_is_idempotent_and_reopens_only_on_new_content(store: InstanceStore) -> None:
+    ds = real("dicom/pydicom/MR_small.dcm")
+    first = store.store(ds, "X")
+    again = store.store(ds, "X")
+    assert not again.new and again.path == first.path
+    uid = ds.SeriesInstanceUID
+    assert store.catalog.series_row(uid)["received_count"] == 1
+    assert store.catalog.complete_series(now=1e12, idle_seconds=1) == [(uid, "idle")]
+    store.store(ds, "X")  # identical re-send after completion: nothing new, no re-open
+    row = store.catalog.series_row(uid)
+    assert (row["state"], row["generation"], row["received_count"]) == ("complete", 1, 1)
+    ds.InstanceNumber = 99  # corrected content under the same SOP Instance UID: re-open
+    changed = store.store(ds, "X")
+    assert changed.reopened and not changed.new and changed.generation == 2
+    row = store.catalog.series_row(uid)
+    assert (row["state"], row["generation"], row["received_count"], row["completion_reason"]) == ("receiving", 2, 1, None)
+
+
+def test_missing_identifiers_refused_and_nothing_recorded(store: InstanceStore, tmp_path: Path) -> None:
+    ds = real("dicom/pydicom/MR_small.dcm")
+    del ds.SeriesInstanceUID
+    with pytest.raises(InvalidInstance, match="SeriesInstanceUID"):
+        store.store(ds, "X")
+    assert store.catalog.query("SELECT COUNT(*) FROM instances")[0][0] == 0
+    assert not (tmp_path / "instances").exists()
+
+
+def test_disk_failure_raises_oserror_and_records_nothing(store: InstanceStore, tmp_path: Path) -> None:
+    (tmp_path / "instances").write_text("a file where the folder should be")
+    with pytest.raises(OSError):
+        store.store(real("dicom/pydicom/MR_small.dcm"), "X")
+    assert store.catalog.query("SELECT COUNT(*) FROM instances")[0][0] == 0
+
+
+def test_dataset_without_file_meta_gets_one(store: InstanceStore, tmp_path: Path) -> None:
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.StudyInstanceUID = "1.2.3.4", "1.2.3", "1.2"
+    ds.Modality = "OT"
+    stored = store.store(ds, "X")
+    back = pydicom.dcmread(tmp_path / stored.path)
+    assert back.file_meta.MediaStorageSOPInstanceUID == "1.2.3.4" and back.Modality == "OT"
+
+
+@pytest.mark.parametrize("attrs,expected", [
+    ({}, None),
+    ({"ImagesInAcquisition": 24}, 24),
+    ({"ImagesInAcquisition": 0}, None),
+    ({"ImagesInAcquisition": 12, "NumberOfTemporalPositions": 3}, 36),
+    ({"NumberOfFrames": 52}, 1),
+    ({"NumberOfFrames": 52, "InConcatenationTotalNumber": 4}, 4),
+    ({"NumberOfFrames": 1, "ImagesInAcquisition": 35}, 35),
+])
+def test_expected_instances(attrs: dict, expected: int | None) -> None:
+    ds = Dataset()
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    assert expected_instances(ds) == expected
+
+
+def test_expected_count_recorded_from_enhanced_mr(store: InstanceStore) -> None:
+    ds = real("dicom/pydicom-data/emri_small.dcm")
+    store.store(ds, "X")
+    assert store.catalog.series_row(ds.SeriesInstanceUID)["expected_count"] == 1
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian,
+                                    pydicom.uid.DeflatedExplicitVRLittleEndian])
+def test_store_encoded_parses_header_only_and_keeps_bytes(store: InstanceStore, tmp_path: Path, syntax: str) -> None:
+    src = require_shared("dicom/dcm_qa_decubitus_HFS_t1_sag")
+    ds = pydicom.dcmread(sorted(src.glob("*.dcm"))[0])
+    ds.ImagesInAcquisition = 35
+    ds.file_meta.TransferSyntaxUID = syntax
+    path = tmp_path / "in.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    raw = path.read_bytes()
+    fp = io.BytesIO(raw)
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    encoded = raw[fp.tell():]  # the dataset as a peer sends it: no preamble, no file meta
+    stored = store.store_encoded(encoded, syntax, "MRI_3T")
+    assert (tmp_path / stored.path).read_bytes().endswith(encoded)
+    back, sent = pydicom.dcmread(tmp_path / stored.path), pydicom.dcmread(path)
+    assert back.file_meta.TransferSyntaxUID == syntax
+    assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
+    assert back.file_meta.SourceApplicationEntityTitle == "MRI_3T"
+    assert back == sent and back.PixelData == sent.PixelData
+    row = store.catalog.series_row(ds.SeriesInstanceUID)
+    assert (row["expected_count"], row["description"], row["modality"]) == (35, "t1_fl2d_sag", "MR")
+
+
+def test_store_encoded_garbage_is_invalid(store: InstanceStore) -> None:
+    with pytest.raises(InvalidInstance):
+        store.store_encoded(b"\x08\x00\x18\x00UI\xff\xff" + b"x" * 40, pydicom.uid.ExplicitVRLittleEndian, "X")
+    with pytest.raises(InvalidInstance):
+        store.store_encoded(b"not deflate", pydicom.uid.DeflatedExplicitVRLittleEndian, "X")
+    with pytest.raises(InvalidInstance, match="transfer syntax"):
+        store.store_encoded(b"", "1.2.3.4", "X")
+    assert store.catalog.query("SELECT COUNT(*) FROM instances")[0][0] == 0
+
+
+def test_concurrent_stores_share_commits_and_count_right(tmp_path: Path) -> None:
+    import copy
+    import threading
+
+    store = InstanceStore(tmp_path, Catalog(tmp_path / "catalog.sqlite"))
+    base = pydicom.dcmread(require_shared("dicom/pydicom/MR_small.dcm"))
+    datasets = []
+    for i in range(40):
+        ds = copy.deepcopy(base)
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.{i + 1}"
+        datasets.append(ds)
+    threads = [threading.Thread(target=lambda part=datasets[k::8]: [store.store(d, "X") for d in part])
+               for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    store.close()
+    assert store.catalog.series_row(base.SeriesInstanceUID)["received_count"] == 40
+    assert len(store.instances_of(base.SeriesInstanceUID)) == 40
+    with pytest.raises(OSError, match="closed"):
+        store.store(datasets[0], "X")
+
+
+def test_remove_partial_files_after_a_crash(store: InstanceStore, tmp_path: Path) -> None:
+    stored = store.store(real("dicom/pydicom/MR_small.dcm"), "X")
+    folder = (tmp_path / stored.path).parent
+    (folder / f".{stored.path.name}.deadbeef.tmp").write_bytes(b"half an instance")
+    assert store.remove_partial_files() == 1
+    assert [p.name for p in folder.iterdir()] == [stored.path.name]
