@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dicom_node.demo import SAMPLE_DIR, SAMPLES, wait_for_results  # noqa: E402
+from testbed.demo import SAMPLE_DIR, SAMPLES, wait_for_results  # noqa: E402
 from testbed.node_process import node_config, start_node  # noqa: E402
 from testbed.orthanc import LocalOrthanc  # noqa: E402
 

@@ -85,7 +85,7 @@ def main() -> int:
     ap.add_argument("--model", help="model folder (default: the tiny random-weight test model)")
     args = ap.parse_args()
 
-    from dicom_node.demo import SAMPLE_DIR
+    from testbed.demo import SAMPLE_DIR
     from testbed.ray_cluster import LocalRayCluster
     from testbed.series import write_series
     from testbed.tiny_model import make_tiny_model

@@ -14,7 +14,7 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "status": ("dicom_node.service", "add_status_arguments", "run_status", "list series and jobs with their states"),
     "retry": ("dicom_node.service", "add_retry_arguments", "run_retry", "queue a failed job's results for sending again"),
     "backup": ("dicom_node.backup", "add_arguments", "run", "consistent copy of the live catalog (SQLite online backup)"),
-    "demo": ("dicom_node.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
+    "demo": ("testbed.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
     "rules": ("dicom_node.rules_cli", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
     **OFFLINE_COMMANDS,  # segment, analyze-lesion, evaluate: inference's offline tools
     # a dev tool (testbed/): loaded only for this command; "not available in this build" where testbed is absent

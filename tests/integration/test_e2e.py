@@ -15,7 +15,7 @@ import pytest
 
 from dicom_node.cli import main as cli
 from dicom_node.config import load_config
-from dicom_node.demo import wait_for_results
+from testbed.demo import wait_for_results
 from dicom_node.results.readback import measurements_from_sr
 from dicom_node.service import Node
 from testbed.node_process import node_config

@@ -21,7 +21,7 @@ def test_no_bench_file_shadows_a_package_of_ours() -> None:
     names = {p.stem for p in (REPO / "bench").iterdir() if p.suffix == ".py" or p.is_dir()}
     assert not names & set(PACKAGES), f"bench/ holds {sorted(names & set(PACKAGES))}: rename it"
     probe = ("import sys; sys.path.insert(0, %r); import inference.volume, testbed.series, "
-             "dicom_node.demo" % str(REPO / "bench"))
+             "testbed.demo" % str(REPO / "bench"))
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 

@@ -99,3 +99,12 @@ def test_cohort_columns_are_measurement_keys() -> None:
     assert numbers <= set(M.json_keys()), numbers - set(M.json_keys())
     assert set(_lesion_columns()) - {"case", "centroid_ras_x_mm", "centroid_ras_y_mm", "centroid_ras_z_mm"} == (
         _fields(M.LesionMetrics) - {"centroid_ras_mm"})
+
+
+def test_the_product_never_imports_the_dev_tools() -> None:
+    # the CLI's command table may name testbed modules (demo, make-series): loaded only when run
+    offending = [f"{path.relative_to(ROOT)}:{line} imports {module}"
+                 for package in ("dicom_node", "inference") for path in sorted((ROOT / package).rglob("*.py"))
+                 for line, module in _imported_modules(path)
+                 if module == "testbed" or module.startswith("testbed.")]
+    assert not offending, "testbed/ is for tests, bench and the demo:\n" + "\n".join(offending)

@@ -20,7 +20,7 @@ from pydicom import dcmread
 from testbed.node_process import node_config, start_node
 from testbed.orthanc import LocalOrthanc
 
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dicom_node" / "sample"  # shipped with the node
 SAMPLES = {
     "sagittal": ("errsm_21_t2.nii.gz", "T2 SAG SPINE", "DEMO^SAGITTAL", "DEMO-SAG-01"),
     "lesion": ("t2_fake_lesion.nii.gz", "T2 SAG C-SPINE LESION", "DEMO^LESION", "DEMO-LES-01"),
