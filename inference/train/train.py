@@ -256,6 +256,73 @@ def _log(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def _restore(args: argparse.Namespace, arch: dict[str, Any], net: torch.nn.Module,
+             opt: torch.optim.Optimizer, ckpt_path: Path) -> dict[str, Any]:
+    """The run's state: from the checkpoint (--resume), else fresh; --init loads a model's weights."""
+    if args.resume:
+        if not ckpt_path.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if ck["arch"] != arch:
+            raise SystemExit(f"--resume: checkpoint architecture differs ({ck['arch']['filters']}); "
+                             "use the same --filters")
+        net.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        return dict(ck["state"])
+    if args.init:
+        meta = read_meta(args.init)
+        if meta.architecture != arch:
+            raise SystemExit(f"--init {args.init}: architecture differs from --filters {args.filters}")
+        net.load_state_dict(torch.load(meta.folder / meta.weights, map_location="cpu", weights_only=True))
+    return {"iteration": 0, "elapsed_s": 0.0, "best_score": -1.0, "patches": 0}
+
+
+def _sampler_config(args: argparse.Namespace, spacing: tuple[float, ...], families: tuple[str, ...]) -> SamplerConfig:
+    appearance = None if args.no_appearance else replace(AppearanceConfig(), ratio=tuple(args.appearance_ratio))
+    return SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
+                         lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families,
+                         appearance=appearance)
+
+
+def _step(net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+          x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """One optimiser step (mixed precision on CUDA, gradient norm clipped at 12); (loss, its parts)."""
+    with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=x.device.type == "cuda"):
+        logits = net(x)
+    loss, parts = region_loss(logits, y)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
+    scaler.step(opt)
+    scaler.update()
+    return loss, parts
+
+
+def _training_record(args: argparse.Namespace, state: dict[str, Any], device: str, split: dict[str, Any],
+                     log_path: Path, metrics: dict[str, float], cfg: SamplerConfig) -> dict[str, Any]:
+    """model.json's "training" block: how this model was made, enough to make it again."""
+    command = None
+    if sys.argv and sys.argv[0].endswith("train.py"):
+        command = " ".join([".venv/bin/python -m inference.train.train", *sys.argv[1:]])
+    return {
+        "iterations": state["iteration"], "patches": state["patches"],
+        "minutes": round(state["elapsed_s"] / 60.0, 1), "batch": args.batch,
+        "train_patch": list(args.patch), "optimizer": f"AdamW lr {args.lr} poly(0.9) over {args.minutes} min",
+        "loss": (f"BCE (lesion pos_weight {LESION_POS_WEIGHT}) + soft Dice per region (weights cord/lesion "
+                 f"{DICE_WEIGHTS}; lesion Dice inside the true cord dilated {LESION_ROI_DILATION} vox)"),
+        "seed": args.seed, "device": device, "command": command,
+        "train_volumes": split["train"], "val_volumes": split["val"],
+        "history": run_history(log_path),
+        "quick_val": {k: round(v, 4) for k, v in metrics.items()},
+        "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
+                    "families": list(cfg.families),
+                    "appearance": asdict(cfg.appearance) if cfg.appearance is not None else None,
+                    "augment": asdict(cfg.augment)},
+        "lr": args.lr,
+    }
+
+
 def train(args: argparse.Namespace,
           volumes: tuple[list[CachedVolume], list[CachedVolume]] | None = None) -> Path:
     """Run (or resume) training; returns the exported model folder (OUT/model).
@@ -273,22 +340,7 @@ def train(args: argparse.Namespace,
     net = build_network(arch).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
-    state: dict[str, Any] = {"iteration": 0, "elapsed_s": 0.0, "best_score": -1.0, "patches": 0}
-    if args.resume:
-        if not ckpt_path.is_file():
-            raise SystemExit(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if ck["arch"] != arch:
-            raise SystemExit(f"--resume: checkpoint architecture differs ({ck['arch']['filters']}); use the same --filters")
-        net.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-    elif args.init:
-        meta = read_meta(args.init)
-        if meta.architecture != arch:
-            raise SystemExit(f"--init {args.init}: architecture differs from --filters {args.filters}")
-        net.load_state_dict(torch.load(meta.folder / meta.weights, map_location="cpu", weights_only=True))
-
+    state = _restore(args, arch, net, opt, ckpt_path)
     parent = init_record(args.init) if args.init else None
     split = load_split()
     spacing = tuple(args.spacing)
@@ -298,10 +350,7 @@ def train(args: argparse.Namespace,
     else:
         train_vols, val_vols = volumes
     families = training_families(args)
-    cfg = SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
-                        lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families,
-                        appearance=None if args.no_appearance else replace(AppearanceConfig(),
-                                                                           ratio=tuple(args.appearance_ratio)))
+    cfg = _sampler_config(args, spacing, families)
     # a resumed run reseeds from (seed, iteration): reproducible, never repeats the same patches
     stream = patch_stream(train_vols, cfg, args.seed * 100003 + state["iteration"], args.batch, args.workers)
     quick_val = QuickVal(val_vols, spacing, families=families)
@@ -315,23 +364,7 @@ def train(args: argparse.Namespace,
         atomic_write(ckpt_path, lambda tmp: torch.save(checkpoint, tmp))
 
     def export(folder: Path, metrics: dict[str, float]) -> None:
-        training = {
-            "iterations": state["iteration"], "patches": state["patches"],
-            "minutes": round(state["elapsed_s"] / 60.0, 1), "batch": args.batch,
-            "train_patch": list(args.patch), "optimizer": f"AdamW lr {args.lr} poly(0.9) over {args.minutes} min",
-            "loss": (f"BCE (lesion pos_weight {LESION_POS_WEIGHT}) + soft Dice per region (weights cord/lesion "
-                     f"{DICE_WEIGHTS}; lesion Dice inside the true cord dilated {LESION_ROI_DILATION} vox)"), "seed": args.seed, "device": str(device),
-            "command": " ".join([".venv/bin/python -m inference.train.train", *sys.argv[1:]])
-            if sys.argv and sys.argv[0].endswith("train.py") else None,
-            "train_volumes": split["train"], "val_volumes": split["val"],
-            "history": run_history(log_path),
-            "quick_val": {k: round(v, 4) for k, v in metrics.items()},
-            "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
-                        "families": list(cfg.families),
-                        "appearance": asdict(cfg.appearance) if cfg.appearance is not None else None,
-                        "augment": asdict(cfg.augment)},
-            "lr": args.lr,
-        }
+        training = _training_record(args, state, str(device), split, log_path, metrics, cfg)
         if parent is not None:
             training["init_from"] = parent
         save_model(folder, model_meta(args, arch, training), net)
@@ -346,16 +379,7 @@ def train(args: argparse.Namespace,
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = next(stream)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=device.type == "cuda"):
-            logits = net(x)
-        loss, parts = region_loss(logits, y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 12.0)
-        scaler.step(opt)
-        scaler.update()
+        loss, parts = _step(net, opt, scaler, x.to(device, non_blocking=True), y.to(device, non_blocking=True))
         now = time.time()
         state["elapsed_s"] += now - t_last
         t_last = now
