@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from inference import heap  # noqa: E402  (needs the repository on the path)
+
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "spine-t2-sag" / "errsm_11" / "t2.nii.gz"
 NNUNET_PEER_S = 70.0  # ../shared/NOTES.md: nnU-Net predictor, SCIseg-sized net, 1 mm, 2 threads
 

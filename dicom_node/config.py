@@ -24,8 +24,16 @@ from dicom_node.config_error import ConfigError as ConfigError
 from dicom_node.security import DestinationTlsSettings, DiskThreshold, SecuritySettings, validate_security
 from dicom_node.security import ListenerTlsSettings as ListenerTlsSettings
 from dicom_node.security import PeerSettings as PeerSettings
-from inference.api import (DEFAULT_MIN_LESION_VOLUME_MM3, NNUNET_OPTIONS, AnalysisRequest, AnalysisSettings,
-                           ModelSpec, SettingError, check_min_volume, check_nnunet_settings)
+from inference.api import (
+    DEFAULT_MIN_LESION_VOLUME_MM3,
+    NNUNET_OPTIONS,
+    AnalysisRequest,
+    AnalysisSettings,
+    ModelSpec,
+    SettingError,
+    check_min_volume,
+    check_nnunet_settings,
+)
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"

@@ -27,14 +27,20 @@ import threading
 from typing import Any, Callable
 
 from pydicom.dataset import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from dicom_node import pynetdicom_adapter
 from dicom_node.config import Config
 from dicom_node.pynetdicom_adapter import NoDelayAssociationServer
 from dicom_node.security import (
-    REJECT_CALLING_AE, REJECT_LIMIT, AccessPolicy, AssociationLimiter, DiskThreshold, Refusal, listener_ssl_context,
+    REJECT_CALLING_AE,
+    REJECT_LIMIT,
+    AccessPolicy,
+    AssociationLimiter,
+    DiskThreshold,
+    Refusal,
+    listener_ssl_context,
     storage_class_uids,
 )
 from dicom_node.store import InstanceStore, InvalidInstance, StoredInstance

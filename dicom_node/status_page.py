@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 from dicom_node.catalog import Catalog
 from dicom_node.jobs import JobState
-
 from dicom_node.results import THUMB_NAME
 
 STYLE = """

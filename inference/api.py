@@ -21,8 +21,7 @@ from inference.files import atomic_write, fsync_dir, replaced_atomically
 from inference.heap import child_env as heap_child_env
 from inference.heap import configure as configure_heap
 from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3, check_min_volume
-from inference.measurements import (CordMeasurements, CsaPerSlice, LesionFilter, LesionMetrics, Measurements,
-                                    json_keys)
+from inference.measurements import CordMeasurements, CsaPerSlice, LesionFilter, LesionMetrics, Measurements, json_keys
 from inference.models.nnunet_folder import DEFAULT_CHECKPOINT, SettingError, resolve_settings
 from inference.models.spec import NNUNET_OPTIONS, ModelError, ModelSpec
 from inference.models.state import ModelState, check_model

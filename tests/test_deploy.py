@@ -23,7 +23,12 @@ import pytest
 import yaml
 
 from dicom_node.config import (
-    ConfigError, Config, DestinationSettings, ModelSettings, StorageSettings, load_config,
+    Config,
+    ConfigError,
+    DestinationSettings,
+    ModelSettings,
+    StorageSettings,
+    load_config,
 )
 from dicom_node.metrics import stage_durations
 from dicom_node.service import Node

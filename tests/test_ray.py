@@ -20,8 +20,14 @@ import pydicom
 import pytest
 
 from dicom_node.catalog import dumps
-from dicom_node.config import (Config, DestinationSettings, DispatchSettings, ModelSettings, PipelineSettings,
-                               StorageSettings)
+from dicom_node.config import (
+    Config,
+    DestinationSettings,
+    DispatchSettings,
+    ModelSettings,
+    PipelineSettings,
+    StorageSettings,
+)
 from dicom_node.service import Node
 from inference.api import AnalysisRequest, AnalysisSettings, ModelSpec, analyze
 from inference.volume import volume_from_datasets

@@ -14,7 +14,12 @@ import pytest
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import (
-    Config, DestinationSettings, DestinationTlsSettings, DispatchSettings, ListenerTlsSettings, SecuritySettings,
+    Config,
+    DestinationSettings,
+    DestinationTlsSettings,
+    DispatchSettings,
+    ListenerTlsSettings,
+    SecuritySettings,
     StorageSettings,
 )
 from dicom_node.dispatch import Dispatcher

@@ -10,7 +10,7 @@ import torch
 from inference.models.registry import load_model, read_meta
 from inference.train import train as train_mod
 from inference.train.augment import AugmentConfig, as_acquired, spatial, thick_slices
-from inference.train.data import CachedVolume, acquisition_slab, load_split, BY_KEY
+from inference.train.data import BY_KEY, CachedVolume, acquisition_slab, load_split
 from inference.train.lesions import LesionConfig, paint_lesions
 from inference.train.sampling import PatchSampler, SamplerConfig
 

@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from testbed.series import rotated_affine, write_series
 from inference.volume import (
     FrameRef,
     Volume,
@@ -24,6 +23,7 @@ from inference.volume import (
     save_nifti,
     volume_from_datasets,
 )
+from testbed.series import rotated_affine, write_series
 from tests.conftest import require_shared
 
 SAG = "spine-t2-sag/errsm_11/t2.nii.gz"

@@ -28,9 +28,21 @@ import torch
 from inference.models.loaded import LoadedModel, pick_device
 from inference.models.meta import nnunet_meta, read_nnunet_meta  # noqa: F401 (re-exported)
 from inference.models.nnunet_folder import (  # noqa: F401 (re-exported: callers import them from here)
-    CORD_NAMES, DEFAULT_CHECKPOINT, DEFAULT_CONFIGURATION, LESION_NAMES, FolderChoice, Labels, NnUNetPlan,
-    SettingError, find_folds, folder_configuration, is_nnunet_folder, read_plan, resolve_settings,
-    trainer_folders)
+    CORD_NAMES,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIGURATION,
+    LESION_NAMES,
+    FolderChoice,
+    Labels,
+    NnUNetPlan,
+    SettingError,
+    find_folds,
+    folder_configuration,
+    is_nnunet_folder,
+    read_plan,
+    resolve_settings,
+    trainer_folders,
+)
 from inference.models.spec import ModelError
 
 log = logging.getLogger(__name__)
