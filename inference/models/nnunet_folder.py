@@ -111,7 +111,7 @@ class Labels:
         the one regions_class_order writes for it)."""
         out: set[int] = set()
         fg = [(k, v) for k, v in self.names.items() if k not in ("background", "ignore")]
-        for i, (k, v) in enumerate(fg):
+        for k, v in fg:
             if not pattern.match(k.strip()):
                 continue
             if isinstance(v, (list, tuple)) and len(v) > 1:

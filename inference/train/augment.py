@@ -101,7 +101,7 @@ def _crop_t(arr: torch.Tensor, lo: np.ndarray, shape: np.ndarray, fill: float) -
     src_hi = np.minimum(lo + shape, arr.shape[1:])
     if np.any(src_hi <= src_lo):
         return out
-    dst = tuple(slice(int(a - l), int(b - l)) for a, b, l in zip(src_lo, src_hi, lo))
+    dst = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(src_lo, src_hi, lo))
     out[(slice(None), *dst)] = arr[(slice(None), *[slice(int(a), int(b)) for a, b in zip(src_lo, src_hi)])]
     return out
 
