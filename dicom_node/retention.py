@@ -137,7 +137,8 @@ class Retention:
             if row is None or row["generation"] != generation or row["state"] not in ("routed", "ignored"):
                 return None  # re-opened by a late instance, or purged already
             active = con.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE series_uid=? AND state IN ({', '.join('?' * len(ACTIVE_JOB_STATES))})",
+                "SELECT COUNT(*) FROM jobs WHERE series_uid=? "
+                f"AND state IN ({', '.join('?' * len(ACTIVE_JOB_STATES))})",
                 (series_uid, *ACTIVE_JOB_STATES)).fetchone()[0]
             if active:
                 return None

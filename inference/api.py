@@ -37,9 +37,9 @@ __all__ = [
     "DEFAULT_MIN_LESION_VOLUME_MM3", "DEFAULT_MODEL", "NNUNET_OPTIONS", "OFFLINE_COMMANDS", "Analysis",
     "AnalysisRequest", "AnalysisSettings", "CordMeasurements", "CsaPerSlice", "FrameRef", "LesionFilter",
     "LesionMetrics", "Measurements", "ModelError", "ModelIdentity", "ModelSpec", "ModelState", "SettingError",
-    "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model", "check_nnunet_settings",
-    "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version", "preload", "render_overlay",
-    "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
+    "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model",
+    "check_nnunet_settings", "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version",
+    "preload", "render_overlay", "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
 ]
 
 

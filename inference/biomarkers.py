@@ -78,7 +78,8 @@ def _validate(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) -> None:
     if lesion.ndim != 3:
         raise MetricsError(f"lesion mask must be 3D, got shape {lesion.shape}")
     if lesion.shape != cord.shape:
-        raise MetricsError(f"lesion mask shape {lesion.shape} differs from cord mask shape {cord.shape}; resample one onto the other's grid")
+        raise MetricsError(f"lesion mask shape {lesion.shape} differs from cord mask shape {cord.shape}; "
+                           "resample one onto the other's grid")
     if np.asarray(affine).shape != (4, 4):
         raise MetricsError(f"affine must be 4x4, got {np.asarray(affine).shape}")
     values = np.unique(lesion)

@@ -296,7 +296,8 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
     assert plan is not None
     patch = plan.patch_size
     if len(patch) != data.ndim - 1:
-        raise ModelError(f"configuration {plan.configuration!r} has a {len(patch)}D patch; only 3D configurations run here")
+        raise ModelError(
+            f"configuration {plan.configuration!r} has a {len(patch)}D patch; only 3D configurations run here")
     dev = model.device
     cuda = dev.type == "cuda"
     store = torch.float16 if half_accumulation else torch.float32

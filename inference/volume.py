@@ -318,7 +318,8 @@ def volume_from_datasets(
     worst = int(np.argmax(deviation))
     if deviation[worst] > tol:
         raise VolumeError(f"non-uniform slice spacing: {slices[worst].source} is {deviation[worst]:.3f} mm off the "
-                          f"evenly spaced stack (step {np.linalg.norm(step):.3f} mm, gaps {np.round(gaps, 3).tolist()[:8]}"
+                          f"evenly spaced stack (step {np.linalg.norm(step):.3f} mm, "
+                          f"gaps {np.round(gaps, 3).tolist()[:8]}"
                           f"{'...' if len(gaps) > 8 else ''}, tolerance {tol:.3f} mm): missing or extra slices?")
 
     rows, cols = shape0

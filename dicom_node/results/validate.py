@@ -105,7 +105,8 @@ def check_result(path: str | Path) -> ValidationReport:
         except Exception as exc:
             raise ResultValidationError(f"{path.name}: Secondary Capture pixels do not decode: {exc}") from None
     else:
-        raise ResultValidationError(f"{path.name}: SOP class {sop_class} is not SEG, Comprehensive 3D SR or Secondary Capture")
+        raise ResultValidationError(
+            f"{path.name}: SOP class {sop_class} is not SEG, Comprehensive 3D SR or Secondary Capture")
     return report
 
 

@@ -71,7 +71,8 @@ def load_split(path: Path = SPLIT_FILE) -> dict[str, list[str]]:
     people = {side: {BY_KEY[k].subject for k in split[side]} for side in ("train", "val")}
     both = people["train"] & people["val"]
     if both:
-        raise ValueError(f"{path}: subjects {sorted(both)} are in both train and val; move all their volumes to one side")
+        raise ValueError(
+            f"{path}: subjects {sorted(both)} are in both train and val; move all their volumes to one side")
     return split
 
 

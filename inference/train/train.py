@@ -156,8 +156,8 @@ class QuickVal:
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             img, cord = v.image[sl], v.cord[sl]
             for name in families:
-                painted, cord_p, les = paint_cached(v, img, cord, spacing, rng, n_lesions=3 if name == "painter" else None,
-                                                    family_name=name)
+                painted, cord_p, les = paint_cached(v, img, cord, spacing, rng,
+                                                    n_lesions=3 if name == "painter" else None, family_name=name)
                 self.items.append((f"{v.key}+{name}", painted, np.maximum(cord_p, les), les))
 
     def __call__(self, model: LoadedModel) -> dict[str, float]:
@@ -212,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of cord patches left without painted lesions (a lesion-focused fine-tune lowers it)")
     p.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), metavar="FAMILY",
                    help=f"lesion families painted into patches (default all: {' '.join(FAMILY_NAMES)})")
-    p.add_argument("--appearance-ratio", type=float, nargs=2, default=list(AppearanceConfig.ratio), metavar=("LO", "HI"),
+    p.add_argument("--appearance-ratio", type=float, nargs=2, default=list(AppearanceConfig.ratio),
+                   metavar=("LO", "HI"),
                    help="lesion / cord signal range of the appearance randomisation")
     p.add_argument("--no-appearance", action="store_true",
                    help="keep each family's own look (no appearance randomisation), as models before 1.3 trained")
@@ -279,7 +280,8 @@ def train(args: argparse.Namespace,
             raise SystemExit(f"--resume: no checkpoint at {ckpt_path}; run without --resume first")
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         if ck["arch"] != arch:
-            raise SystemExit(f"--resume: checkpoint architecture differs ({ck['arch']['filters']}); use the same --filters")
+            raise SystemExit(
+                f"--resume: checkpoint architecture differs ({ck['arch']['filters']}); use the same --filters")
         net.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
@@ -320,7 +322,8 @@ def train(args: argparse.Namespace,
             "minutes": round(state["elapsed_s"] / 60.0, 1), "batch": args.batch,
             "train_patch": list(args.patch), "optimizer": f"AdamW lr {args.lr} poly(0.9) over {args.minutes} min",
             "loss": (f"BCE (lesion pos_weight {LESION_POS_WEIGHT}) + soft Dice per region (weights cord/lesion "
-                     f"{DICE_WEIGHTS}; lesion Dice inside the true cord dilated {LESION_ROI_DILATION} vox)"), "seed": args.seed, "device": str(device),
+                     f"{DICE_WEIGHTS}; lesion Dice inside the true cord dilated {LESION_ROI_DILATION} vox)"),
+            "seed": args.seed, "device": str(device),
             "command": " ".join([".venv/bin/python -m inference.train.train", *sys.argv[1:]])
             if sys.argv and sys.argv[0].endswith("train.py") else None,
             "train_volumes": split["train"], "val_volumes": split["val"],
