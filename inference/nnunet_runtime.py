@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from inference.models.nnunet import NnUNetModel, NnUNetPlan, default_tile_batch
 from inference.models.registry import ModelError
-from inference.segmentation import Progress, Segmentation, mirror_combos
+from inference.segmentation import Progress, Segmentation, all_channels, mirror_combos
 from inference.volume import Volume
 
 ANISO_THRESHOLD = 3.0
@@ -242,7 +242,7 @@ def preprocess(image: np.ndarray, spacing: Sequence[float], plan: NnUNetPlan) ->
     sp = tuple(float(spacing[i]) for i in plan.transpose_forward)
     shape0 = tuple(data.shape[1:])
     box, mask = nonzero_bbox(data, fill=any(plan.use_mask_for_norm))
-    data = data[(slice(None), *box)]
+    data = data[all_channels(box)]
     for c in range(data.shape[0]):
         normalize(data[c], plan.normalization_schemes[c], plan.use_mask_for_norm[c], mask,
                   plan.intensity_properties.get(str(c), {}))
@@ -306,7 +306,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
     lo = [(q - n) // 2 for n, q in zip(shape, padded_shape)]
     x_all = torch.zeros((data.shape[0], *padded_shape), dtype=torch.float32, device=dev)
     inner = tuple(slice(a, a + n) for a, n in zip(lo, shape))
-    x_all[(slice(None), *inner)] = torch.from_numpy(np.ascontiguousarray(data)).to(dev)
+    x_all[all_channels(inner)] = torch.from_numpy(np.ascontiguousarray(data)).to(dev)
     starts = list(itertools.product(*tile_steps(padded_shape, patch)))
     heads = plan.labels.num_heads
     n_folds = len(model.networks)
@@ -327,7 +327,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
         for b0 in range(0, len(starts), group):
             chunk = starts[b0:b0 + group]
             sls = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in chunk]
-            tiles = [x_all[(slice(None), *sl)] for sl in sls]
+            tiles = [x_all[all_channels(sl)] for sl in sls]
             passes = [(t, axes) for t in range(len(tiles)) for axes in views]
             for f, net in enumerate(model.networks):
                 outs: list[torch.Tensor] = []
@@ -350,7 +350,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
                     if combos:
                         yi /= len(views)
                     yi = yi.to(dev) * g  # fp32 (or autocast fp16) product, stored in `store`
-                    acc[(f, slice(None), *sl)] += yi
+                    acc[(f,) + all_channels(sl)] += yi
             for sl in sls:
                 norm[sl] += g
             n_done += len(chunk)
@@ -365,7 +365,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
         total /= n_folds
     if torch.isinf(total).any():
         raise ModelError("infinite logits after tile averaging (float16 overflow); use half_accumulation=False")
-    return total[(slice(None), *inner)].cpu().numpy()
+    return total[all_channels(inner)].cpu().numpy()
 
 
 # ------------------------------------------------------------------------------ export
@@ -390,7 +390,7 @@ def export(logits: np.ndarray, prep: Prepared, plan: NnUNetPlan) -> tuple[np.nda
     full_probs = np.zeros((probs_np.shape[0], *prep.shape_before_crop), np.float32)
     if not lab.has_regions:
         full_probs[0] = 1.0
-    full_probs[(slice(None), *prep.bbox)] = probs_np
+    full_probs[all_channels(prep.bbox)] = probs_np
     tb = plan.transpose_backward
     return (np.ascontiguousarray(full_seg.transpose(tb)),
             np.ascontiguousarray(full_probs.transpose((0, *[i + 1 for i in tb]))))
