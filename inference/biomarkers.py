@@ -334,7 +334,7 @@ def _midsagittal_measures(
 
 
 def _interpolated_bridges(
-    sagittal: tuple[np.ndarray, np.ndarray], box_yz: tuple[int, int], cord: np.ndarray, slices: tuple[int, int],
+    sagittal: tuple[np.ndarray, np.ndarray], box_yz: tuple[int, ...], cord: np.ndarray, slices: tuple[int, int],
     f: float, mm_per_voxel: np.ndarray,
 ) -> tuple[float, float]:
     """Minimum dorsal and ventral bridges (mm) in the interpolated midsagittal slice; `sagittal`
@@ -353,8 +353,8 @@ def _interpolated_bridges(
         per_slice.append(found)
     dorsal, ventral = [], []
     for z in sorted(set(per_slice[0]) | set(per_slice[1])):
-        b1 = per_slice[0].get(z, per_slice[1].get(z))
-        b2 = per_slice[1].get(z, per_slice[0].get(z))
+        b1 = per_slice[0][z] if z in per_slice[0] else per_slice[1][z]
+        b2 = per_slice[1][z] if z in per_slice[1] else per_slice[0][z]
         dorsal.append(((1.0 - f) * b1[0] + f * b2[0]) * mm_per_voxel[z])
         ventral.append(((1.0 - f) * b1[1] + f * b2[1]) * mm_per_voxel[z])
     return float(min(dorsal)), float(min(ventral))

@@ -6,10 +6,12 @@ them into the one `dicom-node` console script.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from nibabel.spatialimages import SpatialImage
 
     from inference.engine import Progress
     from inference.pipeline import Analysis
@@ -168,7 +170,8 @@ def _load_mask(path, what: str):
     if not path.is_file():
         raise MetricsError(f"{what} mask {path} not found")
     try:
-        img = nib.load(str(path))
+        # nib.load is typed for every format it reads; a NIfTI file loads as a SpatialImage
+        img = cast("SpatialImage", nib.load(str(path)))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises several types for unreadable files
         first_line = str(exc).splitlines()[0] if str(exc) else ""

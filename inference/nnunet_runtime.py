@@ -79,16 +79,21 @@ class Reorient:
         return apply_orientation(arr, self.backward_ornt)
 
 
+def _column_norms(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size along each axis of `affine`'s grid."""
+    sx, sy, sz = (float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return sx, sy, sz
+
+
 def reorientation(affine: np.ndarray, shape: Sequence[int], code: str | None) -> Reorient:
     affine = np.asarray(affine, dtype=np.float64)
     if code is None:
-        return Reorient(None, None, tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)))
+        return Reorient(None, None, _column_norms(affine))
     src = io_orientation(affine)
     dst = axcodes2ornt(sct_to_nibabel_codes(code))
     fwd = ornt_transform(src, dst)
     new_affine = affine @ inv_ornt_aff(fwd, tuple(shape[:3]))
-    return Reorient(fwd, ornt_transform(dst, src),
-                    tuple(float(v) for v in np.linalg.norm(new_affine[:3, :3], axis=0)))
+    return Reorient(fwd, ornt_transform(dst, src), _column_norms(new_affine))
 
 
 # ------------------------------------------------------------------------------ crop / normalise
