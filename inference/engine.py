@@ -199,10 +199,10 @@ def predict_model_space(array: np.ndarray, model: LoadedModel, *, normalized: bo
             progress("sliding window", min(b0 + batch, len(tiles_run)), len(tiles_run))
     covered = norm > 0
     probs_pad = torch.where(covered, torch.sigmoid(acc / norm.clamp_min(1e-12)), torch.zeros_like(acc))
-    probs_pad = probs_pad.cpu().numpy()
+    probs_pad_np = probs_pad.cpu().numpy()
     unpad = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, sub.shape))
     out = np.zeros((n_out, *arr.shape), np.float32)
-    out[all_channels(crop)] = probs_pad[all_channels(unpad)]
+    out[all_channels(crop)] = probs_pad_np[all_channels(unpad)]
     return out
 
 

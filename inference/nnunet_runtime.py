@@ -151,8 +151,8 @@ def separate_z(current: Sequence[float], new: Sequence[float], force: bool | Non
                threshold: float = ANISO_THRESHOLD) -> int | None:
     """The axis to resample on its own (nnU-Net's anisotropy rule), or None."""
     def lowres(sp: Sequence[float]) -> list[int]:
-        sp = np.asarray(sp, float)
-        return [int(i) for i in np.where(max(sp) / sp == 1)[0]]
+        arr = np.asarray(sp, float)
+        return [int(i) for i in np.where(max(arr) / arr == 1)[0]]
 
     def aniso(sp: Sequence[float]) -> bool:
         return max(sp) / min(sp) > threshold

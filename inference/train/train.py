@@ -239,7 +239,7 @@ def training_families(args: argparse.Namespace) -> tuple[str, ...]:
 
 def run_history(log_path: Path) -> list[str]:
     """One line per (re)start of the run, from its log: the card must say how the weights came about."""
-    lines = []
+    lines: list[str] = []
     if not Path(log_path).is_file():
         return lines
     for raw in Path(log_path).read_text(encoding="utf-8").splitlines():
