@@ -217,7 +217,7 @@ def _nnunet_options(m: ModelSettings) -> dict[str, Any]:
 def _check(value: Any, tp: Any, key: str) -> Any:
     """Convert/validate one YAML value against a type hint; raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a hint is a class, never an instance
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, key)

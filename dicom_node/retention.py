@@ -158,6 +158,7 @@ class Retention:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (series_uid, generation, now, reason, len(instances), size, json.dumps(by_ae),
                  json.dumps(files))).lastrowid
+        assert purge_id is not None  # the row the INSERT just added
         return purge_id, files, Purge(series_uid, reason, len(instances), size)
 
     def _remove_files(self, purge_id: int, files: list[str]) -> None:
