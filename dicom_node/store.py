@@ -471,9 +471,11 @@ class InstanceStore:
     @staticmethod
     def _file_meta(ds: Dataset, ids: dict[str, str], transfer_syntax: str) -> FileMetaDataset:
         meta = FileMetaDataset(getattr(ds, "file_meta", None) or FileMetaDataset())
-        meta.MediaStorageSOPClassUID = UID(ids["SOPClassUID"])
-        meta.MediaStorageSOPInstanceUID = UID(ids["SOPInstanceUID"])
-        meta.TransferSyntaxUID = UID(transfer_syntax)
+        # pydicom annotates these as UID but takes a str (UID() itself would validate, and warn on the
+        # hostile values this path must store unchanged)
+        meta.MediaStorageSOPClassUID = ids["SOPClassUID"]  # type: ignore[assignment]
+        meta.MediaStorageSOPInstanceUID = ids["SOPInstanceUID"]  # type: ignore[assignment]
+        meta.TransferSyntaxUID = transfer_syntax  # type: ignore[assignment]
         if "ImplementationClassUID" not in meta:
             meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
         return meta
