@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 PEERS := dcmtk orthanc dicom3tools chromium chromium-driver systemd
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test peers venv bench clean
+.PHONY: demo test lint peers venv bench clean
 
 venv: $(STAMP)
 
@@ -36,7 +36,12 @@ peers:
 demo: $(STAMP) peers
 	$(VENV)/bin/dicom-node demo
 
-test: $(STAMP) peers
+# ruff and mypy, configured in pyproject.toml; `make test` (what .ci/run calls) runs them first
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: $(STAMP) peers lint
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP) peers

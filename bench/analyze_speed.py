@@ -23,6 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 from inference import heap  # noqa: E402  (needs the repository on the path)
+
 DEFAULT_INPUT = REPO.parent / "shared" / "data" / "spine-t2-sag" / "errsm_11" / "t2.nii.gz"
 NNUNET_PEER_S = 70.0  # ../shared/NOTES.md: nnU-Net predictor, SCIseg-sized net, 1 mm, 2 threads
 
@@ -143,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
               "above ~1 the wall times include waiting for other processes; segment CPU time / threads "
               "estimates the wall time on an idle machine")
         print(f"best total {best:.2f} s per volume; target 20 s: {'met' if best <= 20 else 'NOT met'}; "
-              f"nnU-Net peer (NOTES.md, SCIseg-sized, same volume) ~{NNUNET_PEER_S:.0f} s -> ratio {NNUNET_PEER_S / best:.1f}x")
+              f"nnU-Net peer (NOTES.md, SCIseg-sized, same volume) ~{NNUNET_PEER_S:.0f} s "
+              f"-> ratio {NNUNET_PEER_S / best:.1f}x")
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     return 0

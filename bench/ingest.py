@@ -1,7 +1,8 @@
 """Ingest benchmark: our node (fsync on) against dcmtk storescp, same stock storescu load.
 
 Sends N real-size MR images (256x256 16-bit, ~265 KB with the Siemens header; --columns 512
-for ~390 KB; made from the real Siemens series with new UIDs and fresh noise) with 1 and with P parallel storescu associations, and prints instances/s, p50/p95
+for ~390 KB; made from the real Siemens series with new UIDs and fresh noise) with 1 and with
+P parallel storescu associations, and prints instances/s, p50/p95
 per-instance latency as the sender sees it (storescu's own timestamps from "Sending Store
 Request" to "Received Store Response"), and the node/storescp ratio.
 

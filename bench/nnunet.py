@@ -20,7 +20,8 @@ nnU-Net's runs with glibc's defaults unless given the same settings, which separ
 handling gains from what our code gains:
     --env MALLOC_ARENA_MAX=1 --env MALLOC_MMAP_THRESHOLD_=2147483647
     --env MALLOC_TRIM_THRESHOLD_=18446744073709551615
-The folder is a random-weight trained-model folder written by nnunetv2 itself (testbed/nnunet_folder.py). Each process loads once, then predicts the same
+The folder is a random-weight trained-model folder written by nnunetv2 itself
+(testbed/nnunet_folder.py). Each process loads once, then predicts the same
 volume --cases times: the first case includes one-off costs (oneDNN kernel generation, first
 page faults), later cases are what a running node sees (our weights stay resident in the node;
 nnU-Net's predictor object is reused likewise, so both sides get the same treatment).
@@ -43,7 +44,8 @@ progress bar on, --not_on_device off. Threads: on -device cpu nnU-Net's command 
 torch.set_num_threads(cpu_count()) itself (so OMP_NUM_THREADS alone does not bind it), then runs
 the network with min(that, nnUNet_def_n_proc) threads and sets nnUNet_def_n_proc in its export
 workers (default 8); so both commands get OMP_NUM_THREADS = nnUNet_def_n_proc = N and ours
---threads N, N = --threads or min(8, cores), nnU-Net's own default. Ours does more per case (probability map, measurements.json). Prints per
+--threads N, N = --threads or min(8, cores), nnU-Net's own default. Ours does more per case
+(probability map, measurements.json). Prints per
 side the fastest wall time of --repeat alternating runs, CPU seconds and the largest process's
 peak RSS of the tree (wait4, as /usr/bin/time -v), the tree's peak summed PSS (sampled from
 /proc), the share of voxels where nnU-Net's label image and our cord/lesion masks agree, and
@@ -359,7 +361,8 @@ def main_cli(args: argparse.Namespace, sides: list[str]) -> None:
 def print_cli(runs: dict[str, list[dict]], parity: dict[str, tuple[float, float, float]], cases: int = 1) -> None:
     best = {side: {k: min(r[k] for r in rs) for k in rs[0]} for side, rs in runs.items()}
     for side, b in best.items():
-        print(f"  {side:7s} wall {b['wall_s']:7.1f} s, {b['wall_s'] / cases:.1f} s per case  CPU {b['cpu_s']:7.1f} s  peak RSS of the largest "
+        print(f"  {side:7s} wall {b['wall_s']:7.1f} s, {b['wall_s'] / cases:.1f} s per case  "
+              f"CPU {b['cpu_s']:7.1f} s  peak RSS of the largest "
               f"process {b['max_rss_mb']:6.0f} MB  peak PSS of the tree {b['tree_pss_mb']:6.0f} MB "
               f"({b['procs']} processes at most)")
     n = best["nnunet"]

@@ -10,11 +10,15 @@ from inference.api import OFFLINE_COMMANDS, configure_heap, package_version
 
 # command -> (module, add-arguments function, run function, help)
 COMMANDS: dict[str, tuple[str, str, str, str]] = {
-    "serve": ("dicom_node.service", "add_serve_arguments", "run_serve", "run the node (listener, completion, worker, dispatch, retention)"),
+    "serve": ("dicom_node.service", "add_serve_arguments", "run_serve",
+              "run the node (listener, completion, worker, dispatch, retention)"),
     "status": ("dicom_node.service", "add_status_arguments", "run_status", "list series and jobs with their states"),
-    "retry": ("dicom_node.service", "add_retry_arguments", "run_retry", "queue a failed job's results for sending again"),
-    "backup": ("dicom_node.backup", "add_arguments", "run", "consistent copy of the live catalog (SQLite online backup)"),
-    "demo": ("testbed.demo", "add_arguments", "run", "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
+    "retry": ("dicom_node.service", "add_retry_arguments", "run_retry",
+              "queue a failed job's results for sending again"),
+    "backup": ("dicom_node.backup", "add_arguments", "run",
+               "consistent copy of the live catalog (SQLite online backup)"),
+    "demo": ("testbed.demo", "add_arguments", "run",
+             "end to end on the bundled sample: Orthanc, node, storescu, SEG+SR back"),
     "rules": ("dicom_node.rules_cli", "add_rules_arguments", "run_rules", "routing rules: `rules test FILE_OR_DIR`"),
     **OFFLINE_COMMANDS,  # segment, analyze-lesion, evaluate: inference's offline tools
     # a dev tool (testbed/): loaded only for this command; "not available in this build" where testbed is absent
@@ -56,8 +60,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             optional = missing_optional(exc)
             if optional is None:
                 raise
+            extra = OPTIONAL_PACKAGES[optional]
             p.set_defaults(_unavailable=f"{name}: not available in this build ({module} needs the optional "
-                                        f"package {optional}: pip install 'spine-dicom-node[{OPTIONAL_PACKAGES[optional]}]')")
+                                        f"package {optional}: pip install 'spine-dicom-node[{extra}]')")
     return parser
 
 

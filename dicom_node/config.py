@@ -24,8 +24,16 @@ from dicom_node.config_error import ConfigError as ConfigError
 from dicom_node.security import DestinationTlsSettings, DiskThreshold, SecuritySettings, validate_security
 from dicom_node.security import ListenerTlsSettings as ListenerTlsSettings
 from dicom_node.security import PeerSettings as PeerSettings
-from inference.api import (DEFAULT_MIN_LESION_VOLUME_MM3, NNUNET_OPTIONS, AnalysisRequest, AnalysisSettings,
-                           ModelSpec, SettingError, check_min_volume, check_nnunet_settings)
+from inference.api import (
+    DEFAULT_MIN_LESION_VOLUME_MM3,
+    NNUNET_OPTIONS,
+    AnalysisRequest,
+    AnalysisSettings,
+    ModelSpec,
+    SettingError,
+    check_min_volume,
+    check_nnunet_settings,
+)
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
@@ -209,7 +217,7 @@ def _nnunet_options(m: ModelSettings) -> dict[str, Any]:
 def _check(value: Any, tp: Any, key: str) -> Any:
     """Convert/validate one YAML value against a type hint; raise ConfigError naming `key`."""
     origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):  # a hint is a class, never an instance
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
         return _build(tp, value, key)

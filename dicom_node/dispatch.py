@@ -41,7 +41,8 @@ def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: f
     tls_args = (ssl_context, dest.tls.server_hostname or dest.host) if ssl_context is not None else None
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
-        why = "association rejected" if assoc.is_rejected else "association aborted" if assoc.is_aborted else "no association"
+        why = ("association rejected" if assoc.is_rejected
+               else "association aborted" if assoc.is_aborted else "no association")
         if ssl_context is not None:  # pynetdicom logs the TLS error itself; say where to look
             why += " over TLS (handshake refused? check the certificates and destinations.*.tls)"
         return SendOutcome(False, f"{why} by {dest.ae_title}@{dest.host}:{dest.port}", time.monotonic() - t0)

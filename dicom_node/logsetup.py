@@ -14,10 +14,13 @@ import logging
 import re
 import sys
 import time
-from typing import Any, Iterator
+from types import MappingProxyType
+from typing import Any, Iterator, Mapping
 
-# correlation ids of the work the current thread is doing (set by the worker around a job)
-_CONTEXT: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("dicom_node_log_context", default={})
+# correlation ids of the work the current thread is doing (set by the worker around a job); read-only:
+# log_context replaces the mapping, never mutates it
+_CONTEXT: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "dicom_node_log_context", default=MappingProxyType({}))
 
 REDACTED = "[redacted]"
 # "PatientName=DOE^JOHN", "(0010,0010) Patient's Name  PN: 'DOE^JOHN'", "patient_name: X", json "PatientID": "1"

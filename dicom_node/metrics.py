@@ -98,7 +98,8 @@ def stage_durations(catalog: Catalog) -> dict[str, list[float]]:
         if r["started_at"] is not None:
             out["queue"].append(max(0.0, r["started_at"] - r["created_at"]))
         if r["sent_at"] is not None and r["unsent"] == 0:
-            ready = (r["started_at"] or r["created_at"]) + sum(t.get(k, 0.0) for k in ("load_s", "inference_s", "encode_s"))
+            stages = sum(t.get(k, 0.0) for k in ("load_s", "inference_s", "encode_s"))
+            ready = (r["started_at"] or r["created_at"]) + stages
             out["dispatch"].append(max(0.0, r["sent_at"] - ready))
             out["end_to_end"].append(max(0.0, r["sent_at"] - r["last_received"]))
     return out

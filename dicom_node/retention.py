@@ -137,7 +137,8 @@ class Retention:
             if row is None or row["generation"] != generation or row["state"] not in ("routed", "ignored"):
                 return None  # re-opened by a late instance, or purged already
             active = con.execute(
-                f"SELECT COUNT(*) FROM jobs WHERE series_uid=? AND state IN ({', '.join('?' * len(ACTIVE_JOB_STATES))})",
+                "SELECT COUNT(*) FROM jobs WHERE series_uid=? "
+                f"AND state IN ({', '.join('?' * len(ACTIVE_JOB_STATES))})",
                 (series_uid, *ACTIVE_JOB_STATES)).fetchone()[0]
             if active:
                 return None
@@ -157,6 +158,7 @@ class Retention:
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (series_uid, generation, now, reason, len(instances), size, json.dumps(by_ae),
                  json.dumps(files))).lastrowid
+        assert purge_id is not None  # the row the INSERT just added
         return purge_id, files, Purge(series_uid, reason, len(instances), size)
 
     def _remove_files(self, purge_id: int, files: list[str]) -> None:

@@ -160,8 +160,8 @@ class Test(Condition):
             return any(str(target).casefold() in t.casefold() for t in texts)
         if op == "in":
             wanted = {str(w).strip().casefold() for w in target}
-            nums = {_number(w) for w in target if isinstance(w, (int, float))}
-            return any(t.casefold() in wanted or (nums and _number(t) in nums) for t in texts)
+            wanted_nums = {_number(w) for w in target if isinstance(w, (int, float))}
+            return any(t.casefold() in wanted or (wanted_nums and _number(t) in wanted_nums) for t in texts)
         if op == "matches":
             assert self.pattern is not None
             return any(self.pattern.search(t) for t in texts)

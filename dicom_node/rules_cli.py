@@ -22,7 +22,8 @@ def add_rules_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="rules_command", required=True)
     t = sub.add_parser("test", help="show which rule matches each series of FILE_OR_DIR and why")
     t.add_argument("path", metavar="FILE_OR_DIR", type=Path, help="a DICOM file or a folder (searched recursively)")
-    t.add_argument("--config", type=Path, default=None, help="config file (default: $DICOM_NODE_CONFIG or the bundled one)")
+    t.add_argument("--config", type=Path, default=None,
+                   help="config file (default: $DICOM_NODE_CONFIG or the bundled one)")
     t.add_argument("--calling-ae", default="", help="the sender's AE title, for rules on calling_ae")
 
 
@@ -60,7 +61,8 @@ def run_rules(args: argparse.Namespace) -> int:
         elif rule.pipeline is None:
             verdict = f"rule {rule.name!r}: stored only (no pipeline)"
         else:
-            verdict = f"rule {rule.name!r}: pipeline {rule.pipeline}, destinations {', '.join(rule.destinations) or '-'}"
+            destinations = ", ".join(rule.destinations) or "-"
+            verdict = f"rule {rule.name!r}: pipeline {rule.pipeline}, destinations {destinations}"
         print(f"series {uid}  {ds.get('Modality', '')} {str(ds.get('SeriesDescription', ''))!r}  "
               f"{n} file(s), first {first}")
         print(f"  -> {verdict}")

@@ -24,17 +24,23 @@ import logging
 import sqlite3
 import ssl
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 from pydicom.dataset import Dataset
-from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # its SOP class names are made at import
 
 from dicom_node import pynetdicom_adapter
 from dicom_node.config import Config
 from dicom_node.pynetdicom_adapter import NoDelayAssociationServer
 from dicom_node.security import (
-    REJECT_CALLING_AE, REJECT_LIMIT, AccessPolicy, AssociationLimiter, DiskThreshold, Refusal, listener_ssl_context,
+    REJECT_CALLING_AE,
+    REJECT_LIMIT,
+    AccessPolicy,
+    AssociationLimiter,
+    DiskThreshold,
+    Refusal,
+    listener_ssl_context,
     storage_class_uids,
 )
 from dicom_node.store import InstanceStore, InvalidInstance, StoredInstance
@@ -94,7 +100,8 @@ class StorageSCP:
         ae.dimse_timeout = node.dimse_timeout_s
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
         allowed = storage_class_uids(self.config.security.sop_classes)
-        classes = allowed if allowed is not None else [cx.abstract_syntax for cx in AllStoragePresentationContexts]
+        classes = allowed if allowed is not None else [
+            cx.abstract_syntax for cx in AllStoragePresentationContexts if cx.abstract_syntax is not None]
         for uid in classes:  # compressed syntaxes accepted, stored as received
             ae.add_supported_context(uid, ALL_TRANSFER_SYNTAXES)
         return ae
@@ -136,7 +143,8 @@ class StorageSCP:
                 "Change node.port or node.host in the config"
             ) from exc
         pynetdicom_adapter.register_server(self.ae, server)  # so ae.shutdown() stops it as with start_server()
-        self._server = server
+        # make_server returns an instance of server_class; pynetdicom annotates it as the base class
+        self._server = cast(NoDelayAssociationServer, server)
         self._thread = threading.Thread(target=server.serve_forever, name="dicom-node-scp", daemon=True)
         self._thread.start()
         LOGGER.info("listening as %s on %s:%d%s", node.ae_title, node.host, self.port,
@@ -159,6 +167,7 @@ class StorageSCP:
         calling = called = host = "?"
         try:
             rq = assoc.requestor.primitive
+            assert rq is not None  # EVT_REQUESTED: the A-ASSOCIATE-RQ has arrived (else: fail closed below)
             calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
             host = str(assoc.requestor.address)
             refusal = self.policy.check(calling, called, host)
@@ -181,7 +190,8 @@ class StorageSCP:
 
     def _on_acse_recv(self, event: evt.Event) -> None:
         """A-RELEASE-RQ: the slot is free before our A-RELEASE-RP lets the peer reconnect."""
-        if type(event.primitive).__name__ == "A_RELEASE":
+        # pynetdicom sets an ACSE event's `primitive` from the keyword arguments it fires the event with
+        if type(event.primitive).__name__ == "A_RELEASE":  # type: ignore[attr-defined]
             self.limiter.release(id(event.assoc))
 
     def _free_slot(self, event: evt.Event) -> None:

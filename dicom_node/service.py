@@ -123,9 +123,12 @@ class Node:
 
         def calling(event: evt.Event) -> str:
             try:
-                return str(event.assoc.requestor.primitive.calling_ae_title).strip()
+                rq = event.assoc.requestor.primitive
+                if rq is not None:
+                    return str(rq.calling_ae_title).strip()
             except AttributeError:
-                return str(event.assoc.requestor.ae_title).strip()
+                pass
+            return str(event.assoc.requestor.ae_title).strip()
 
         def rejected(event: evt.Event) -> None:
             self.refusals.add(calling(event), "association")

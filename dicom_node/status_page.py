@@ -16,7 +16,6 @@ from urllib.parse import quote
 
 from dicom_node.catalog import Catalog
 from dicom_node.jobs import JobState
-
 from dicom_node.results import THUMB_NAME
 
 STYLE = """
@@ -25,7 +24,8 @@ h1{font-size:1.3em;margin:0 0 .3em} .sub{color:#666;margin-bottom:1em}
 table{border-collapse:collapse;width:100%;background:#fff} th,td{border:1px solid #ddd;padding:4px 6px;
 vertical-align:top;text-align:left} th{background:#eee} .mono{font-family:monospace;font-size:12px}
 .st{font-weight:600;padding:1px 6px;border-radius:3px} .done{background:#d4f5d4} .failed{background:#f8d0d0}
-.running,.queued,.dispatching,.retrying{background:#fdf1c7} .ignored,.superseded,.purged{background:#eee} .routed{background:#d8e8fb}
+.running,.queued,.dispatching,.retrying{background:#fdf1c7} .ignored,.superseded,.purged{background:#eee}
+.routed{background:#d8e8fb}
 .reason{color:#a00;font-size:12px;white-space:pre-wrap;max-width:28em} img{height:140px;border:1px solid #ccc}
 details{font-size:12px;max-width:30em} form{margin:4px 0 0} .counts span{margin-right:1em}
 """
@@ -100,7 +100,8 @@ def render_status_page(catalog: Catalog, data_dir: Path, node_name: str, limit: 
                         f"<input type=hidden name=token value='{e(token, quote=True)}'>"
                         f"<button type=submit id=retry-{jid}>retry</button></form>")
             if (data_dir / "results" / f"job-{jid}" / THUMB_NAME).is_file():
-                thumb = f"<a href='/jobs/{jid}/thumb.png{q}'><img alt='overlay job {jid}' src='/jobs/{jid}/thumb.png{q}'></a>"
+                thumb = (f"<a href='/jobs/{jid}/thumb.png{q}'>"
+                         f"<img alt='overlay job {jid}' src='/jobs/{jid}/thumb.png{q}'></a>")
         out.append(
             f"<tr data-series='{e(s['series_uid'], quote=True)}'><td>{when}</td>"
             f"<td>{e(s['description'] or '(no description)')}<br><span class=mono>{e(s['modality'])} · "

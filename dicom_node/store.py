@@ -112,8 +112,17 @@ HEADER_KEYWORDS = (
     "SeriesInstanceUID", "ImagesInAcquisition", "NumberOfTemporalPositions", "InConcatenationTotalNumber",
     "SamplesPerPixel", "NumberOfFrames", "Rows", "Columns", "BitsAllocated",
 )
-_HEADER_TAGS = [tag_for_keyword(k) for k in HEADER_KEYWORDS]
-_LAST_HEADER_TAG = max(t for t in _HEADER_TAGS if t is not None)
+
+
+def _tag(keyword: str) -> int:
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        raise ValueError(f"{keyword!r} is not a DICOM keyword")
+    return tag
+
+
+_HEADER_TAGS = [_tag(k) for k in HEADER_KEYWORDS]
+_LAST_HEADER_TAG = max(_HEADER_TAGS)
 IMPLEMENTATION_VERSION = "SPINE_NODE_0.1"
 
 
@@ -462,9 +471,11 @@ class InstanceStore:
     @staticmethod
     def _file_meta(ds: Dataset, ids: dict[str, str], transfer_syntax: str) -> FileMetaDataset:
         meta = FileMetaDataset(getattr(ds, "file_meta", None) or FileMetaDataset())
-        meta.MediaStorageSOPClassUID = ids["SOPClassUID"]
-        meta.MediaStorageSOPInstanceUID = ids["SOPInstanceUID"]
-        meta.TransferSyntaxUID = transfer_syntax
+        # pydicom annotates these as UID but takes a str (UID() itself would validate, and warn on the
+        # hostile values this path must store unchanged)
+        meta.MediaStorageSOPClassUID = ids["SOPClassUID"]  # type: ignore[assignment]
+        meta.MediaStorageSOPInstanceUID = ids["SOPInstanceUID"]  # type: ignore[assignment]
+        meta.TransferSyntaxUID = transfer_syntax  # type: ignore[assignment]
         if "ImplementationClassUID" not in meta:
             meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
         return meta

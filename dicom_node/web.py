@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
@@ -66,7 +65,8 @@ class WebServer:
         try:
             self._server = ThreadingHTTPServer((web.host, web.port), Handler)
         except OSError as exc:
-            raise RuntimeError(f"cannot serve HTTP on {web.host}:{web.port} ({exc}): change web.port or web.host")
+            raise RuntimeError(
+                f"cannot serve HTTP on {web.host}:{web.port} ({exc}): change web.port or web.host") from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="web", daemon=True)
         self._thread.start()

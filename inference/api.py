@@ -21,8 +21,7 @@ from inference.files import atomic_write, fsync_dir, replaced_atomically
 from inference.heap import child_env as heap_child_env
 from inference.heap import configure as configure_heap
 from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3, check_min_volume
-from inference.measurements import (CordMeasurements, CsaPerSlice, LesionFilter, LesionMetrics, Measurements,
-                                    json_keys)
+from inference.measurements import CordMeasurements, CsaPerSlice, LesionFilter, LesionMetrics, Measurements, json_keys
 from inference.models.nnunet_folder import DEFAULT_CHECKPOINT, SettingError, resolve_settings
 from inference.models.spec import NNUNET_OPTIONS, ModelError, ModelSpec
 from inference.models.state import ModelState, check_model
@@ -38,9 +37,9 @@ __all__ = [
     "DEFAULT_MIN_LESION_VOLUME_MM3", "DEFAULT_MODEL", "NNUNET_OPTIONS", "OFFLINE_COMMANDS", "Analysis",
     "AnalysisRequest", "AnalysisSettings", "CordMeasurements", "CsaPerSlice", "FrameRef", "LesionFilter",
     "LesionMetrics", "Measurements", "ModelError", "ModelIdentity", "ModelSpec", "ModelState", "SettingError",
-    "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model", "check_nnunet_settings",
-    "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version", "preload", "render_overlay",
-    "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
+    "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model",
+    "check_nnunet_settings", "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version",
+    "preload", "render_overlay", "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
 ]
 
 

@@ -78,7 +78,8 @@ def _validate(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) -> None:
     if lesion.ndim != 3:
         raise MetricsError(f"lesion mask must be 3D, got shape {lesion.shape}")
     if lesion.shape != cord.shape:
-        raise MetricsError(f"lesion mask shape {lesion.shape} differs from cord mask shape {cord.shape}; resample one onto the other's grid")
+        raise MetricsError(f"lesion mask shape {lesion.shape} differs from cord mask shape {cord.shape}; "
+                           "resample one onto the other's grid")
     if np.asarray(affine).shape != (4, 4):
         raise MetricsError(f"affine must be 4x4, got {np.asarray(affine).shape}")
     values = np.unique(lesion)
@@ -333,7 +334,7 @@ def _midsagittal_measures(
 
 
 def _interpolated_bridges(
-    sagittal: tuple[np.ndarray, np.ndarray], box_yz: tuple[int, int], cord: np.ndarray, slices: tuple[int, int],
+    sagittal: tuple[np.ndarray, np.ndarray], box_yz: tuple[int, ...], cord: np.ndarray, slices: tuple[int, int],
     f: float, mm_per_voxel: np.ndarray,
 ) -> tuple[float, float]:
     """Minimum dorsal and ventral bridges (mm) in the interpolated midsagittal slice; `sagittal`
@@ -352,8 +353,8 @@ def _interpolated_bridges(
         per_slice.append(found)
     dorsal, ventral = [], []
     for z in sorted(set(per_slice[0]) | set(per_slice[1])):
-        b1 = per_slice[0].get(z, per_slice[1].get(z))
-        b2 = per_slice[1].get(z, per_slice[0].get(z))
+        b1 = per_slice[0][z] if z in per_slice[0] else per_slice[1][z]
+        b2 = per_slice[1][z] if z in per_slice[1] else per_slice[0][z]
         dorsal.append(((1.0 - f) * b1[0] + f * b2[0]) * mm_per_voxel[z])
         ventral.append(((1.0 - f) * b1[1] + f * b2[1]) * mm_per_voxel[z])
     return float(min(dorsal)), float(min(ventral))

@@ -33,6 +33,7 @@ def write_case(analysis: Analysis, volume: Volume, out: Path, qc_png: bool, name
             render_overlay(volume.array, analysis.cord_mask, analysis.lesion_mask, analysis.affine,
                            title=title).save(tmp)
         written.append("qc.png")
-    write_text_atomically(out / "measurements.json", json.dumps(analysis.measurements, indent=2, allow_nan=False) + "\n")
+    write_text_atomically(out / "measurements.json",
+                          json.dumps(analysis.measurements, indent=2, allow_nan=False) + "\n")
     written.append("measurements.json")
     return written

@@ -6,10 +6,12 @@ them into the one `dicom-node` console script.
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:
     from pathlib import Path
+
+    from nibabel.spatialimages import SpatialImage
 
     from inference.engine import Progress
     from inference.pipeline import Analysis
@@ -127,7 +129,8 @@ def _segment_summary(analysis: "Analysis", volume: "Volume", device: str, out: "
 def add_analyze_lesion_arguments(p: argparse.ArgumentParser) -> None:
     """Options of `dicom-node analyze-lesion` (the sct_analyze_lesion measurements on two NIfTI masks)."""
     p.add_argument("--lesion", required=True, metavar="L.nii.gz", help="binary lesion mask (0/1), NIfTI")
-    p.add_argument("--cord", required=True, metavar="C.nii.gz", help="spinal cord mask (cord includes lesion), same grid")
+    p.add_argument("--cord", required=True, metavar="C.nii.gz",
+                   help="spinal cord mask (cord includes lesion), same grid")
     p.add_argument("--json", required=True, metavar="OUT.json", help="where to write the measurements (JSON)")
 
 
@@ -143,7 +146,8 @@ def run_analyze_lesion(args: argparse.Namespace) -> int:
         lesion, affine = _load_mask(Path(args.lesion), "lesion")
         cord, cord_affine = _load_mask(Path(args.cord), "cord")
         if lesion.shape == cord.shape and not _same_geometry(affine, cord_affine):
-            raise MetricsError(f"{args.lesion} and {args.cord} have different affines; resample the cord onto the lesion grid")
+            raise MetricsError(f"{args.lesion} and {args.cord} have different affines; "
+                               "resample the cord onto the lesion grid")
         report = analyze_lesions(lesion, cord, affine)
         out = Path(args.json)
         if not out.parent.is_dir():
@@ -166,10 +170,12 @@ def _load_mask(path, what: str):
     if not path.is_file():
         raise MetricsError(f"{what} mask {path} not found")
     try:
-        img = nib.load(str(path))
+        # nib.load is typed for every format it reads; a NIfTI file loads as a SpatialImage
+        img = cast("SpatialImage", nib.load(str(path)))
         data = np.asanyarray(img.dataobj)
     except Exception as exc:  # nibabel raises several types for unreadable files
-        raise MetricsError(f"cannot read {what} mask {path} as NIfTI ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise MetricsError(f"cannot read {what} mask {path} as NIfTI ({type(exc).__name__}: {first_line})") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -188,7 +194,8 @@ def _lesion_summary(result: dict, json_path: str) -> str:
     lesions = result["lesions"]
     lines = [
         f"{len(lesions)} lesion(s); total volume {result['total_volume_mm3']:.2f} mm3, "
-        f"total length {result['total_length_mm']:.2f} mm, max axial damage ratio {result['max_axial_damage_ratio']:.3f}",
+        f"total length {result['total_length_mm']:.2f} mm, "
+        f"max axial damage ratio {result['max_axial_damage_ratio']:.3f}",
     ]
     if result["interpolated_midsagittal_slice"] is not None:
         lines.append(f"interpolated midsagittal slice {result['interpolated_midsagittal_slice']:.2f}")

@@ -65,9 +65,9 @@ def cord_csa(cord: np.ndarray, affine: np.ndarray) -> CsaResult:
     nz = data.shape[2]
     per_slice: list[float | None] = [None] * nz
     z_present = np.nonzero((data > NEAR_ZERO).any(axis=(0, 1)))[0]
-    axis = {"si_axis": frame.source_axis[2], "si_flipped": frame.flipped[2]}
+    si_axis, si_flipped = frame.source_axis[2], frame.flipped[2]
     if z_present.size == 0:
-        return CsaResult(per_slice, float("nan"), **axis)
+        return CsaResult(per_slice, float("nan"), si_axis=si_axis, si_flipped=si_flipped)
 
     z0, z1 = int(z_present[0]), int(z_present[-1])
     z_ref = np.arange(z0, z1 + 1)
@@ -81,7 +81,8 @@ def cord_csa(cord: np.ndarray, affine: np.ndarray) -> CsaResult:
         per_slice[int(z)] = _slice_area(patch, (px, py))
 
     defined = [v for v in per_slice if v is not None]
-    return CsaResult(per_slice, float(np.mean(defined)) if defined else float("nan"), **axis)
+    mean = float(np.mean(defined)) if defined else float("nan")
+    return CsaResult(per_slice, mean, si_axis=si_axis, si_flipped=si_flipped)
 
 
 def _bbox_crop(image: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from scipy import ndimage
 
 from inference import heap, preprocess
 from inference.models.registry import LoadedModel, ModelError, mirror_axes
-from inference.segmentation import Progress, Segmentation, mirror_combos  # noqa: F401 (re-exported)
+from inference.segmentation import Progress, Segmentation, all_channels, mirror_combos  # noqa: F401 (re-exported)
 from inference.volume import Volume
 
 BODY_FRACTION = 0.02  # voxels brighter than this fraction of the 99th percentile are "body"
@@ -194,15 +194,15 @@ def predict_model_space(array: np.ndarray, model: LoadedModel, *, normalized: bo
                 raise ModelError(f"model {model.meta.name}: network gives {y.shape[1]} channels, "
                                  f"model.json lists {n_out} regions")
             for r, yi in zip(regions, y):
-                acc[(slice(None), *r)] += yi * weight
+                acc[all_channels(r)] += yi * weight
                 norm[r] += weight
             progress("sliding window", min(b0 + batch, len(tiles_run)), len(tiles_run))
     covered = norm > 0
     probs_pad = torch.where(covered, torch.sigmoid(acc / norm.clamp_min(1e-12)), torch.zeros_like(acc))
-    probs_pad = probs_pad.cpu().numpy()
+    probs_pad_np = probs_pad.cpu().numpy()
     unpad = tuple(slice(lo, lo + n) for (lo, _), n in zip(pads, sub.shape))
     out = np.zeros((n_out, *arr.shape), np.float32)
-    out[(slice(None), *crop)] = probs_pad[(slice(None), *unpad)]
+    out[all_channels(crop)] = probs_pad_np[all_channels(unpad)]
     return out
 
 

@@ -52,7 +52,8 @@ class LesionMetrics:
 
     @classmethod
     def from_json(cls, data: JsonDict) -> LesionMetrics:
-        values = {f.name: data.get(f.name) for f in fields(cls)[1:-1]}
+        # JSON numbers or null, as to_json wrote them
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)[1:-1]}
         x, y, z = data.get("centroid_ras_mm") or (math.nan, math.nan, math.nan)
         return cls(label=int(data["label"]), centroid_ras_mm=(float(x), float(y), float(z)), **values)
 

@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from inference.models.nnunet import NnUNetModel, NnUNetPlan, default_tile_batch
 from inference.models.registry import ModelError
-from inference.segmentation import Progress, Segmentation, mirror_combos
+from inference.segmentation import Progress, Segmentation, all_channels, mirror_combos
 from inference.volume import Volume
 
 ANISO_THRESHOLD = 3.0
@@ -79,16 +79,21 @@ class Reorient:
         return apply_orientation(arr, self.backward_ornt)
 
 
+def _column_norms(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel size along each axis of `affine`'s grid."""
+    sx, sy, sz = (float(v) for v in np.linalg.norm(affine[:3, :3], axis=0))
+    return sx, sy, sz
+
+
 def reorientation(affine: np.ndarray, shape: Sequence[int], code: str | None) -> Reorient:
     affine = np.asarray(affine, dtype=np.float64)
     if code is None:
-        return Reorient(None, None, tuple(float(v) for v in np.linalg.norm(affine[:3, :3], axis=0)))
+        return Reorient(None, None, _column_norms(affine))
     src = io_orientation(affine)
     dst = axcodes2ornt(sct_to_nibabel_codes(code))
     fwd = ornt_transform(src, dst)
     new_affine = affine @ inv_ornt_aff(fwd, tuple(shape[:3]))
-    return Reorient(fwd, ornt_transform(dst, src),
-                    tuple(float(v) for v in np.linalg.norm(new_affine[:3, :3], axis=0)))
+    return Reorient(fwd, ornt_transform(dst, src), _column_norms(new_affine))
 
 
 # ------------------------------------------------------------------------------ crop / normalise
@@ -146,8 +151,8 @@ def separate_z(current: Sequence[float], new: Sequence[float], force: bool | Non
                threshold: float = ANISO_THRESHOLD) -> int | None:
     """The axis to resample on its own (nnU-Net's anisotropy rule), or None."""
     def lowres(sp: Sequence[float]) -> list[int]:
-        sp = np.asarray(sp, float)
-        return [int(i) for i in np.where(max(sp) / sp == 1)[0]]
+        arr = np.asarray(sp, float)
+        return [int(i) for i in np.where(max(arr) / arr == 1)[0]]
 
     def aniso(sp: Sequence[float]) -> bool:
         return max(sp) / min(sp) > threshold
@@ -242,7 +247,7 @@ def preprocess(image: np.ndarray, spacing: Sequence[float], plan: NnUNetPlan) ->
     sp = tuple(float(spacing[i]) for i in plan.transpose_forward)
     shape0 = tuple(data.shape[1:])
     box, mask = nonzero_bbox(data, fill=any(plan.use_mask_for_norm))
-    data = data[(slice(None), *box)]
+    data = data[all_channels(box)]
     for c in range(data.shape[0]):
         normalize(data[c], plan.normalization_schemes[c], plan.use_mask_for_norm[c], mask,
                   plan.intensity_properties.get(str(c), {}))
@@ -296,7 +301,8 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
     assert plan is not None
     patch = plan.patch_size
     if len(patch) != data.ndim - 1:
-        raise ModelError(f"configuration {plan.configuration!r} has a {len(patch)}D patch; only 3D configurations run here")
+        raise ModelError(
+            f"configuration {plan.configuration!r} has a {len(patch)}D patch; only 3D configurations run here")
     dev = model.device
     cuda = dev.type == "cuda"
     store = torch.float16 if half_accumulation else torch.float32
@@ -305,7 +311,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
     lo = [(q - n) // 2 for n, q in zip(shape, padded_shape)]
     x_all = torch.zeros((data.shape[0], *padded_shape), dtype=torch.float32, device=dev)
     inner = tuple(slice(a, a + n) for a, n in zip(lo, shape))
-    x_all[(slice(None), *inner)] = torch.from_numpy(np.ascontiguousarray(data)).to(dev)
+    x_all[all_channels(inner)] = torch.from_numpy(np.ascontiguousarray(data)).to(dev)
     starts = list(itertools.product(*tile_steps(padded_shape, patch)))
     heads = plan.labels.num_heads
     n_folds = len(model.networks)
@@ -326,7 +332,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
         for b0 in range(0, len(starts), group):
             chunk = starts[b0:b0 + group]
             sls = [tuple(slice(s, s + p) for s, p in zip(st, patch)) for st in chunk]
-            tiles = [x_all[(slice(None), *sl)] for sl in sls]
+            tiles = [x_all[all_channels(sl)] for sl in sls]
             passes = [(t, axes) for t in range(len(tiles)) for axes in views]
             for f, net in enumerate(model.networks):
                 outs: list[torch.Tensor] = []
@@ -349,7 +355,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
                     if combos:
                         yi /= len(views)
                     yi = yi.to(dev) * g  # fp32 (or autocast fp16) product, stored in `store`
-                    acc[(f, slice(None), *sl)] += yi
+                    acc[(f,) + all_channels(sl)] += yi
             for sl in sls:
                 norm[sl] += g
             n_done += len(chunk)
@@ -364,7 +370,7 @@ def predict_logits(data: np.ndarray, model: NnUNetModel, tile_batch: int | None 
         total /= n_folds
     if torch.isinf(total).any():
         raise ModelError("infinite logits after tile averaging (float16 overflow); use half_accumulation=False")
-    return total[(slice(None), *inner)].cpu().numpy()
+    return total[all_channels(inner)].cpu().numpy()
 
 
 # ------------------------------------------------------------------------------ export
@@ -389,7 +395,7 @@ def export(logits: np.ndarray, prep: Prepared, plan: NnUNetPlan) -> tuple[np.nda
     full_probs = np.zeros((probs_np.shape[0], *prep.shape_before_crop), np.float32)
     if not lab.has_regions:
         full_probs[0] = 1.0
-    full_probs[(slice(None), *prep.bbox)] = probs_np
+    full_probs[all_channels(prep.bbox)] = probs_np
     tb = plan.transpose_backward
     return (np.ascontiguousarray(full_seg.transpose(tb)),
             np.ascontiguousarray(full_probs.transpose((0, *[i + 1 for i in tb]))))

@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from inference.measurements import (CordMeasurements, CsaPerSlice, JsonDict, LesionFilter, Measurements,
-                                    finite_or_none)
+from inference.measurements import CordMeasurements, CsaPerSlice, JsonDict, LesionFilter, Measurements, finite_or_none
 from inference.volume import Volume
 
 if TYPE_CHECKING:  # torch is imported only when a model is actually loaded

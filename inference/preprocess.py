@@ -35,7 +35,7 @@ def reorient_to_ras(affine: np.ndarray, shape: tuple[int, ...]) -> Reorientation
     ornt = io_orientation(affine)
     to_ras = ornt_transform(ornt, np.array([[0, 1], [1, 1], [2, 1]]))
     affine_ras = affine @ inv_ornt_aff(to_ras, shape[:3])
-    return Reorientation(to_ras=to_ras, in_shape=tuple(shape[:3]), affine_in=np.asarray(affine, float),
+    return Reorientation(to_ras=to_ras, in_shape=(shape[0], shape[1], shape[2]), affine_in=np.asarray(affine, float),
                          affine_ras=affine_ras)
 
 
@@ -83,7 +83,8 @@ def zscore(arr: np.ndarray) -> np.ndarray:
 
 
 def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
-    return tuple(float(v) for v in nib.affines.voxel_sizes(affine))  # type: ignore[return-value]
+    sx, sy, sz = (float(v) for v in nib.affines.voxel_sizes(affine))
+    return sx, sy, sz
 
 
 @dataclass(frozen=True)

@@ -38,14 +38,14 @@ def _outline(mask: np.ndarray) -> np.ndarray:
 def _panel(gray: np.ndarray, cord: np.ndarray, lesion: np.ndarray, size: tuple[int, int]) -> Image.Image:
     """One 2D view (rows, cols already in display order) resized to `size` (w, h) with overlays."""
     w, h = max(1, size[0]), max(1, size[1])
-    g = np.asarray(Image.fromarray(gray).resize((w, h), Image.BILINEAR), np.float32)
-    c = np.asarray(Image.fromarray(cord.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
-    l = np.asarray(Image.fromarray(lesion.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0
+    g = np.asarray(Image.fromarray(gray).resize((w, h), Image.Resampling.BILINEAR), np.float32)
+    c = np.asarray(Image.fromarray(cord.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 0
+    les = np.asarray(Image.fromarray(lesion.astype(np.uint8) * 255).resize((w, h), Image.Resampling.NEAREST)) > 0
     rgb = np.repeat(g[..., None], 3, axis=2)
     rgb[c] = 0.7 * rgb[c] + 0.3 * CORD_RGB
     rgb[_outline(c)] = CORD_RGB
-    rgb[l] = 0.45 * rgb[l] + 0.55 * LESION_RGB
-    rgb[_outline(l)] = LESION_RGB
+    rgb[les] = 0.45 * rgb[les] + 0.55 * LESION_RGB
+    rgb[_outline(les)] = LESION_RGB
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
 
 
@@ -100,10 +100,10 @@ def render_overlay(image: np.ndarray, cord: np.ndarray, lesion: np.ndarray, affi
         hx, hy = AX_FOV_MM / 2 / sx, AX_FOV_MM / 2 / sy
         xs = slice(max(0, int(cx - hx)), min(img.shape[0], int(cx + hx) + 1))
         ys = slice(max(0, int(cy - hy)), min(img.shape[1], int(cy + hy) + 1))
-        crop = lambda a: a[xs, ys, z].T[::-1, ::-1]  # noqa: E731  rows = A->P, cols = R->L
+        ax_gray, ax_cd, ax_ls = (a[xs, ys, z].T[::-1, ::-1] for a in (gray, cd, ls))  # rows = A->P, cols = R->L
         w_mm, h_mm = (xs.stop - xs.start) * sx, (ys.stop - ys.start) * sy
         s = AX_SIZE / max(w_mm, h_mm)
-        panel = _panel(crop(gray), crop(cd), crop(ls), (int(round(w_mm * s)), int(round(h_mm * s))))
+        panel = _panel(ax_gray, ax_cd, ax_ls, (int(round(w_mm * s)), int(round(h_mm * s))))
         ImageDraw.Draw(panel).text((4, 2), f"axial {z}", fill=TEXT_RGB)
         axials.append(panel)
 

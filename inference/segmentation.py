@@ -33,3 +33,9 @@ def mirror_combos(axes: Sequence[int]) -> list[tuple[int, ...]]:
     singles first: the mirrors test-time augmentation adds, in nnU-Net's order."""
     dims = [a + 2 for a in axes]
     return [c for i in range(len(dims)) for c in itertools.combinations(dims, i + 1)]
+
+
+def all_channels(region: Sequence[slice]) -> tuple[slice, ...]:
+    """Index of `region` (one slice per spatial axis) in every channel: ``x[all_channels(r)]`` is
+    ``x[:, *r]``, written so on Python 3.10 (where a starred index is a syntax error)."""
+    return (slice(None), *region)

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 
 @dataclass(frozen=True)
@@ -39,7 +42,8 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along i, j, k."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        si, sj, sk = (float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return si, sj, sk
 
 
 class VolumeError(ValueError):
@@ -60,7 +64,8 @@ def load_nifti(path: str | Path) -> Volume:
     if not path.is_file():
         raise VolumeError(f"{path}: no such NIfTI file")
     try:
-        img = nib.load(str(path))
+        # nib.load is typed for every format it reads; a NIfTI file loads as a SpatialImage
+        img = cast("SpatialImage", nib.load(str(path)))
     except Exception as exc:  # nibabel raises several unrelated types for bad files
         raise VolumeError(f"{path}: not a readable NIfTI file ({exc})") from exc
     shape = img.shape
@@ -195,6 +200,7 @@ def _slices_of(ds: Any, index: int) -> list[_Slice]:
             if item is None or item.get(key) in (None, ""):
                 raise VolumeError(f"{where}: {name} > {key} is missing from the per-frame and shared "
                                   "functional groups; the frame cannot be placed in patient space")
+        assert pos is not None and ori is not None and meas is not None  # each checked in the loop above
         spacing = _floats(meas.PixelSpacing, 2, "PixelSpacing", where)
         out.append(_Slice(where, ds, f, _floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", where),
                           _floats(ori.ImageOrientationPatient, 6, "ImageOrientationPatient", where),
@@ -318,7 +324,8 @@ def volume_from_datasets(
     worst = int(np.argmax(deviation))
     if deviation[worst] > tol:
         raise VolumeError(f"non-uniform slice spacing: {slices[worst].source} is {deviation[worst]:.3f} mm off the "
-                          f"evenly spaced stack (step {np.linalg.norm(step):.3f} mm, gaps {np.round(gaps, 3).tolist()[:8]}"
+                          f"evenly spaced stack (step {np.linalg.norm(step):.3f} mm, "
+                          f"gaps {np.round(gaps, 3).tolist()[:8]}"
                           f"{'...' if len(gaps) > 8 else ''}, tolerance {tol:.3f} mm): missing or extra slices?")
 
     rows, cols = shape0

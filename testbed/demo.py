@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
             for d in series_dirs:
                 cmd = [storescu, "-aet", "DEMO_MR", "-aec", "SPINE_NODE", "+sd", "+r", "127.0.0.1", str(port), str(d)]
                 subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-            print(f"[demo] storescu sent {len(series_dirs)} series in {time.monotonic() - t0:.1f} s; waiting for SEG + SR")
+            print(f"[demo] storescu sent {len(series_dirs)} series in {time.monotonic() - t0:.1f} s; "
+                  "waiting for SEG + SR")
             results = wait_for_results(pacs, set(studies), args.timeout)
             print(f"[demo] SEG and SR stored in Orthanc {time.monotonic() - t0:.1f} s after the first C-STORE\n")
             for study_uid, name in studies.items():

@@ -90,7 +90,7 @@ def _make_decisive(net: Any, patch: Sequence[int], scale: float, regions: bool,
         logits = (out[0] if isinstance(out, (list, tuple)) else out)[0].flatten(1)
         if regions:  # region 0 (cord) positive on ~40 % of voxels, later regions on ~15 %
             frac = [0.4] + [0.15] * (logits.shape[0] - 1)
-            last.bias.copy_(torch.stack([-torch.quantile(l, 1 - f) for l, f in zip(logits, frac)]))
+            last.bias.copy_(torch.stack([-torch.quantile(lg, 1 - f) for lg, f in zip(logits, frac)]))
         else:  # every class wins somewhere, background most often
             med = logits.median(dim=1).values
             last.bias.copy_(-med + torch.linspace(1.0, -0.5, logits.shape[0]))

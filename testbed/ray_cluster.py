@@ -32,6 +32,7 @@ included.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -183,7 +184,7 @@ class LocalRayCluster:
         """The cluster's live nodes as the GCS lists them (`ray.nodes()` from a short-lived driver)."""
         import ray
 
-        ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+        ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
         try:
             return [n for n in ray.nodes() if n["Alive"]]
         finally:

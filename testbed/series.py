@@ -46,7 +46,7 @@ def _uid(seed: str | None, *parts: str) -> str:
     return str(generate_uid(entropy_srcs=[seed, *parts]))
 
 
-def rotation_matrix(axis: Sequence[float], deg: float) -> np.ndarray:
+def rotation_matrix(axis: Sequence[float] | np.ndarray, deg: float) -> np.ndarray:
     """3x3 right-handed rotation by ``deg`` degrees about ``axis`` (Rodrigues)."""
     u = np.asarray(axis, dtype=np.float64)
     norm = np.linalg.norm(u)
@@ -75,8 +75,9 @@ def rotated_affine(
     if deg == 0:
         return affine.copy()
     in_plane = [a for a in range(3) if a != slice_axis]
-    named = {"row": affine[:3, in_plane[0]], "column": affine[:3, in_plane[1]], "normal": affine[:3, slice_axis],
-             "R": (1.0, 0.0, 0.0), "A": (0.0, 1.0, 0.0), "S": (0.0, 0.0, 1.0)}
+    named: dict[str, Sequence[float] | np.ndarray] = {
+        "row": affine[:3, in_plane[0]], "column": affine[:3, in_plane[1]], "normal": affine[:3, slice_axis],
+        "R": (1.0, 0.0, 0.0), "A": (0.0, 1.0, 0.0), "S": (0.0, 0.0, 1.0)}
     if isinstance(axis, str):
         if axis not in named:
             raise ValueError(f"rotate axis {axis!r}: use one of {sorted(named)} or a RAS 3-vector")

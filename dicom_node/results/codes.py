@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import pydicom
 from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 
 PRIVATE_SCHEME = "99SPINE"
 PRIVATE_SCHEME_NAME = "Spine DICOM node spinal cord lesion metrics"
@@ -71,10 +72,10 @@ class MetricCode:
     inference.measurements (the same name as its measurements.json key)."""
 
     key: str
-    name: hd.sr.CodedConcept | pydicom.sr.coding.Code
+    name: hd.sr.CodedConcept | Code
     unit: hd.sr.CodedConcept
-    method: hd.sr.CodedConcept | pydicom.sr.coding.Code | None = None
-    derivation: hd.sr.CodedConcept | pydicom.sr.coding.Code | None = None
+    method: hd.sr.CodedConcept | Code | None = None
+    derivation: hd.sr.CodedConcept | Code | None = None
 
 
 LESION_METRICS: tuple[MetricCode, ...] = (
@@ -106,11 +107,13 @@ TOTAL_METRICS: tuple[MetricCode, ...] = (
 
 
 def metric_key(
-    name: object, method: object | None = None, derivation: object | None = None
+    name: hd.sr.CodedConcept | Code,
+    method: hd.sr.CodedConcept | Code | None = None,
+    derivation: hd.sr.CodedConcept | Code | None = None,
 ) -> tuple[str, str, str]:
     """(name, method, derivation) as 'value^scheme' strings: how a reader tells NUMs apart."""
 
-    def one(code: object | None) -> str:
+    def one(code: hd.sr.CodedConcept | Code | None) -> str:
         if code is None:
             return ""
         return f"{code.value}^{code.scheme_designator}"

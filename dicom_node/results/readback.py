@@ -72,7 +72,8 @@ def seg_masks_on_source(
         """A functional group macro, per-frame first, else shared (one segment -> shared)."""
         for where in (group, shared):
             if keyword in where:
-                return getattr(where, keyword)[0]
+                macro: pydicom.Dataset = getattr(where, keyword)[0]
+                return macro
         raise ResultValidationError(f"SEG frame lacks {keyword} (neither per-frame nor shared)")
 
     for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):

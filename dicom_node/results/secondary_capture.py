@@ -57,7 +57,8 @@ def patient_orientation(ds: pydicom.Dataset) -> tuple[str, str]:
 def _outline(mask: np.ndarray) -> np.ndarray:
     m = np.pad(mask, 1)
     inner = m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
-    return mask & ~inner
+    edge: np.ndarray = mask & ~inner
+    return edge
 
 
 def zoom_factor(rows: int, columns: int, target: int = 256, most: int = 8) -> int:
@@ -104,7 +105,7 @@ def build_secondary_captures(
     by_uid = {str(ds.SOPInstanceUID): ds for ds in source}
     lesion = analysis.lesion_labels > 0
     model = f"{analysis.model.name} v{analysis.model.version}"
-    out = []
+    out: list[pydicom.Dataset] = []
     for n, k in enumerate(key_slices(analysis.cord_mask, lesion, len(sop_instance_uids))):
         ref = frames[k]
         src = by_uid[ref.sop_instance_uid]
@@ -117,7 +118,9 @@ def build_secondary_captures(
             ref_dataset=src, pixel_array=rgb, photometric_interpretation="RGB", bits_allocated=8,
             coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=series_number,
             sop_instance_uid=sop_instance_uids[n], instance_number=n + 1, manufacturer=manufacturer,
-            pixel_spacing=tuple(float(v) / zoom for v in src.PixelSpacing),
+            # highdicom annotates from_ref_dataset's pixel_spacing as tuple[int, int]; SCImage() itself
+            # takes the floats (mm) it writes to PixelSpacing
+            pixel_spacing=tuple(float(v) / zoom for v in src.PixelSpacing),  # type: ignore[arg-type]
             patient_orientation=patient_orientation(src),
             transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         )

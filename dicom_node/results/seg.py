@@ -16,7 +16,6 @@ written against the very source instance/frame it came from, so orientation neve
 from __future__ import annotations
 
 import copy
-
 import hashlib
 import uuid
 from collections.abc import Sequence

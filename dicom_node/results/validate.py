@@ -101,11 +101,12 @@ def check_result(path: str | Path) -> ValidationReport:
         readback_sr(path)
     elif sop_class == SECONDARY_CAPTURE_STORAGE:
         try:  # the burned-in overlay must decode
-            pydicom.dcmread(str(path)).pixel_array
+            _ = pydicom.dcmread(str(path)).pixel_array
         except Exception as exc:
             raise ResultValidationError(f"{path.name}: Secondary Capture pixels do not decode: {exc}") from None
     else:
-        raise ResultValidationError(f"{path.name}: SOP class {sop_class} is not SEG, Comprehensive 3D SR or Secondary Capture")
+        raise ResultValidationError(
+            f"{path.name}: SOP class {sop_class} is not SEG, Comprehensive 3D SR or Secondary Capture")
     return report
 
 

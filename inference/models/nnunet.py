@@ -20,7 +20,7 @@ import pkgutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence, cast
 
 import numpy as np
 import torch
@@ -28,9 +28,21 @@ import torch
 from inference.models.loaded import LoadedModel, pick_device
 from inference.models.meta import nnunet_meta, read_nnunet_meta  # noqa: F401 (re-exported)
 from inference.models.nnunet_folder import (  # noqa: F401 (re-exported: callers import them from here)
-    CORD_NAMES, DEFAULT_CHECKPOINT, DEFAULT_CONFIGURATION, LESION_NAMES, FolderChoice, Labels, NnUNetPlan,
-    SettingError, find_folds, folder_configuration, is_nnunet_folder, read_plan, resolve_settings,
-    trainer_folders)
+    CORD_NAMES,
+    DEFAULT_CHECKPOINT,
+    DEFAULT_CONFIGURATION,
+    LESION_NAMES,
+    FolderChoice,
+    Labels,
+    NnUNetPlan,
+    SettingError,
+    find_folds,
+    folder_configuration,
+    is_nnunet_folder,
+    read_plan,
+    resolve_settings,
+    trainer_folders,
+)
 from inference.models.spec import ModelError
 
 log = logging.getLogger(__name__)
@@ -88,6 +100,12 @@ def build_network(plan: NnUNetPlan) -> torch.nn.Module:
         raise ModelError(f"{where}: {cls.__name__} does not accept these arch_kwargs ({exc})") from None
 
 
+def _affine(norm: torch.nn.InstanceNorm3d) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """A norm's weight and bias: Parameters, or None without affine. torch leaves the two attributes
+    unannotated on purpose (pytorch#39670), so its stubs type them as Module.__getattr__'s Tensor | Module."""
+    return cast("torch.Tensor | None", norm.weight), cast("torch.Tensor | None", norm.bias)
+
+
 class InstanceNormAct(torch.nn.Module):
     """InstanceNorm (affine, batch statistics) and the LeakyReLU after it, computed in place on
     the fresh channels-last output of the convolution before it: the CPU replacement for
@@ -103,9 +121,10 @@ class InstanceNormAct(torch.nn.Module):
     accumulation downstream turns into visible differences).
     """
 
-    def __init__(self, norm: torch.nn.Module, negative_slope: float | None) -> None:
+    def __init__(self, norm: torch.nn.InstanceNorm3d, negative_slope: float | None) -> None:
         super().__init__()
-        self.weight, self.bias, self.eps = norm.weight, norm.bias, float(norm.eps)
+        self.weight, self.bias = _affine(norm)
+        self.eps = float(norm.eps)
         self.negative_slope = negative_slope
 
     @torch.no_grad()
@@ -142,9 +161,10 @@ class InstanceNormInPlace(torch.nn.Module):
     bits, without allocating a new activation (fresh pages of a 250 MB tensor cost about as much
     as the normalisation itself). Only used where the input is a convolution's own fresh output."""
 
-    def __init__(self, norm: torch.nn.Module) -> None:
+    def __init__(self, norm: torch.nn.InstanceNorm3d) -> None:
         super().__init__()
-        self.weight, self.bias, self.eps = norm.weight, norm.bias, float(norm.eps)
+        self.weight, self.bias = _affine(norm)
+        self.eps = float(norm.eps)
         self.momentum = 0.0 if norm.momentum is None else float(norm.momentum)
 
     @torch.no_grad()
@@ -162,7 +182,9 @@ class InstanceNormInPlace(torch.nn.Module):
         return x
 
 
-def _norms_after_convs(net: torch.nn.Module):
+def _norms_after_convs(
+        net: torch.nn.Module,
+) -> Iterator[tuple[torch.nn.Sequential, int, torch.nn.InstanceNorm3d, torch.nn.Module | None]]:
     """(sequential, index, norm, next module) for every InstanceNorm3d (batch statistics) that
     directly follows a Conv3d inside an nn.Sequential: its input is the conv's fresh output."""
     for seq in list(net.modules()):
@@ -208,7 +230,8 @@ def prepare_for_cpu(net: torch.nn.Module, fast: bool) -> torch.nn.Module:
         norms_in_place(net)
         return net
     fuse_norms(net)
-    return net.to(memory_format=torch.channels_last_3d)
+    # Module.to(memory_format=...) is documented and works; torch's overloads omit the keyword
+    return net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -379,8 +402,8 @@ def load_nnunet(folder: str | Path, device: str = "auto", configuration: str | N
                 raise ModelError(f"{root}/fold_{f}: weights do not fit the network the plans describe "
                                  f"(custom trainer?): {str(exc).splitlines()[0]}") from None
             net.to(dev).eval()
-            if dev.type == "cuda":
-                net.to(memory_format=torch.channels_last_3d)
+            if dev.type == "cuda":  # (torch's Module.to overloads omit the documented memory_format keyword)
+                net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
             else:
                 prepare_for_cpu(net, fast=bool(fast_cpu))
             nets.append(_compiled(net, plan, dev, default_tile_batch(dev, fast_cpu), channels_last)

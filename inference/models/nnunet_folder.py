@@ -111,7 +111,7 @@ class Labels:
         the one regions_class_order writes for it)."""
         out: set[int] = set()
         fg = [(k, v) for k, v in self.names.items() if k not in ("background", "ignore")]
-        for i, (k, v) in enumerate(fg):
+        for k, v in fg:
             if not pattern.match(k.strip()):
                 continue
             if isinstance(v, (list, tuple)) and len(v) > 1:
@@ -212,7 +212,8 @@ def read_plan(folder: str | Path, configuration: str = DEFAULT_CONFIGURATION) ->
         raise ModelError(f"{where}: {len(norm)} normalization_schemes for {n_in} input channels")
     orientation = ds.get("image_orientation")
     if orientation is not None and not re.fullmatch(r"[RLAPSI]{3}", str(orientation).upper()):
-        raise ModelError(f"{folder / 'dataset.json'}: image_orientation {orientation!r} is not a 3-letter code like 'RPI'")
+        raise ModelError(
+            f"{folder / 'dataset.json'}: image_orientation {orientation!r} is not a 3-letter code like 'RPI'")
     tf = tuple(int(i) for i in plans.get("transpose_forward", (0, 1, 2)))
     tb = tuple(int(i) for i in plans.get("transpose_backward", np.argsort(tf)))
 
@@ -366,7 +367,8 @@ def resolve_settings(path: str | Path, configuration: str | None = None, folds: 
             if name in names:
                 raise SettingError("folds", f"fold {name} is listed twice")
             if name not in present:
-                raise SettingError("folds", f"fold_{name} is not in {folder} (folds there: {', '.join(present) or 'none'})")
+                there = ", ".join(present) or "none"
+                raise SettingError("folds", f"fold_{name} is not in {folder} (folds there: {there})")
             names.append(name)
         for name in names:
             if not (folder / f"fold_{name}" / checkpoint).is_file():
@@ -378,8 +380,8 @@ def resolve_settings(path: str | Path, configuration: str | None = None, folds: 
         if not names:
             have = sorted({p.name for p in folder.glob("fold_*/*.pth")})
             key = "checkpoint" if have else "path"
-            raise SettingError(key, f"no fold_*/{checkpoint} in {folder}"
-                               + (f" (checkpoints there: {', '.join(have)})" if have else " (no fold_* with a checkpoint)"))
+            there = f" (checkpoints there: {', '.join(have)})" if have else " (no fold_* with a checkpoint)"
+            raise SettingError(key, f"no fold_*/{checkpoint} in {folder}" + there)
     where = str(folder / "dataset.json")
     lab = plan.labels
     lesion = _label_values(lesion_labels, lab, "lesion_labels", where) if lesion_labels else lab.label_set(LESION_NAMES)

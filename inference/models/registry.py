@@ -43,9 +43,16 @@ import torch
 from inference.files import atomic_write
 from inference.models.loaded import LoadedModel, pick_device  # noqa: F401 (re-exported)
 from inference.models.meta import (  # noqa: F401 (re-exported: callers import them from the registry)
-    BUILTIN_DIR, REQUIRED_KEYS, ModelMeta, mirror_axes, read_meta, resolve_folder)
+    BUILTIN_DIR,
+    REQUIRED_KEYS,
+    ModelMeta,
+    mirror_axes,
+    read_meta,
+    resolve_folder,
+)
 from inference.models.nnunet_folder import is_nnunet_spec
 from inference.models.spec import NNUNET_OPTIONS, ModelError, nnunet_spec, split_spec  # noqa: F401 (re-exported)
+
 
 def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
     """Instantiate the network described by model.json's `architecture` block."""

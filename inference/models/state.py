@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from inference.models.meta import read_meta
 from inference.models.nnunet_folder import DEFAULT_CHECKPOINT, SettingError, is_nnunet_spec, resolve_settings
@@ -26,7 +26,8 @@ class ModelState(NamedTuple):
 def nnunet_state(spec: str) -> ModelState:
     """The state of an nnU-Net folder spec (FOLDER?key=value&...): its settings resolved against
     the folder's files as the worker's load would (JSON and file names only)."""
-    path, options = "", {}
+    path: str = ""
+    options: dict[str, Any] = {}
     try:
         path, options = split_spec(spec)
         choice = resolve_settings(path, options.get("configuration"), options.get("folds"),

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inference.segmentation import all_channels
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -101,8 +103,9 @@ def _crop_t(arr: torch.Tensor, lo: np.ndarray, shape: np.ndarray, fill: float) -
     src_hi = np.minimum(lo + shape, arr.shape[1:])
     if np.any(src_hi <= src_lo):
         return out
-    dst = tuple(slice(int(a - l), int(b - l)) for a, b, l in zip(src_lo, src_hi, lo))
-    out[(slice(None), *dst)] = arr[(slice(None), *[slice(int(a), int(b)) for a, b in zip(src_lo, src_hi)])]
+    dst = tuple(slice(int(a - o), int(b - o)) for a, b, o in zip(src_lo, src_hi, lo))
+    src = [slice(int(a), int(b)) for a, b in zip(src_lo, src_hi)]
+    out[all_channels(dst)] = arr[all_channels(src)]
     return out
 
 

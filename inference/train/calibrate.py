@@ -4,7 +4,8 @@
 
 Why: after a short CPU training the lesion probabilities are well ranked but not yet
 calibrated around 0.5 (the threshold with the best pooled Dice is taken among those that keep
-false lesions on the unpainted training cords within the card's 20 mm³); choosing the threshold on validation data would make the model
+false lesions on the unpainted training cords within the card's 20 mm³); choosing the threshold
+on validation data would make the model
 card's numbers optimistic, so it is chosen here on training cords with new lesions (a seed
 the training never used) and only then evaluated on the validation subjects.
 """
@@ -73,7 +74,8 @@ def trained_families(model_spec: str) -> tuple[str, ...]:
 
 def best_lesion_threshold(cases: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
                           cord_threshold: float = 0.5, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                          max_false_mm3: float = MAX_FALSE_LESION_MM3) -> tuple[float, dict[float, float], dict[float, float]]:
+                          max_false_mm3: float = MAX_FALSE_LESION_MM3,
+                          ) -> tuple[float, dict[float, float], dict[float, float]]:
     """Threshold maximising the pooled lesion Dice, with the engine's own post-processing, among
     those whose largest false lesion on the lesion-free cases stays within ``max_false_mm3``.
 

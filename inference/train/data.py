@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import nibabel as nib
 import numpy as np
 
 from inference import preprocess
+
+if TYPE_CHECKING:
+    from nibabel.spatialimages import SpatialImage
 
 DATA_ROOT = Path("/work/shared/data")
 SPLIT_FILE = Path(__file__).resolve().parent / "split.json"
@@ -71,7 +75,8 @@ def load_split(path: Path = SPLIT_FILE) -> dict[str, list[str]]:
     people = {side: {BY_KEY[k].subject for k in split[side]} for side in ("train", "val")}
     both = people["train"] & people["val"]
     if both:
-        raise ValueError(f"{path}: subjects {sorted(both)} are in both train and val; move all their volumes to one side")
+        raise ValueError(
+            f"{path}: subjects {sorted(both)} are in both train and val; move all their volumes to one side")
     return split
 
 
@@ -93,21 +98,27 @@ class CachedVolume:
 
 def load_labelled(sub: Subject, root: Path = DATA_ROOT) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
     """(image, cord, lesion or None, affine) in the source grid, labels binarised."""
-    img = nib.load(str(root / sub.image))
-    cord = np.asanyarray(nib.load(str(root / sub.cord)).dataobj) > 0.5
+    img = _load(root / sub.image)
+    cord = np.asanyarray(_load(root / sub.cord).dataobj) > 0.5
     lesion = None
     if sub.lesion:
-        lesion = np.asanyarray(nib.load(str(root / sub.lesion)).dataobj) > 0.5
+        lesion = np.asanyarray(_load(root / sub.lesion).dataobj) > 0.5
     return np.asanyarray(img.dataobj).astype(np.float32), cord, lesion, img.affine
+
+
+def _load(path: Path) -> SpatialImage:
+    """nib.load, typed: it is annotated for every format it reads; a NIfTI file loads as a SpatialImage."""
+    return cast("SpatialImage", nib.load(str(path)))
 
 
 def acquisition_slab(sub: Subject, spacing: tuple[float, float, float],
                      root: Path = DATA_ROOT) -> tuple[float, float, float]:
     """Source voxel size over model spacing along each model (RAS) axis, from the header only."""
-    img = nib.load(str(root / sub.image))
+    img = _load(root / sub.image)
     reo = preprocess.reorient_to_ras(img.affine, img.shape[:3])
     src = preprocess.voxel_sizes(reo.affine_ras)
-    return tuple(float(s / m) for s, m in zip(src, spacing))
+    sx, sy, sz = (float(s / m) for s, m in zip(src, spacing))
+    return sx, sy, sz
 
 
 def to_model_space(sub: Subject, spacing: tuple[float, float, float],

@@ -42,7 +42,8 @@ def seen_by(model_folder: str) -> list[str]:
 
 def run_one(held_out: str, args: argparse.Namespace, log=print) -> dict[str, Any]:
     """Train (or resume), calibrate and evaluate the model without `held_out`; its table row."""
-    from inference.train import calibrate, train as train_mod
+    from inference.train import calibrate
+    from inference.train import train as train_mod
     from inference.train.evaluate import evaluate
 
     folder = Path(args.out) / f"without-{held_out}"

@@ -18,7 +18,7 @@ ATTRIBUTION = """\
 | `t2star-axial/sub-*` | axial T2*w cervical cord, several sites, 1.5/3/7 T | manual cord | Spinal Cord Grey Matter Challenge (CC0) | training (10062 Ses1/Ses2, 9418, 9669); validation (9584) |
 | `multi-contrast/sub-unf01_*` | T2w, T2*w, T1w crops of one subject, 1 mm iso | manual cord | spine-generic via ivadomed test data (CC0) | training |
 | `multi-contrast/sct_testing_t1w*` | T1w crop, 1 mm iso | manual cord | Spinal Cord Toolbox test data (MIT) | training |
-"""
+"""  # noqa: E501 (a Markdown table row cannot wrap)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -39,7 +39,8 @@ def results_table(summary: dict[str, Any]) -> str:
     def row(label: str, key: str, digits: int = 3, cmp: str = ">=") -> None:
         if key in summary:
             target = f"{cmp} {t[key]}" if key in t else ""
-            lines.append(f"| {label} | {_fmt(summary[key], digits)} | {target} | {_fmt(met.get(key)) if key in met else ''} |")
+            was_met = _fmt(met.get(key)) if key in met else ""
+            lines.append(f"| {label} | {_fmt(summary[key], digits)} | {target} | {was_met} |")
 
     row("cord Dice, real sagittal T2w (errsm_21, manual mask)", "cord_dice_sag_t2")
     row("cord relative volume error, sagittal T2w", "cord_rve_sag_t2")
@@ -53,14 +54,16 @@ def results_table(summary: dict[str, Any]) -> str:
     row("lesion-wise F1", "lesion_f1")
     row("lesions of 20 mm³ or more with volume within ±25 %", "volume_within_25pct")
     if "lesions_true" in summary:
-        lines.append(f"| lesions painted / predicted (components) | {summary['lesions_true']} / {summary['lesions_pred']} | | |")
+        lines.append(f"| lesions painted / predicted (components) | "
+                     f"{summary['lesions_true']} / {summary['lesions_pred']} | | |")
     for key, label, digits in (("volume_mm3", "total lesion volume per case [mm³]", 1),
                                ("length_mm", "total lesion length per case [mm]", 1),
                                ("max_axial_damage_ratio", "max axial damage ratio per case", 3)):
         if f"{key}_mean_abs_error" in summary:
             corr = summary.get(f"{key}_corr")
             lines.append(f"| {label}: mean abs error (mean true value; Pearson r) | "
-                         f"{_fmt(summary[f'{key}_mean_abs_error'], digits)} ({_fmt(summary[f'{key}_mean_true'], digits)}; "
+                         f"{_fmt(summary[f'{key}_mean_abs_error'], digits)} "
+                         f"({_fmt(summary[f'{key}_mean_true'], digits)}; "
                          f"r {_fmt(corr, 2)}) | | |")
     row("largest false lesion on lesion-free volumes [mm³]", "largest_false_lesion_mm3", 1, "<=")
     row("inference on sagittal 384×215×52, 2-core CPU [s]", "inference_s", 1, "<=")
@@ -76,8 +79,9 @@ FAMILY_TEXT = {
     "demyelination": "MS-like (`families/demyelination.py`, 70 %): 1–4 ovoid lesions 3–15 mm in dorsal or "
                      "lateral columns; NMOSD-like (30 %): one central lesion 45–100 mm",
 }
-LESION_COLUMNS = ("| {what} | copies | lesion Dice (worst copy) | sensitivity | PPV | F1 | volume error, lesions ≥ 20 mm³: "
-                  "median (worst) | within ±25 % | length error per case, mean (worst) [mm] | damage ratio error "
+LESION_COLUMNS = ("| {what} | copies | lesion Dice (worst copy) | sensitivity | PPV | F1 | "
+                  "volume error, lesions ≥ 20 mm³: median (worst) | within ±25 % | "
+                  "length error per case, mean (worst) [mm] | damage ratio error "
                   "per case, mean |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -87,8 +91,10 @@ def lesion_row(label: str, v: dict[str, Any]) -> str:
         return f"{100 * v[key]:.0f} %" if v.get(key) is not None else "n/a"
 
     worst = v.get("volume_error_worst")
-    return (f"| {label} | {v.get('copies', '')} | {_fmt(v.get('lesion_dice'))} ({_fmt(v.get('lesion_dice_min'))}) | "
-            f"{_fmt(v.get('lesion_sensitivity'), 2)} | {_fmt(v.get('lesion_ppv'), 2)} | {_fmt(v.get('lesion_f1'), 2)} | "
+    return (f"| {label} | {v.get('copies', '')} | "
+            f"{_fmt(v.get('lesion_dice'))} ({_fmt(v.get('lesion_dice_min'))}) | "
+            f"{_fmt(v.get('lesion_sensitivity'), 2)} | {_fmt(v.get('lesion_ppv'), 2)} | "
+            f"{_fmt(v.get('lesion_f1'), 2)} | "
             f"{pct('volume_error_median')} ({'n/a' if worst is None else f'{100 * worst:+.0f} %'}) | "
             f"{pct('volume_within_25pct')} of {v.get('lesions_20mm3', 0)} | "
             f"{_fmt(v.get('length_mm_mean_abs_error'), 1)} ({_fmt(v.get('length_mm_worst_abs_error'), 1)}) | "
@@ -162,8 +168,8 @@ def speck_table(summary: dict[str, Any]) -> str:
     sweep = summary.get("speck_sweep")
     if not sweep:
         return ""
-    out = ["| minimum lesion volume [mm³] | lesion-wise F1 | sensitivity | PPV | lesion Dice | false lesions on unpainted "
-           "volumes (largest mm³) |", "|---|---|---|---|---|---|"]
+    out = ["| minimum lesion volume [mm³] | lesion-wise F1 | sensitivity | PPV | lesion Dice | "
+           "false lesions on unpainted volumes (largest mm³) |", "|---|---|---|---|---|---|"]
     for k, v in sweep.items():
         out.append(f"| {k} | {_fmt(v.get('lesion_f1'))} | {_fmt(v.get('lesion_sensitivity'))} | "
                    f"{_fmt(v.get('lesion_ppv'))} | {_fmt(v.get('lesion_dice'))} | "
@@ -182,7 +188,8 @@ def _families(tr: dict[str, Any]) -> str:
             f"{app.get('ratio')} (log-uniform) in {int(100 * app.get('p_rescale', 0))} % of lesions, a hypointense "
             f"part in {int(100 * app.get('p_hypo', 0))} %, partial-volume blur {app.get('blur_mm')} mm in "
             f"{int(100 * app.get('p_blur', 0))} %." if app else "")
-    return f"- Lesion families in this stage (equal odds per patch; the label is what a reader outlines):{lines}{look}\n"
+    return ("- Lesion families in this stage (equal odds per patch; the label is what a reader outlines):"
+            f"{lines}{look}\n")
 
 
 def lineage(tr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -351,6 +358,10 @@ def write_card(meta: ModelMeta, result: dict[str, Any]) -> Path:
     arch = meta.architecture
     sec_per_it = (60.0 * float(tr.get("minutes", 0)) / max(int(tr.get("iterations", 1)), 1))
     rows = result.get("rows", [])
+    sampler, train_volumes = tr.get("sampler", {}), tr.get("train_volumes", [])
+    p_foreground = int(100 * sampler.get("p_foreground", 0))
+    p_lesion_free = int(100 * sampler.get("lesions", {}).get("p_lesion_free", 0.25))
+    max_lesions = sampler.get("lesions", {}).get("max_lesions", 3)
     per_case = ["| case | cord Dice | lesion Dice | lesions true/pred | seconds |", "|---|---|---|---|---|"]
     for r in rows:
         per_case.append(f"| {r['case']} | {_fmt(r.get('cord_dice'))} | {_fmt(r.get('lesion_dice'))} | "
@@ -406,9 +417,10 @@ are the same person and both in training. Unlabelled volumes were not used.
   (`inference.preprocess`, the same code inference uses); volumes cached once as .npy.
 - Network: DynUNet, filters {arch.get('filters')}, strides {arch.get('strides')}, instance norm,
   {sum(1 for _ in arch.get('filters', []))} levels; sliding-window tile {list(meta.patch_size)}.
-- Patches {tr.get('train_patch')} × batch {tr.get('batch')}, {int(100 * tr.get('sampler', {}).get('p_foreground', 0))} % centred on the cord
+- Patches {tr.get('train_patch')} × batch {tr.get('batch')}, {p_foreground} % centred on the cord
   (foreground oversampling as nnU-Net), sampling weight per acquisition group.
-{_stages(tr)}{_families(tr)}- Synthetic lesions (`inference/train/lesions.py`): 0 ({int(100 * tr.get('sampler', {}).get('lesions', {}).get('p_lesion_free', 0.25))} % of patches) to {tr.get('sampler', {}).get('lesions', {}).get('max_lesions', 3)} per patch; irregular
+{_stages(tr)}{_families(tr)}- Synthetic lesions (`inference/train/lesions.py`): 0 ({p_lesion_free} % of patches) to \
+{max_lesions} per patch; irregular
   (smoothed noise on an ellipsoid), elongated along the local cord centerline, 2–40 mm long,
   hyperintense towards the CSF level with an edema-like falloff, 25 % with a hypointense
   haemorrhagic core, 35 % centred on the cord border; label = painted voxels inside the cord.
@@ -438,7 +450,7 @@ Reproduce (the timing, not the exact weights, depends on the shared CPU):
   does on a family it never saw, which is the closest we come here to a new kind of lesion; it is
   still not a radiologist's outline of a real SCI, MS or DCM lesion. Swelling, atrophy and cysts are
   simulated on healthy cords: no real compression, implants or syrinx were seen.
-- Few people: {len(tr.get('train_volumes', []))} training volumes from {_people(tr.get('train_volumes', []))} people, 2 validation volumes (one
+- Few people: {len(train_volumes)} training volumes from {_people(train_volumes)} people, 2 validation volumes (one
   sagittal T2w, one axial T2*w; the axial T2w group is the sagittal one seen through 5 mm slabs).
 - Validation numbers on two subjects have wide uncertainty; they are not a benchmark.
 - Short CPU training (minutes, not nnU-Net's 1000 epochs): expect missed small/faint

@@ -12,10 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inference.train.families import FAMILY_NAMES, check_families
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def _to_rgb(image: np.ndarray, label: np.ndarray, hi: float) -> np.ndarray:
@@ -25,7 +29,7 @@ def _to_rgb(image: np.ndarray, label: np.ndarray, hi: float) -> np.ndarray:
     return np.concatenate([rgb, np.where(label[..., None], tinted, rgb)], axis=1)
 
 
-def picture(case: str, family_name: str, seed: int) -> "Image.Image":  # noqa: F821 - PIL imported lazily
+def picture(case: str, family_name: str, seed: int) -> Image.Image:  # PIL imported lazily
     from PIL import Image
 
     from inference import preprocess

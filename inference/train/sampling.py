@@ -108,8 +108,8 @@ class PatchSampler:
         t_img = torch.from_numpy(img)[None]
         t_lab = torch.from_numpy(np.stack([cord, les]).astype(np.float32))
         local_center = center - lo
-        t_img, t_lab = spatial(t_img, t_lab, tuple(int(p) for p in patch), local_center, rng,
-                               cfg.augment, vol.air)
+        px, py, pz = (int(p) for p in patch)
+        t_img, t_lab = spatial(t_img, t_lab, (px, py, pz), local_center, rng, cfg.augment, vol.air)
         t_img, t_lab = mirror_lr(t_img, t_lab, rng, cfg.augment)
         t_img, t_lab = intensity(t_img, t_lab, rng, cfg.augment, vol.air)
         return t_img.contiguous(), (t_lab > 0.5).float().contiguous()

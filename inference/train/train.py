@@ -156,8 +156,8 @@ class QuickVal:
             sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             img, cord = v.image[sl], v.cord[sl]
             for name in families:
-                painted, cord_p, les = paint_cached(v, img, cord, spacing, rng, n_lesions=3 if name == "painter" else None,
-                                                    family_name=name)
+                painted, cord_p, les = paint_cached(v, img, cord, spacing, rng,
+                                                    n_lesions=3 if name == "painter" else None, family_name=name)
                 self.items.append((f"{v.key}+{name}", painted, np.maximum(cord_p, les), les))
 
     def __call__(self, model: LoadedModel) -> dict[str, float]:
@@ -212,7 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="share of cord patches left without painted lesions (a lesion-focused fine-tune lowers it)")
     p.add_argument("--families", nargs="+", default=list(FAMILY_NAMES), metavar="FAMILY",
                    help=f"lesion families painted into patches (default all: {' '.join(FAMILY_NAMES)})")
-    p.add_argument("--appearance-ratio", type=float, nargs=2, default=list(AppearanceConfig.ratio), metavar=("LO", "HI"),
+    p.add_argument("--appearance-ratio", type=float, nargs=2, default=list(AppearanceConfig.ratio),
+                   metavar=("LO", "HI"),
                    help="lesion / cord signal range of the appearance randomisation")
     p.add_argument("--no-appearance", action="store_true",
                    help="keep each family's own look (no appearance randomisation), as models before 1.3 trained")
@@ -238,7 +239,7 @@ def training_families(args: argparse.Namespace) -> tuple[str, ...]:
 
 def run_history(log_path: Path) -> list[str]:
     """One line per (re)start of the run, from its log: the card must say how the weights came about."""
-    lines = []
+    lines: list[str] = []
     if not Path(log_path).is_file():
         return lines
     for raw in Path(log_path).read_text(encoding="utf-8").splitlines():
@@ -277,7 +278,8 @@ def _restore(args: argparse.Namespace, arch: dict[str, Any], net: torch.nn.Modul
     return {"iteration": 0, "elapsed_s": 0.0, "best_score": -1.0, "patches": 0}
 
 
-def _sampler_config(args: argparse.Namespace, spacing: tuple[float, ...], families: tuple[str, ...]) -> SamplerConfig:
+def _sampler_config(args: argparse.Namespace, spacing: tuple[float, float, float],
+                    families: tuple[str, ...]) -> SamplerConfig:
     appearance = None if args.no_appearance else replace(AppearanceConfig(), ratio=tuple(args.appearance_ratio))
     return SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
                          lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families,

@@ -271,8 +271,8 @@ def test_enhanced_multiframe_source_round_trips(tmp_path):
     numbers = [f.frame_number for f in volume.frames]
     assert sorted(numbers) == list(range(1, len(numbers) + 1))
     assert numbers != sorted(numbers)  # frames stored in reverse: the frame-number mapping is exercised
-    mf_case = Case(source=[multi] * len(numbers), frames=list(volume.frames), image=volume.array, analysis=case.analysis,
-                   paths=[])
+    mf_case = Case(source=[multi] * len(numbers), frames=list(volume.frames), image=volume.array,
+                   analysis=case.analysis, paths=[])
     for k in (0, len(numbers) // 2):
         assert np.array_equal(frame_pixels(mf_case, k), volume.array[:, :, k].T)
     for omit in (False, True):

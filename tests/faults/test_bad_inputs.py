@@ -33,7 +33,6 @@ AET = "SPINE_NODE"
 
 def send(port: int, files: list[Path]) -> list[int | None]:
     """C-STORE each file as it is on disk (bytes after the file meta, not re-encoded); statuses."""
-    import pydicom
 
     from pynetdicom import _config
 

@@ -80,7 +80,6 @@ def test_kill9_mid_association_during_inference_and_during_dispatch(tmp_path: Pa
 
     crop = crop_source(SAMPLE, tmp_path, half_xy=24, half_z=None)  # every slice, smaller planes: faster jobs
     files = write_series(crop, tmp_path / "series", series_description="T2 SAG SPINE", uid_seed="crash")
-    series_uid = pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
 
     with LocalOrthanc(tmp_path / "pacs") as pacs:
         # the series completes by its expected count; a short idle time would complete the partial

@@ -117,7 +117,6 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
         cases.append(Case(name, files, refused, outcome, reason, note, uids))
 
     # --- broken bytes -------------------------------------------------------------------------
-    good = pydicom.dcmread(base[0])
     cut = out / "truncated_header" / "IM0001.dcm"
     cut.parent.mkdir(parents=True)
     raw = renamed(base[:1], out, "_truncated_header_src")[0].read_bytes()

@@ -23,7 +23,12 @@ import pytest
 import yaml
 
 from dicom_node.config import (
-    ConfigError, Config, DestinationSettings, ModelSettings, StorageSettings, load_config,
+    Config,
+    ConfigError,
+    DestinationSettings,
+    ModelSettings,
+    StorageSettings,
+    load_config,
 )
 from dicom_node.metrics import stage_durations
 from dicom_node.service import Node
@@ -83,9 +88,11 @@ def test_compose_file_structure() -> None:
     assert f"{node_cfg['node']['port']}:{node_cfg['node']['port']}" in ports
     assert f"127.0.0.1:{node_cfg['web']['port']}:{node_cfg['web']['port']}" in ports  # web: host loopback only
     # Orthanc knows the node by compose service name, AE title and port; the node knows Orthanc likewise
-    assert orthanc_cfg["DicomModalities"]["spine-node"] == [node_cfg["node"]["ae_title"], "node", node_cfg["node"]["port"]]
+    assert orthanc_cfg["DicomModalities"]["spine-node"] == [node_cfg["node"]["ae_title"], "node",
+                                                            node_cfg["node"]["port"]]
     pacs = node_cfg["destinations"]["pacs"]
-    assert (pacs["host"], pacs["port"], pacs["ae_title"]) == ("orthanc", orthanc_cfg["DicomPort"], orthanc_cfg["DicomAet"])
+    assert (pacs["host"], pacs["port"], pacs["ae_title"]) == ("orthanc", orthanc_cfg["DicomPort"],
+                                                              orthanc_cfg["DicomAet"])
     assert any(v.endswith("/etc/orthanc/autoroute.lua:ro") for v in orthanc["volumes"])
     assert orthanc_cfg["LuaScripts"] == ["/etc/orthanc/autoroute.lua"]
 

@@ -32,8 +32,8 @@ def queue_one(cfg: Config, cat: Catalog, src: Path) -> int:
     with cat.transaction() as con:
         con.execute("INSERT INTO jobs (id, series_uid, generation, pipeline, rule, destinations, state, created_at, "
                     "updated_at) VALUES (1, '1.2.3', 1, 'spinal_cord', 'r', '[\"pacs\"]', 'dispatching', ?, ?)", (t, t))
-        con.execute("INSERT INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, next_attempt_at) "
-                    "VALUES (1, 'pacs', 'sr', '1.2.3.4', ?, 'pending', ?)", (str(rel), t))
+        con.execute("INSERT INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
+                    "next_attempt_at) VALUES (1, 'pacs', 'sr', '1.2.3.4', ?, 'pending', ?)", (str(rel), t))
     return 1
 
 

@@ -15,9 +15,9 @@ import pytest
 
 from dicom_node.cli import main as cli
 from dicom_node.config import load_config
-from testbed.demo import wait_for_results
 from dicom_node.results.readback import measurements_from_sr
 from dicom_node.service import Node
+from testbed.demo import wait_for_results
 from testbed.node_process import node_config
 from testbed.orthanc import LocalOrthanc
 from testbed.series import write_series

@@ -20,8 +20,14 @@ import pydicom
 import pytest
 
 from dicom_node.catalog import dumps
-from dicom_node.config import (Config, DestinationSettings, DispatchSettings, ModelSettings, PipelineSettings,
-                               StorageSettings)
+from dicom_node.config import (
+    Config,
+    DestinationSettings,
+    DispatchSettings,
+    ModelSettings,
+    PipelineSettings,
+    StorageSettings,
+)
 from dicom_node.service import Node
 from inference.api import AnalysisRequest, AnalysisSettings, ModelSpec, analyze
 from inference.volume import volume_from_datasets
@@ -105,7 +111,8 @@ def test_two_actors_same_results_as_local_and_a_lost_worker_is_retried(cluster, 
         for job in jobs:
             assert close(json.loads(job["measurements"]), expected), (job["measurements"], expected)
         # both ran at once: each started before the other's inference had ended
-        spans = [(j["started_at"], j["started_at"] + sum(json.loads(j["timings"])[k] for k in ("load_s", "inference_s")))
+        spans = [(j["started_at"],
+                  j["started_at"] + sum(json.loads(j["timings"])[k] for k in ("load_s", "inference_s")))
                  for j in jobs]
         assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], spans
 

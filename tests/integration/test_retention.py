@@ -247,12 +247,13 @@ def test_the_node_purges_a_finished_series_and_takes_it_again(tmp_path: Path) ->
     cfg.completion.idle_seconds, cfg.completion.poll_interval_s = 0.5, 0.1
     node = Node(cfg)
     node.start()
+    purges = lambda: node.catalog.query("SELECT * FROM purges WHERE series_uid=?", (uid,))  # noqa: E731
     try:
         for generation in (1, 2):
             sent = storescu(node.port, series, aec="SPINE_NODE")
             assert sent.returncode == 0, sent.stderr
-            purges = lambda: node.catalog.query("SELECT * FROM purges WHERE series_uid=?", (uid,))  # noqa: E731
-            wait_until(lambda: len(purges()) == generation and purges()[-1]["files_removed"], 30,
+            # the lambda runs inside wait_until, before `generation` moves on
+            wait_until(lambda: len(purges()) == generation and purges()[-1]["files_removed"], 30,  # noqa: B023
                        what=f"purge of generation {generation}")
             row = node.catalog.series_row(uid)
             assert (row["state"], row["generation"]) == ("purged", generation)

@@ -76,7 +76,8 @@ def test_echo_and_wrong_called_ae(tmp_path: Path) -> None:
 
 def test_real_files_arrive_byte_identical_with_counts(tmp_path: Path) -> None:
     series_dir = require_shared("dicom/dcm_qa_decubitus_HFS_t1_sag")
-    singles = [require_shared(f"dicom/pydicom-data/{n}") for n in ("MR-SIEMENS-DICOM-WithOverlays.dcm", "emri_small.dcm")]
+    singles = [require_shared(f"dicom/pydicom-data/{n}")
+               for n in ("MR-SIEMENS-DICOM-WithOverlays.dcm", "emri_small.dcm")]
     singles += [require_shared("dicom/dcmqi/seg.dcm"), require_shared("dicom/highdicom/sr_document.dcm")]
     nodelay: list[int] = []
 

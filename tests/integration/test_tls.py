@@ -14,7 +14,12 @@ import pytest
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import (
-    Config, DestinationSettings, DestinationTlsSettings, DispatchSettings, ListenerTlsSettings, SecuritySettings,
+    Config,
+    DestinationSettings,
+    DestinationTlsSettings,
+    DispatchSettings,
+    ListenerTlsSettings,
+    SecuritySettings,
     StorageSettings,
 )
 from dicom_node.dispatch import Dispatcher
@@ -22,9 +27,9 @@ from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore
 from testbed.orthanc import LocalOrthanc
 from tests.helpers.env import require_shared, require_tool
+from tests.helpers.tls_certs import Pki, make_pki
 from tests.integration.test_dispatch import job_state, queue_one
 from tests.integration.test_security import listener
-from tests.helpers.tls_certs import Pki, make_pki
 
 pytestmark = pytest.mark.integration
 

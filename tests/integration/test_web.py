@@ -13,7 +13,6 @@ import json
 import shutil
 import subprocess
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +21,13 @@ import pytest
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import (
-    Config, DestinationSettings, DispatchSettings, ModelSettings, PeerSettings, SecuritySettings, StorageSettings,
+    Config,
+    DestinationSettings,
+    DispatchSettings,
+    ModelSettings,
+    PeerSettings,
+    SecuritySettings,
+    StorageSettings,
     WebSettings,
 )
 from dicom_node.service import Node

@@ -118,7 +118,8 @@ def test_centroid_is_in_scanner_ras(example, example_report):
 
 # --- invariances --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("perm,flips", [((0, 1, 2), (0,)), ((2, 0, 1), ()), ((1, 2, 0), (0, 2)), ((2, 1, 0), (0, 1, 2))])
+@pytest.mark.parametrize("perm,flips",
+                         [((0, 1, 2), (0,)), ((2, 0, 1), ()), ((1, 2, 0), (0, 2)), ((2, 1, 0), (0, 1, 2))])
 def test_reorientation_gives_identical_results(example, example_report, perm, flips):
     lesion, cord, affine = example
     new_lesion, new_affine = reorient(lesion, affine, perm, flips)
@@ -220,7 +221,8 @@ def test_several_lesions_are_labelled_in_rpi_order_and_totals_add_up():
     assert report.total_length_mm == pytest.approx(5 + 3 + 2 + 1)
     assert report.max_axial_damage_ratio == pytest.approx(max(les.max_axial_damage_ratio for les in report.lesions))
     label_rpi, _ = reorient(report.label_map, affine_psr, (2, 0, 1), (0, 1))  # PSR -> RPI (inverse of the above)
-    assert label_rpi[7, 9, 20] == 1 and label_rpi[10, 7, 3] == 2 and label_rpi[10, 7, 7] == 3 and label_rpi[10, 13, 12] == 4
+    assert (label_rpi[7, 9, 20] == 1 and label_rpi[10, 7, 3] == 2 and label_rpi[10, 7, 7] == 3
+            and label_rpi[10, 13, 12] == 4)
     # x* (cord centre near the largest lesion) is reported along the PSR grid's R-L axis (axis 2, flipped)
     assert report.interpolated_midsagittal_slice == pytest.approx(cord.shape[0] - 1 - 10.0, abs=1e-12)
 

@@ -62,7 +62,8 @@ def _fields(cls: type) -> set[str]:
 def test_every_lesion_metric_has_an_sr_code() -> None:
     measured = _fields(M.LesionMetrics) - set(M.LESION_NON_METRICS)
     coded = {m.key for m in codes.LESION_METRICS}
-    assert measured == coded, f"lesion fields without SR code: {measured - coded}; codes for nothing: {coded - measured}"
+    assert measured == coded, (f"lesion fields without SR code: {measured - coded}; "
+                               f"codes for nothing: {coded - measured}")
 
 
 def test_every_cord_metric_has_an_sr_code() -> None:

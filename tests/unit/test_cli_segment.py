@@ -140,7 +140,8 @@ def test_a_command_imports_only_its_own_modules(command, not_loaded) -> None:
     import sys
 
     probe = ("import sys\nfrom dicom_node.cli import main\ntry:\n    main([%r, '--help'])\nexcept SystemExit:\n"
-             "    pass\nprint(' '.join(sorted(m for m in %r if m in sys.modules)), file=sys.stderr)") % (command, not_loaded)
+             "    pass\nprint(' '.join(sorted(m for m in %r if m in sys.modules)), file=sys.stderr)"
+             ) % (command, not_loaded)
     proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "usage: dicom-node " + command in proc.stdout

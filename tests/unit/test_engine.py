@@ -186,10 +186,10 @@ def test_postprocess_keeps_largest_cord_component_and_lesions_inside_it() -> Non
     lesion[12:15, 12:15, 10:14] = 0.7  # inside the cord
     lesion[1:3, 1:3, 1:3] = 0.9  # inside the speck: must go with it
     lesion[25:28, 25:28, 25:28] = 0.9  # outside any cord
-    c, l = engine.postprocess(cord, lesion, (0.5, 0.5))
-    assert c.dtype == np.uint8 and l.dtype == np.uint8
+    c, les = engine.postprocess(cord, lesion, (0.5, 0.5))
+    assert c.dtype == np.uint8 and les.dtype == np.uint8
     assert c.sum() == 10 * 10 * 26 and c[2, 2, 2] == 0
-    assert l.sum() == 3 * 3 * 4 and not (l & (1 - c)).any()
+    assert les.sum() == 3 * 3 * 4 and not (les & (1 - c)).any()
 
 
 def test_postprocess_bright_lesion_the_cord_channel_missed_is_cord_and_lesion() -> None:
@@ -202,9 +202,9 @@ def test_postprocess_bright_lesion_the_cord_channel_missed_is_cord_and_lesion() 
     lesion[12:16, 12:16, 10:15] = 0.8  # ...the lesion channel finds it
     lesion[16:22, 12:16, 10:15] = 0.8  # and it bulges past the cord border (still touching)
     lesion[25:28, 25:28, 25:28] = 0.9  # not touching the cord
-    c, l = engine.postprocess(cord, lesion, (0.5, 0.5))
-    assert l.sum() == 4 * 4 * 5 + 6 * 4 * 5 and c[13, 13, 12] == 1 and c[21, 13, 12] == 1
-    assert c.sum() == 10 * 10 * 26 + 2 * 4 * 5 and l[26, 26, 26] == 0 and c[26, 26, 26] == 0
+    c, les = engine.postprocess(cord, lesion, (0.5, 0.5))
+    assert les.sum() == 4 * 4 * 5 + 6 * 4 * 5 and c[13, 13, 12] == 1 and c[21, 13, 12] == 1
+    assert c.sum() == 10 * 10 * 26 + 2 * 4 * 5 and les[26, 26, 26] == 0 and c[26, 26, 26] == 0
 
 
 def test_largest_component_on_empty_mask() -> None:

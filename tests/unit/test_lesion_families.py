@@ -193,8 +193,9 @@ def test_per_lesion_volumes_speck_sweep_and_family_summary():
     case = {"case": "a", "family": "cyst", "group": "sag_t2", "lesions_painted": 2, "seconds": 1.0, "lesion_dice": 0.8,
             "cord_dice": 0.9, "n_true": 2, "n_pred": 2, "tp_true": 1, "tp_pred": 1, "per_lesion": rows,
             "speck_sweep": sweep}
-    unpainted = {"case": "b", "group": "sag_t2", "lesions_painted": 0, "seconds": 1.0, "cord_dice": 0.93, "cord_rve": 0.0,
-                 "largest_false_lesion_mm3": 1.0, "speck_sweep": speck_sweep(pred & (np.arange(60) == 50), np.zeros_like(truth), np.eye(4))}
+    unpainted = {"case": "b", "group": "sag_t2", "lesions_painted": 0, "seconds": 1.0, "cord_dice": 0.93,
+                 "cord_rve": 0.0, "largest_false_lesion_mm3": 1.0,
+                 "speck_sweep": speck_sweep(pred & (np.arange(60) == 50), np.zeros_like(truth), np.eye(4))}
     s = summarize([unpainted, case, dict(case, family="painter", lesion_dice=0.6)])
     assert s["by_family"]["cyst"]["lesion_dice"] == 0.8 and s["by_family"]["painter"]["lesion_dice"] == 0.6
     assert s["by_family"]["cyst"]["volume_error_median"] == pytest.approx(0.1)
@@ -220,8 +221,9 @@ def test_card_tables_show_each_family_the_held_out_runs_and_the_speck_rule(tmp_p
     assert "| sag_t2 |" in text
     assert lofo_table(tmp_path) == ""
     (tmp_path / "lofo.json").write_text(json.dumps({"runs": {"cyst": {
-        "pooled": fam, "by_group": {"ax_t2star": fam}, "baseline": dict(fam, lesion_dice=0.5), "trained_on": ["painter", "contusion", "demyelination"],
-        "init": "inference/models/spinecord-t2", "init_saw": ["painter"], "command": "python -m inference.train.lofo"}}}))
+        "pooled": fam, "by_group": {"ax_t2star": fam}, "baseline": dict(fam, lesion_dice=0.5),
+        "trained_on": ["painter", "contusion", "demyelination"], "init": "inference/models/spinecord-t2",
+        "init_saw": ["painter"], "command": "python -m inference.train.lofo"}}}))
     text = lofo_table(tmp_path)
     assert "| cyst | 4 |" in text and "| cyst, ax_t2star |" in text
     assert "| cyst, by the starting weights | 4 | 0.500 (0.400) |" in text

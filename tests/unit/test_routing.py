@@ -157,8 +157,8 @@ def test_operators(cond: dict, expected: bool) -> None:
 
 def test_explanation_names_values() -> None:
     ds = header(SeriesDescription="t2_tse_sag", ImageOrientationPatient=SAG)
-    decision = route(one({"all": [{"attribute": "EchoTime", "ge": 60}, {"attribute": "orientation", "equals": "sagittal"}]}),
-                     ds, "X")
+    decision = route(one({"all": [{"attribute": "EchoTime", "ge": 60},
+                                  {"attribute": "orientation", "equals": "sagittal"}]}), ds, "X")
     assert not decision.matched and decision.rule is None
     text = "\n".join(decision.explanation)
     assert "EchoTime ge 60: no (absent)" in text

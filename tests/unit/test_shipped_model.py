@@ -23,7 +23,8 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def model():
     if not (BUILTIN_DIR / "spinecord-t2" / "model.json").is_file():
-        pytest.fail("inference/models/spinecord-t2 is missing: train it (python -m inference.train.train) and commit it")
+        pytest.fail("inference/models/spinecord-t2 is missing: "
+                    "train it (python -m inference.train.train) and commit it")
     return load_model(MODEL, device="cpu")
 
 

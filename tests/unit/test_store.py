@@ -92,7 +92,8 @@ def test_resend_is_idempotent_and_reopens_only_on_new_content(store: InstanceSto
     changed = store.store(ds, "X")
     assert changed.reopened and not changed.new and changed.generation == 2
     row = store.catalog.series_row(uid)
-    assert (row["state"], row["generation"], row["received_count"], row["completion_reason"]) == ("receiving", 2, 1, None)
+    assert ((row["state"], row["generation"], row["received_count"], row["completion_reason"])
+            == ("receiving", 2, 1, None))
 
 
 def test_missing_identifiers_refused_and_nothing_recorded(store: InstanceStore, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from inference.models.registry import load_model, read_meta
 from inference.train import train as train_mod
 from inference.train.augment import AugmentConfig, as_acquired, spatial, thick_slices
-from inference.train.data import CachedVolume, acquisition_slab, load_split, BY_KEY
+from inference.train.data import BY_KEY, CachedVolume, acquisition_slab, load_split
 from inference.train.lesions import LesionConfig, paint_lesions
 from inference.train.sampling import PatchSampler, SamplerConfig
 
@@ -143,7 +143,7 @@ def test_two_iterations_then_resume(tmp_path):
     train_mod.train(train_mod.parse_args(common + ["--max-iters", "3", "--resume"]), volumes=vols)
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ck["state"]["iteration"] == 3
-    events = [json.loads(l)["event"] for l in (out / "log.jsonl").read_text().splitlines()]
+    events = [json.loads(line)["event"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert events.count("start") == 2 and events.count("val") == 2
 
 

@@ -47,7 +47,8 @@ def test_no_version_literal_outside_pyproject() -> None:
     """Code takes the version from package_version(); a literal copy would drift."""
     literal = re.compile(r"""(SoftwareVersions|software_version|SOFTWARE_VERSION|__version__)\s*=\s*["'][0-9]""")
     root = PYPROJECT.parent
-    found = [f"{p.relative_to(root)}:{n}" for pkg in ("dicom_node", "inference", "testbed") for p in sorted((root / pkg).rglob("*.py"))
+    found = [f"{p.relative_to(root)}:{n}"
+             for pkg in ("dicom_node", "inference", "testbed") for p in sorted((root / pkg).rglob("*.py"))
              if p.relative_to(root).as_posix() not in KNOWN_PENDING
              for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if literal.search(line)]
     assert not found, f"version literals (use inference.version.package_version()): {found}"

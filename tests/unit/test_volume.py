@@ -11,7 +11,6 @@ import numpy as np
 import pydicom
 import pytest
 
-from testbed.series import rotated_affine, write_series
 from inference.volume import (
     FrameRef,
     Volume,
@@ -24,6 +23,7 @@ from inference.volume import (
     save_nifti,
     volume_from_datasets,
 )
+from testbed.series import rotated_affine, write_series
 from tests.helpers.env import require_shared
 
 SAG = "spine-t2-sag/errsm_11/t2.nii.gz"
@@ -118,7 +118,8 @@ def test_round_trip(case: str, request: pytest.FixtureRequest, tmp_path: Path) -
 def test_oblique_series_is_really_oblique(sag: Volume, tmp_path: Path) -> None:
     paths = write_series(sag, tmp_path, rotate_deg=15, uid_seed="obl")
     iop = [float(v) for v in pydicom.dcmread(paths[0], stop_before_pixels=True).ImageOrientationPatient]
-    straight = [float(v) for v in pydicom.dcmread(write_series(sag, tmp_path / "s", uid_seed="s")[0]).ImageOrientationPatient]
+    straight_path = write_series(sag, tmp_path / "s", uid_seed="s")[0]
+    straight = [float(v) for v in pydicom.dcmread(straight_path).ImageOrientationPatient]
     n1, n0 = np.cross(iop[:3], iop[3:]), np.cross(straight[:3], straight[3:])
     assert np.degrees(np.arccos(np.clip(abs(n1 @ n0), -1, 1))) == pytest.approx(15, abs=1e-6)
     assert min(abs(c) for c in iop if abs(c) > 1e-3) < 0.97  # not axis-aligned
@@ -180,7 +181,8 @@ def test_enhanced_legacy_converted_multiframe_equals_single_frame() -> None:
     # frame f's per-frame position is the position of slice k
     for k in (0, 17, 34):
         f = vol.frames[k].frame_number
-        ipp = [float(v) for v in multi.PerFrameFunctionalGroupsSequence[f - 1].PlanePositionSequence[0].ImagePositionPatient]
+        plane = multi.PerFrameFunctionalGroupsSequence[f - 1].PlanePositionSequence[0]
+        ipp = [float(v) for v in plane.ImagePositionPatient]
         assert np.allclose(vol.affine[:3, 3] + vol.affine[:3, 2] * k, [-ipp[0], -ipp[1], ipp[2]], atol=1e-4)
         assert np.array_equal(vol.array[:, :, k], multi.pixel_array[f - 1].T.astype(np.float32))
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from inference.train.families.cordframe import (cord_frame, pick_center_slice, radial_warp, stretch_box,
-                                                stretch_profile)
+from inference.train.families.cordframe import cord_frame, pick_center_slice, radial_warp, stretch_box, stretch_profile
 from inference.train.families.painted import Painted
 
 
@@ -92,7 +91,8 @@ def _edema(out: np.ndarray, cord: np.ndarray, instances: np.ndarray, frame, zc: 
         cw = float(rng.uniform(*r.core_width))
         core = inside & (np.abs(s) < cl) & (rho < cw * np.maximum(spindle, 1e-3))
         if core.any():
-            soft = ndimage.gaussian_filter(core.astype(np.float32), sigma=np.maximum(0.6 / np.asarray(frame.spacing), 0.3))
+            sigma = np.maximum(0.6 / np.asarray(frame.spacing), 0.3)
+            soft = ndimage.gaussian_filter(core.astype(np.float32), sigma=sigma)
             target = -float(rng.uniform(*r.core)) * abs(delta) * sign
             change = change * (1.0 - soft) + target * soft
     out[box] += change

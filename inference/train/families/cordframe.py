@@ -84,7 +84,7 @@ def cord_frame(cord: np.ndarray, spacing: tuple[float, float, float], smooth_mm:
     for arr in (cx, cy, half_lr, half_ap):
         filled = np.interp(z, idx, arr[idx])
         out.append(ndimage.gaussian_filter1d(filled, sigma=max(smooth_mm / sz, 0.5), mode="nearest"))
-    return CordFrame(spacing=tuple(float(s) for s in spacing), present=present, cx=out[0], cy=out[1],
+    return CordFrame(spacing=(float(sx), float(sy), float(sz)), present=present, cx=out[0], cy=out[1],
                      half_lr=np.maximum(out[2], sx / 2.0), half_ap=np.maximum(out[3], sy / 2.0))
 
 

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from inference.train.families.cordframe import (cord_frame, pick_center_slice, radial_warp, stretch_box,
-                                                stretch_profile)
+from inference.train.families.cordframe import cord_frame, pick_center_slice, radial_warp, stretch_box, stretch_profile
 from inference.train.families.painted import Painted
 from inference.train.lesions import dilate_mm  # morphology in mm, not a lesion shape
 

@@ -87,7 +87,8 @@ def _ovoid(cord: np.ndarray, frame, zc: int, rng: np.random.Generator,
     du, dv = lr - cx, ap - cy
     p = np.cos(ang) * du + np.sin(ang) * dv
     q = -np.sin(ang) * du + np.cos(ang) * dv
-    r2 = ((z - zc * frame.spacing[2]) / (length / 2.0)) ** 2 + (p / (width / 2.0)) ** 2 + (q / (width * flat / 2.0)) ** 2
+    r2 = (((z - zc * frame.spacing[2]) / (length / 2.0)) ** 2 + (p / (width / 2.0)) ** 2
+          + (q / (width * flat / 2.0)) ** 2)
     shape = np.zeros(cord.shape, bool)
     shape[box] = (r2 < 1.0) & cord[box]
     weight = np.zeros(cord.shape, np.float32)

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from inference.lesion_filter import label_lesions
 from inference.train.families.painted import Painted
 from inference.train.lesions import LesionConfig, paint_lesions
-from inference.lesion_filter import label_lesions
 
 
 def paint(image: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, float],
