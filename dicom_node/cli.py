@@ -25,10 +25,14 @@ COMMANDS: dict[str, tuple[str, str, str, str]] = {
     "make-series": ("testbed.series", "add_arguments", "run", "write a NIfTI volume as a DICOM MR series"),
 }
 
-# import name of an optional dependency -> the pyproject extra that installs it. A command whose
-# module needs one of these, missing here, is "not available in this build"; any other import
-# error is a real error and propagates.
-OPTIONAL_PACKAGES: dict[str, str] = {"ray": "ray"}
+# import name of an optional dependency -> how to get it. A command whose module needs one of
+# these, missing here, is "not available in this build"; any other import error is a real error
+# and propagates. testbed (the dev tools: demo, make-series) is in a source checkout, not in the
+# node's container image.
+OPTIONAL_PACKAGES: dict[str, str] = {
+    "ray": "pip install 'spine-dicom-node[ray]'",
+    "testbed": "run it from a source checkout, whose testbed/ holds the dev tools",
+}
 
 
 def missing_optional(exc: ImportError) -> str | None:
@@ -60,9 +64,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             optional = missing_optional(exc)
             if optional is None:
                 raise
-            extra = OPTIONAL_PACKAGES[optional]
             p.set_defaults(_unavailable=f"{name}: not available in this build ({module} needs the optional "
-                                        f"package {optional}: pip install 'spine-dicom-node[{extra}]')")
+                                        f"package {optional}: {OPTIONAL_PACKAGES[optional]})")
     return parser
 
 

@@ -30,6 +30,15 @@ def test_a_missing_optional_package_makes_the_command_unavailable(monkeypatch: p
     assert "spine-dicom-node[ray]" in err
 
 
+def test_the_demo_without_the_dev_tools_says_where_they_are(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # the node's container image has dicom_node and inference but not testbed/
+    _importing(monkeypatch, "testbed.demo", ModuleNotFoundError("No module named 'testbed'", name="testbed"))
+    assert cli.main(["demo"]) == 2
+    err = capsys.readouterr().err
+    assert "demo: not available in this build" in err and "source checkout" in err
+
+
 @pytest.mark.parametrize("error", [
     ModuleNotFoundError("No module named 'yaml'", name="yaml"),  # a required dependency
     ModuleNotFoundError("No module named 'dicom_node.gone'", name="dicom_node.gone"),  # our own module
