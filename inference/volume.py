@@ -12,6 +12,7 @@ Conventions used everywhere in `inference/`:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence, cast
@@ -304,6 +305,9 @@ def volume_from_datasets(
             and abs(float(row_cos @ col_cos)) < 1e-3):
         raise VolumeError(f"{first.source}: ImageOrientationPatient {first.iop.tolist()} is not two "
                           "perpendicular unit vectors")
+    if not all(math.isfinite(v) and v > 0 for v in first.pixel_spacing):
+        raise VolumeError(f"{first.source}: PixelSpacing {list(first.pixel_spacing)} is not two positive distances "
+                          "in mm (the modality or an anonymiser wrote it wrong; no retry can measure this series)")
     row_cos = row_cos / np.linalg.norm(row_cos)
     col_cos = col_cos / np.linalg.norm(col_cos)
     normal = np.cross(row_cos, col_cos)

@@ -238,6 +238,16 @@ def test_mixed_orientation(small_series: list[pydicom.Dataset]) -> None:
         volume_from_datasets(small_series)
 
 
+@pytest.mark.parametrize("spacing", [[-0.8, 0.0], [0.8, 0.0], [0.8, float("nan")]])
+def test_pixel_spacing_that_is_not_two_positive_distances_is_refused(small_series: list[pydicom.Dataset],
+                                                                     spacing: list[float]) -> None:
+    # issue 23: [-0.8, 0] used to pass here and crash deep in reorientation, then be retried
+    for ds in small_series:
+        ds.PixelSpacing = spacing
+    with pytest.raises(VolumeError, match="PixelSpacing"):
+        volume_from_datasets(small_series)
+
+
 def test_missing_slice_is_non_uniform(small_series: list[pydicom.Dataset]) -> None:
     with pytest.raises(VolumeError, match="non-uniform slice spacing"):
         volume_from_datasets(small_series[:2] + small_series[3:])
