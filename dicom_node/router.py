@@ -18,6 +18,32 @@ from dicom_node.routing import Rule, route
 log = logging.getLogger(__name__)
 
 
+def one_line(explanation: list[str]) -> str:
+    """The routing explanation as one log line: the rule that matched, and for each rule before it
+    the conditions that failed it (the leaves on its failing path, with the values they saw)."""
+    parts: list[str] = []
+    lines = [(len(line) - len(line.lstrip())) // 2 for line in explanation]
+    rule, failed = "", list[str]()
+    path: list[bool] = []  # per depth: did that condition fail?
+    for i, (depth, line) in enumerate(zip(lines, explanation)):
+        text = line.strip()
+        if depth == 0:
+            if rule and failed:
+                parts.append(f"{rule} not matched: {', '.join(failed)}")
+            rule, failed = text.split(":")[0], []
+            if text.endswith(": matched"):
+                parts.insert(0, text)
+            continue
+        del path[depth - 1:]
+        path.append(": no" in text)
+        leaf = i + 1 == len(explanation) or lines[i + 1] <= depth
+        if leaf and all(path):
+            failed.append(text)
+    if rule and failed:
+        parts.append(f"{rule} not matched: {', '.join(failed)}")
+    return "; ".join(parts) or "no rule matched"
+
+
 class Router:
     """Routes complete series of one catalog with one rule set."""
 
@@ -50,7 +76,7 @@ class Router:
             if rule is None or rule.pipeline is None:
                 if self.catalog.record_routing(con, series_uid, generation, "ignored",
                                                rule.name if rule else None, reason):
-                    log.info("series %s: no pipeline (%s)", series_uid, rule.name if rule else "no rule matched")
+                    log.info("series %s stored only (no pipeline): %s", series_uid, one_line(decision.explanation))
                 return None
             if not self.catalog.record_routing(con, series_uid, generation, "routed", rule.name, reason):
                 return None  # re-opened by a late instance meanwhile

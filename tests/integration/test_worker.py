@@ -118,6 +118,18 @@ def test_other_series_is_stored_not_processed(setup, tmp_path: Path) -> None:
     assert "spine" in row["routing_reason"]
 
 
+def test_a_stored_only_series_says_why_in_one_log_line(setup, tmp_path: Path, caplog) -> None:
+    # issue 23 item 5: the reason used to be in the catalog only
+    cfg, cat, store = setup
+    uid = ingest(store, small_series(tmp_path, "T2 SAG BRAIN"))
+    CompletionTracker(cat, 30).check()
+    with caplog.at_level("INFO", logger="dicom_node.router"):
+        assert Worker(cfg, cat).route_complete_series() == []
+    (line,) = [r.getMessage() for r in caplog.records if uid in r.getMessage()]
+    assert "stored only" in line and "rule 'rest': matched" in line
+    assert "rule 'spine' not matched: SeriesDescription matches 'spine': no ('T2 SAG BRAIN')" in line
+
+
 def test_series_that_is_not_a_volume_fails_with_reason(setup, tmp_path: Path) -> None:
     cfg, cat, store = setup
     files = small_series(tmp_path, "T2 SAG SPINE")
