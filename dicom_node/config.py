@@ -119,10 +119,12 @@ class DestinationSettings:
 
 @dataclass
 class DispatchSettings:
-    max_attempts: int = 6
+    # 2, 4, ... 512 s, then every 900 s: 105 attempts span about 24 h, so a PACS down for a
+    # maintenance night gets its results without anyone running `dicom-node retry`
+    max_attempts: int = 105
     backoff_initial_s: float = 2.0
     backoff_factor: float = 2.0
-    backoff_max_s: float = 300.0
+    backoff_max_s: float = 900.0
     timeout_s: float = 30.0
 
 

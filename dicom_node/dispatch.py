@@ -81,19 +81,31 @@ class Dispatcher:
             self._tls[name] = destination_ssl_context(dest.tls, self.config.path, key=f"destinations.{name}.tls")
         return self._tls[name]
 
-    def due(self, at: float | None = None) -> list[int]:
+    def due(self, at: float | None = None) -> list[tuple[int, str]]:
+        """(id, destination) of the pending dispatches due at `at`, oldest job first: after an outage
+        a destination gets its backlog in the order the studies came."""
         rows = self.catalog.query(
-            "SELECT id FROM dispatches WHERE state='pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id",
+            "SELECT id, destination FROM dispatches WHERE state='pending' AND next_attempt_at <= ? "
+            "ORDER BY job_id, id",
             (at if at is not None else now(),),
         )
-        return [r["id"] for r in rows]
+        return [(r["id"], r["destination"]) for r in rows]
 
     def run_due(self) -> int:
-        """Attempt every due dispatch once; returns how many were attempted."""
-        ids = self.due()
-        for dispatch_id in ids:
-            self.attempt(dispatch_id)
-        return len(ids)
+        """Attempt every due dispatch once; returns how many were attempted.
+
+        Once a destination fails in a round, its other due items wait for the next round (they stay
+        due, no attempt is counted): a destination that is down costs the others at most one
+        timeout per round instead of one per queued result."""
+        down: set[str] = set()
+        attempted = 0
+        for dispatch_id, destination in self.due():
+            if destination in down:
+                continue
+            attempted += 1
+            if not self.attempt(dispatch_id).ok:
+                down.add(destination)
+        return attempted
 
     def attempt(self, dispatch_id: int) -> SendOutcome:
         row = self.catalog.query("SELECT * FROM dispatches WHERE id=?", (dispatch_id,))[0]

@@ -36,7 +36,11 @@ def recent_series(catalog: Catalog, limit: int) -> list[dict[str, Any]]:
     rows = catalog.query(
         "SELECT s.series_uid, s.description, s.calling_ae, s.modality, s.state, s.generation, s.received_count,"
         " s.expected_count, s.last_received, s.routing_rule, s.routing_reason,"
-        " j.id AS job_id, j.state AS job_state, j.reason AS job_reason, j.attempts, j.measurements, j.timings"
+        " j.id AS job_id, j.state AS job_state, j.reason AS job_reason, j.attempts, j.measurements, j.timings,"
+        " (SELECT MIN(d.next_attempt_at) FROM dispatches d WHERE d.job_id = j.id AND d.state = 'pending'"
+        "  AND d.attempts > 0) AS next_attempt_at,"
+        " (SELECT GROUP_CONCAT(DISTINCT d.destination) FROM dispatches d WHERE d.job_id = j.id"
+        "  AND d.state = 'pending' AND d.attempts > 0) AS waiting_for"
         " FROM series s LEFT JOIN jobs j ON j.id = (SELECT MAX(id) FROM jobs WHERE series_uid=s.series_uid)"
         " ORDER BY s.last_received DESC LIMIT ?", (limit,))
     return [dict(r) for r in rows]
@@ -95,6 +99,9 @@ def render_status_page(catalog: Catalog, data_dir: Path, node_name: str, limit: 
                    f"{e(s['job_state'])}</span> tries {s['attempts']}")
             if s["job_reason"]:
                 job += f"<div class=reason>{e(s['job_reason'])}</div>"
+            if s["next_attempt_at"] is not None:  # a destination failed it: say who and when it tries again
+                again = time.strftime("%m-%d %H:%M:%S", time.localtime(s["next_attempt_at"]))
+                job += (f"<div class=reason>waiting for {e(s['waiting_for'])}: next attempt {again}</div>")
             if can_retry and s["job_state"] == JobState.FAILED.value:
                 job += (f"<form method=post action='/jobs/{jid}/retry'>"
                         f"<input type=hidden name=token value='{e(token, quote=True)}'>"
