@@ -38,6 +38,23 @@ LOGGER = logging.getLogger(__name__)
 PREAMBLE = b"\x00" * 128 + b"DICM"
 
 
+UID_SYNTAX = re.compile(r"[0-9]+(\.[0-9]+)*")
+UID_MAX = 64
+
+
+def uid_problem(value: str) -> str:
+    """Why `value` is not a UID our results can reference, or "" when it is.
+
+    PS3.5 9.1: digits and dots, no empty component, at most 64 characters. A component with a
+    leading zero ("1.2.03") breaks the letter of the rule but is common in real archives and
+    harmless here, so it is accepted."""
+    if len(value) > UID_MAX:
+        return f"is {len(value)} characters long (a UID has at most {UID_MAX})"
+    if not UID_SYNTAX.fullmatch(value):
+        return "is not a UID (digits and dots only, no empty component)"
+    return ""
+
+
 class InvalidInstance(ValueError):
     """The dataset cannot be stored: a required identifier is missing (maps to status 0xC000)."""
 
@@ -364,8 +381,17 @@ class InstanceStore:
         """The listener's path: the dataset exactly as received, parsed only for its header.
 
         `max_pixel_bytes` (0 = no limit): refuse a header whose declared pixel matrix is larger.
+        An instance UID that results could not reference (not digits and dots, over 64
+        characters) is refused here, before anything is stored or computed; `store` itself files
+        any value safely (hashed paths) for callers that decide otherwise.
         """
         ds = read_header(encoded, transfer_syntax)
+        for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+            value = _text(ds, keyword).strip()
+            problem = uid_problem(value) if value else ""
+            if problem:
+                shown = value[:40] + ("..." if len(value) > 40 else "")
+                raise InvalidInstance(f"{keyword} {shown!r} {problem}")
         declared = declared_pixel_bytes(ds)
         if max_pixel_bytes and declared > max_pixel_bytes:
             raise InvalidInstance(f"header declares {declared} bytes of pixels (Rows x Columns x frames x bits), "

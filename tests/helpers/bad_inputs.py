@@ -205,8 +205,9 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"../../../etc/{i}/passwd"
         ds.SeriesInstanceUID = "1.2/../../" + "9" * 200
         ds.StudyInstanceUID = "/tmp/study"
-    add("hostile_uids", renamed(base, out, "hostile_uids", hostile), 0, "failed", "Illegal root for UID",
-        "UIDs with '../', '/' and 200 characters: filed under hashes; results refused by the dciodvfy gate")
+    files = renamed(base, out, "hostile_uids", hostile)
+    add("hostile_uids", files, len(files), "none",
+        note="UIDs with '../', '/' and 200 characters: refused at the door (0xC000 naming the UID), no inference")
 
     def ct(ds: Dataset, i: int) -> None:
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)

@@ -209,3 +209,37 @@ def test_remove_partial_files_after_a_crash(store: InstanceStore, tmp_path: Path
     (folder / f".{stored.path.name}.deadbeef.tmp").write_bytes(b"half an instance")
     assert store.remove_partial_files() == 1
     assert [p.name for p in folder.iterdir()] == [stored.path.name]
+
+
+@pytest.mark.parametrize("keyword, value, why", [
+    ("SOPInstanceUID", "../../../etc/1/passwd", "not a UID"),
+    ("SeriesInstanceUID", "1.2/../../" + "9" * 200, "characters long"),
+    ("StudyInstanceUID", "/tmp/study", "not a UID"),
+    ("SeriesInstanceUID", "1..2", "not a UID"),
+])
+def test_the_door_refuses_uids_results_could_not_reference(store: InstanceStore, keyword: str, value: str,
+                                                           why: str) -> None:
+    # issue 23 item 2: such instances used to be stored and run through the network, then the SEG
+    # failed dciodvfy; refused now, nothing stored
+    ds = real("dicom/pydicom/MR_small.dcm")
+    setattr(ds, keyword, value)
+    with pytest.raises(InvalidInstance, match=f"{keyword} .*{why}"):
+        store.store_encoded(_as_sent(ds), pydicom.uid.ExplicitVRLittleEndian, "X")
+    assert not store.catalog.query("SELECT 1 FROM instances")
+
+
+def test_the_door_accepts_the_common_leading_zero_component(store: InstanceStore) -> None:
+    ds = real("dicom/pydicom/MR_small.dcm")
+    ds.SeriesInstanceUID = "1.2.840.113619.2.5.1762583153.215519.978957063.078"  # as real archives hold
+    assert store.store_encoded(_as_sent(ds), pydicom.uid.ExplicitVRLittleEndian, "X").new
+
+
+def _as_sent(ds: pydicom.Dataset) -> bytes:
+    """The dataset as a peer sends it: explicit VR little endian, no preamble, no file meta."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_dataset(fp, ds)
+    return fp.getvalue()
