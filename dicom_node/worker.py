@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from typing import Callable
+from typing import Callable, Sequence
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config
@@ -20,6 +20,7 @@ from dicom_node.logsetup import log_context
 from dicom_node.results.build import ResultRejected, build_results, new_result_uids
 from dicom_node.router import Router
 from dicom_node.routing import parse_rules
+from dicom_node.store import uid_problem
 from inference.api import Analysis, AnalysisRequest, Volume, VolumeError, analyze, set_cpu_threads, volume_from_datasets
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,19 @@ def in_process_analyzer(torch_threads: int) -> Analyzer:
 
 class JobError(Exception):
     """A job cannot succeed on this input (bad series, no cord...): fail it, do not retry."""
+
+
+def check_frame_of_reference(datasets: Sequence[Dataset]) -> None:
+    """JobError, before any inference, when the source's Frame of Reference UID is not a UID.
+
+    Why fail: a SEG must carry its source's frame of reference to overlay it in a viewer, so it
+    cannot take a new one of ours, and copied as is it fails the dciodvfy gate."""
+    value = str(datasets[0].get("FrameOfReferenceUID", "") or "").strip() if datasets else ""
+    problem = uid_problem(value) if value else ""
+    if problem:
+        shown = value[:40] + ("..." if len(value) > 40 else "")
+        raise JobError(f"FrameOfReferenceUID {shown!r} {problem}: the SEG must share it to overlay the images, "
+                       "and results carrying it would fail validation; fix it at the modality or anonymiser")
 
 
 class Worker:
@@ -86,6 +100,7 @@ class Worker:
         timings: dict[str, float] = {}
         t0 = time.monotonic()
         datasets = [dcmread(self.config.data_dir / p) for p in self.catalog.instance_paths(job.series_uid)]
+        check_frame_of_reference(datasets)
         try:
             volume = volume_from_datasets(datasets)
         except VolumeError as exc:

@@ -165,6 +165,25 @@ def test_negative_pixel_spacing_fails_once_with_the_reason_and_no_inference(setu
     assert "PixelSpacing" in job["reason"] and "positive" in job["reason"]
 
 
+def test_an_invalid_frame_of_reference_fails_once_before_inference(setup, tmp_path: Path) -> None:
+    # issue 23 item 3: the SEG copied a 66-character Frame of Reference UID and failed validation
+    cfg, cat, store = setup
+    files = small_series(tmp_path, "T2 SAG SPINE")
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.FrameOfReferenceUID = "1.2." + "3" * 62
+        ds.save_as(f, enforce_file_format=True)
+    ingest(store, files)
+    CompletionTracker(cat, 30).check()
+    calls: list[object] = []
+    worker = Worker(cfg, cat, analyzer=lambda volume, request: calls.append(request))  # must not be reached
+    (job_id,) = worker.route_complete_series()
+    worker.run_next()
+    job = cat.query("SELECT state, reason, attempts FROM jobs WHERE id=?", (job_id,))[0]
+    assert job["state"] == "failed" and job["attempts"] == 1 and not calls
+    assert "FrameOfReferenceUID" in job["reason"] and "66 characters" in job["reason"]
+
+
 def test_destination_options_pick_seg_variant_and_secondary_capture(setup, tmp_path: Path) -> None:
     cfg, cat, store = setup
     cfg.destinations["viewer"] = DestinationSettings(port=2, seg_omit_empty_frames=True, seg_fractional=True,
