@@ -10,7 +10,7 @@ The contract:
   volume_from_datasets(datasets) -> Volume         (DICOM instances -> one grid, frame by frame)
   analyze(volume, AnalysisRequest) -> Analysis     (masks in the input grid + typed Measurements)
   check_model(spec) -> ModelState                  (loadable? loaded? without loading it)
-  preload(spec, device) -> ModelIdentity           (load now, so the first job does not wait)
+  preload(spec, device) -> (ModelIdentity, device) (load now, so the first job does not wait)
 """
 from __future__ import annotations
 
