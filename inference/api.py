@@ -22,7 +22,7 @@ from inference.heap import child_env as heap_child_env
 from inference.heap import configure as configure_heap
 from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3, check_min_volume
 from inference.measurements import CordMeasurements, CsaPerSlice, LesionFilter, LesionMetrics, Measurements, json_keys
-from inference.models.nnunet_folder import DEFAULT_CHECKPOINT, SettingError, resolve_settings
+from inference.models.nnunet_folder import SettingError, resolve_options
 from inference.models.spec import NNUNET_OPTIONS, ModelError, ModelSpec
 from inference.models.state import ModelState, check_model
 from inference.pipeline import DEFAULT_MODEL, Analysis, ModelIdentity
@@ -92,9 +92,7 @@ def set_cpu_threads(n: int) -> None:
 def check_nnunet_settings(spec: ModelSpec) -> None:
     """Raise SettingError (naming the setting) or ModelError when an nnU-Net folder's settings do not
     fit its files; JSON and file names only, so a config can be checked when it loads."""
-    resolve_settings(spec.location, spec.option("configuration"), spec.option("folds"),
-                     spec.option("checkpoint") or DEFAULT_CHECKPOINT, spec.option("cord_labels"),
-                     spec.option("lesion_labels"))
+    resolve_options(spec.location, dict(spec.options))
 
 
 def render_overlay(image: np.ndarray, cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray,

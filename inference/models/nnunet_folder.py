@@ -12,7 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -391,3 +391,11 @@ def resolve_settings(path: str | Path, configuration: str | None = None, folds: 
                            f"({[k for k in lab.names if k != 'background']}); name the cord's labels in cord_labels")
     return FolderChoice(folder=folder, plan=plan, folds=tuple(names), checkpoint=checkpoint,
                         cord_labels=frozenset(cord | lesion), lesion_labels=frozenset(lesion))
+
+
+def resolve_options(path: str | Path, options: Mapping[str, Any]) -> FolderChoice:
+    """``resolve_settings`` with a model spec's options (``split_spec``'s), defaulted as a load of
+    that spec would default them: the one place the option names meet the parameters."""
+    return resolve_settings(path, options.get("configuration"), options.get("folds"),
+                            options.get("checkpoint") or DEFAULT_CHECKPOINT, options.get("cord_labels"),
+                            options.get("lesion_labels"))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from inference.models.meta import read_meta
-from inference.models.nnunet_folder import DEFAULT_CHECKPOINT, SettingError, is_nnunet_spec, resolve_settings
+from inference.models.nnunet_folder import SettingError, is_nnunet_spec, resolve_options
 from inference.models.spec import ModelError, ModelSpec, split_spec
 
 
@@ -30,9 +30,7 @@ def nnunet_state(spec: str) -> ModelState:
     options: dict[str, Any] = {}
     try:
         path, options = split_spec(spec)
-        choice = resolve_settings(path, options.get("configuration"), options.get("folds"),
-                                  options.get("checkpoint") or DEFAULT_CHECKPOINT,
-                                  options.get("cord_labels"), options.get("lesion_labels"))
+        choice = resolve_options(path, options)
     except SettingError as exc:
         return ModelState(False, False, f"nnU-Net model {path}: setting {exc.key}: {exc}")
     except ModelError as exc:  # bad JSON, unsupported plans, a malformed option in the spec
