@@ -21,26 +21,23 @@ log = logging.getLogger(__name__)
 def one_line(explanation: list[str]) -> str:
     """The routing explanation as one log line: the rule that matched, and for each rule before it
     the conditions that failed it (the leaves on its failing path, with the values they saw)."""
-    parts: list[str] = []
-    lines = [(len(line) - len(line.lstrip())) // 2 for line in explanation]
-    rule, failed = "", list[str]()
-    path: list[bool] = []  # per depth: did that condition fail?
-    for i, (depth, line) in enumerate(zip(lines, explanation)):
+    depths = [(len(line) - len(line.lstrip())) // 2 for line in explanation]
+    matched: list[str] = []
+    failed: dict[str, list[str]] = {}  # rule -> its failing leaves
+    leaves: list[str] = []
+    path: list[bool] = []  # per depth below the rule: did that condition fail?
+    for i, (depth, line) in enumerate(zip(depths, explanation)):
         text = line.strip()
-        if depth == 0:
-            if rule and failed:
-                parts.append(f"{rule} not matched: {', '.join(failed)}")
-            rule, failed = text.split(":")[0], []
+        if depth == 0:  # "rule 'x': matched", "rule 'x': not matched" or "no rule matched"
+            leaves = failed.setdefault(text.split(":")[0], [])
             if text.endswith(": matched"):
-                parts.insert(0, text)
+                matched.append(text)
             continue
         del path[depth - 1:]
         path.append(": no" in text)
-        leaf = i + 1 == len(explanation) or lines[i + 1] <= depth
-        if leaf and all(path):
-            failed.append(text)
-    if rule and failed:
-        parts.append(f"{rule} not matched: {', '.join(failed)}")
+        if (i + 1 == len(explanation) or depths[i + 1] <= depth) and all(path):
+            leaves.append(text)
+    parts = matched + [f"{rule} not matched: {', '.join(found)}" for rule, found in failed.items() if found]
     return "; ".join(parts) or "no rule matched"
 
 

@@ -37,11 +37,12 @@ def recent_series(catalog: Catalog, limit: int) -> list[dict[str, Any]]:
         "SELECT s.series_uid, s.description, s.calling_ae, s.modality, s.state, s.generation, s.received_count,"
         " s.expected_count, s.last_received, s.routing_rule, s.routing_reason,"
         " j.id AS job_id, j.state AS job_state, j.reason AS job_reason, j.attempts, j.measurements, j.timings,"
-        " (SELECT MIN(d.next_attempt_at) FROM dispatches d WHERE d.job_id = j.id AND d.state = 'pending'"
-        "  AND d.attempts > 0) AS next_attempt_at,"
-        " (SELECT GROUP_CONCAT(DISTINCT d.destination) FROM dispatches d WHERE d.job_id = j.id"
-        "  AND d.state = 'pending' AND d.attempts > 0) AS waiting_for"
+        " w.next_attempt_at, w.waiting_for"
         " FROM series s LEFT JOIN jobs j ON j.id = (SELECT MAX(id) FROM jobs WHERE series_uid=s.series_uid)"
+        # the destinations that failed a job's results at least once, and when the first retries
+        " LEFT JOIN (SELECT job_id, MIN(next_attempt_at) AS next_attempt_at,"
+        "  GROUP_CONCAT(DISTINCT destination) AS waiting_for FROM dispatches"
+        "  WHERE state = 'pending' AND attempts > 0 GROUP BY job_id) w ON w.job_id = j.id"
         " ORDER BY s.last_received DESC LIMIT ?", (limit,))
     return [dict(r) for r in rows]
 

@@ -81,7 +81,7 @@ def path_component(value: str) -> str:
     pydicom's UID validity (digits and dots, no leading zeros, at most 64 characters) rules
     out '/', '..' and every other hostile spelling.
     """
-    if len(value) <= 64 and re.fullmatch(RE_VALID_UID, value):
+    if len(value) <= UID_MAX and re.fullmatch(RE_VALID_UID, value):
         return value
     return hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
 

@@ -145,7 +145,7 @@ class Measurements:
 
 def json_keys() -> tuple[str, ...]:
     """Every top-level key of the JSON form (for tables that pick columns by name)."""
-    scalar = ("interpolated_midsagittal_slice", "total_volume_mm3", "total_length_mm", "max_axial_damage_ratio",
-              "lesion_count")
-    nested = [f.name for cls in (CordMeasurements, CsaPerSlice, LesionFilter) for f in fields(cls)]
-    return ("lesions", *scalar, *nested)
+    parts = {"cord": CordMeasurements, "per_slice": CsaPerSlice, "lesion_filter": LesionFilter}
+    own = [f.name for f in fields(Measurements) if f.name not in parts]
+    nested = [f.name for cls in parts.values() for f in fields(cls)]
+    return (*own, "lesion_count", *nested)
