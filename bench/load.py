@@ -152,7 +152,8 @@ def run_load(workdir: Path, associations: int = 16, per_association: int = 10, s
         peak = _rss_mb(pid, "VmHWM")
         job_end = catalog_query(catalog, "SELECT state FROM jobs")[0][0]
         series = {pydicom.dcmread(f[0], stop_before_pixels=True).SeriesInstanceUID for f in folders}
-        rows = catalog_query(catalog, "SELECT series_uid, path FROM instances")
+        rows = catalog_query(catalog, "SELECT s.series_uid, i.path FROM instances i "
+                                      "JOIN series s ON s.id = i.series_id")
         load_rows = [p for s, p in rows if s in series]
         on_disk = sum(1 for p in load_rows if (catalog.parent / p).is_file())
         node.kill9()  # measured; a graceful stop would wait for the running job (nothing to lose either way)

@@ -11,28 +11,18 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    sop_class_uid    TEXT NOT NULL,
-    series_uid       TEXT NOT NULL,
-    study_uid        TEXT NOT NULL,
-    path             TEXT NOT NULL,      -- relative to data_dir
-    size             INTEGER NOT NULL,
-    sha256           TEXT NOT NULL,
-    transfer_syntax  TEXT NOT NULL,
-    calling_ae       TEXT NOT NULL,
-    received_at      REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+from dicom_node.catalog_migration import migrate
 
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
-    series_uid      TEXT PRIMARY KEY,
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,  -- the catalog's series key
     study_uid       TEXT NOT NULL,
-    patient_id      TEXT NOT NULL DEFAULT '',
+    series_uid      TEXT NOT NULL,
+    patient_id      TEXT NOT NULL DEFAULT '',  -- the one patient of the study (store.py refuses another)
     modality        TEXT NOT NULL DEFAULT '',
     description     TEXT NOT NULL DEFAULT '',
     calling_ae      TEXT NOT NULL DEFAULT '',
@@ -45,13 +35,28 @@ CREATE TABLE IF NOT EXISTS series (
     completed_at    REAL,
     completion_reason TEXT,              -- expected-count | idle
     routing_rule    TEXT,
-    routing_reason  TEXT
+    routing_reason  TEXT,
+    UNIQUE (study_uid, series_uid)       -- a Series UID reused by another study is another series
 );
 CREATE INDEX IF NOT EXISTS series_state ON series(state);
+CREATE INDEX IF NOT EXISTS series_by_uid ON series(series_uid);
+
+CREATE TABLE IF NOT EXISTS instances (
+    series_id        INTEGER NOT NULL REFERENCES series(id),
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    path             TEXT NOT NULL,      -- relative to data_dir
+    size             INTEGER NOT NULL,
+    sha256           TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL,
+    calling_ae       TEXT NOT NULL,
+    received_at      REAL NOT NULL,
+    PRIMARY KEY (series_id, sop_instance_uid)  -- re-sent under another study: kept apart, never moved
+);
 
 CREATE TABLE IF NOT EXISTS jobs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    series_uid      TEXT NOT NULL,
+    series_id       INTEGER NOT NULL REFERENCES series(id),
     generation      INTEGER NOT NULL,
     pipeline        TEXT NOT NULL,
     rule            TEXT NOT NULL,
@@ -69,7 +74,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     timings         TEXT                 -- JSON seconds per stage
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
-CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_uid);
+CREATE INDEX IF NOT EXISTS jobs_series ON jobs(series_id);
 
 CREATE TABLE IF NOT EXISTS dispatches (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -89,7 +94,7 @@ CREATE INDEX IF NOT EXISTS dispatches_state ON dispatches(state, next_attempt_at
 
 CREATE TABLE IF NOT EXISTS purges (               -- dicom_node.retention: what was deleted, when, why
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    series_uid      TEXT NOT NULL,
+    series_id       INTEGER NOT NULL REFERENCES series(id),
     generation      INTEGER NOT NULL,
     at              REAL NOT NULL,
     reason          TEXT NOT NULL,       -- finished | failed | space (retention.max_stored)
@@ -99,7 +104,7 @@ CREATE TABLE IF NOT EXISTS purges (               -- dicom_node.retention: what 
     files           TEXT NOT NULL,       -- JSON: paths relative to data_dir (instance files, result folders)
     files_removed   INTEGER NOT NULL DEFAULT 0  -- 0 until the files are gone (a crash in between: redone at start)
 );
-CREATE INDEX IF NOT EXISTS purges_series ON purges(series_uid);
+CREATE INDEX IF NOT EXISTS purges_series ON purges(series_id);
 
 CREATE TABLE IF NOT EXISTS dispatch_attempts (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -112,15 +117,38 @@ CREATE TABLE IF NOT EXISTS dispatch_attempts (
 """
 
 
+SCHEMA_VERSION = 1  # PRAGMA user_version; 0 = the catalog of before series had their own key
+
+
+class IdentityConflict(ValueError):
+    """An instance would join a study that belongs to another patient: refused, never merged."""
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording one instance did."""
+
+    series_id: int
+    new: bool  # False: a re-send of an instance the series already holds
+    reopened: bool  # a late or changed instance re-opened a complete/routed series
+    generation: int
+
+
 class Catalog:
-    """Thread-safe access to the SQLite catalog at `path` (created on first use)."""
+    """Thread-safe access to the SQLite catalog at `path` (created, or migrated, on first use).
+
+    A series is keyed by (Study Instance UID, Series Instance UID) and its catalog id; an instance
+    by its series and SOP Instance UID. Broken modalities and anonymisers reuse Series UIDs across
+    studies: each study then has its own series, never one volume of two patients.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        migrate(self._con(), self.path, SCHEMA_VERSION, SCHEMA)
         # executescript() commits on its own: it cannot run inside transaction()
-        self._con().executescript(SCHEMA)
+        self._con().executescript(SCHEMA + f"PRAGMA user_version = {SCHEMA_VERSION};")
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -151,20 +179,32 @@ class Catalog:
 
     # -- instances and series (receiving side: store.py, completion.py) -----------------
 
-    def record_instance(self, inst: dict[str, Any], series: dict[str, Any]) -> tuple[bool, bool, int]:
+    def identity_conflict(self, study_uid: str, patient_id: str, con: sqlite3.Connection | None = None) -> str:
+        """Why an instance of `patient_id` cannot join study `study_uid`, or "" when it can.
+
+        A study belongs to one patient; the same Study UID under another Patient ID is a sender's
+        error (a reused or badly anonymised UID), and merging would put two patients in one result."""
+        row = (con or self._con()).execute(
+            "SELECT patient_id FROM series WHERE study_uid=? AND patient_id != ? LIMIT 1",
+            (study_uid, patient_id)).fetchone()
+        if row is None:
+            return ""
+        return (f"Study UID already holds patient {row[0]!r}, not {patient_id!r}: "
+                "the sender reuses UIDs; fix its anonymiser or UID root")
+
+    def record_instance(self, inst: dict[str, Any], series: dict[str, Any]) -> Recorded:
         """Upsert one stored instance and its series row in ONE transaction.
 
-        `inst` has the columns of `instances`; `series` has study_uid, patient_id, modality,
-        description, calling_ae, expected_count. A re-sent instance (same SOP Instance UID) does
-        not count twice. A new or changed instance for a series that is no longer 'receiving'
-        re-opens it with generation+1, so the worker knows earlier results are superseded.
-        Returns (new_instance, reopened, generation).
+        `inst` has the columns of `instances` but series_id; `series` has study_uid, series_uid,
+        patient_id, modality, description, calling_ae, expected_count. A re-sent instance (same
+        series, same SOP Instance UID) does not count twice. A new or changed instance for a
+        series that is no longer 'receiving' re-opens it with generation+1, so the worker knows
+        earlier results are superseded. Raises IdentityConflict (nothing recorded) for an
+        instance of another patient than its study's.
         """
         return self.record_instances([(inst, series)])[0]
 
-    def record_instances(
-        self, items: list[tuple[dict[str, Any], dict[str, Any]]]
-    ) -> list[tuple[bool, bool, int]]:
+    def record_instances(self, items: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[Recorded]:
         """`record_instance` for several instances in one transaction (one commit, one fsync).
 
         The listener's group commit uses it: concurrent associations share a commit.
@@ -172,41 +212,37 @@ class Catalog:
         with self.transaction() as con:
             return [self._record(con, inst, series) for inst, series in items]
 
-    @staticmethod
-    def _record(con: sqlite3.Connection, inst: dict[str, Any], series: dict[str, Any]) -> tuple[bool, bool, int]:
+    def _record(self, con: sqlite3.Connection, inst: dict[str, Any], series: dict[str, Any]) -> Recorded:
         at = inst["received_at"]
-        old = con.execute(
-            "SELECT series_uid, sha256 FROM instances WHERE sop_instance_uid=?", (inst["sop_instance_uid"],)
-        ).fetchone()
-        moved = old is not None and old["series_uid"] != inst["series_uid"]
-        new = old is None or moved
-        changed = new or old["sha256"] != inst["sha256"]
-        if moved:  # same SOP UID re-sent under another series: count it there, not here
-            con.execute(
-                "UPDATE series SET received_count=MAX(received_count-1, 0) WHERE series_uid=?",
-                (old["series_uid"],),
-            )
-        cols = list(inst)
-        con.execute(
-            f"INSERT INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-            f"ON CONFLICT(sop_instance_uid) DO UPDATE SET "
-            + ", ".join(f"{c}=excluded.{c}" for c in cols if c != "sop_instance_uid"),
-            [inst[c] for c in cols],
-        )
-        row = con.execute(
-            "SELECT state, generation FROM series WHERE series_uid=?", (inst["series_uid"],)
-        ).fetchone()
+        conflict = self.identity_conflict(series["study_uid"], series["patient_id"], con)
+        if conflict:
+            raise IdentityConflict(conflict)
+        row = con.execute("SELECT id, state, generation FROM series WHERE study_uid=? AND series_uid=?",
+                          (series["study_uid"], series["series_uid"])).fetchone()
         if row is None:
-            con.execute(
-                "INSERT INTO series (series_uid, study_uid, patient_id, modality, description, calling_ae,"
+            cur = con.execute(
+                "INSERT INTO series (study_uid, series_uid, patient_id, modality, description, calling_ae,"
                 " state, generation, expected_count, received_count, first_received, last_received)"
-                " VALUES (?, ?, ?, ?, ?, ?, 'receiving', 1, ?, 1, ?, ?)",
-                (inst["series_uid"], series["study_uid"], series["patient_id"], series["modality"],
+                " VALUES (?, ?, ?, ?, ?, ?, 'receiving', 1, ?, 0, ?, ?)",
+                (series["study_uid"], series["series_uid"], series["patient_id"], series["modality"],
                  series["description"], series["calling_ae"], series["expected_count"], at, at),
             )
-            return True, False, 1
-        reopen = changed and row["state"] != "receiving"
-        generation = row["generation"] + 1 if reopen else row["generation"]
+            series_id, state, generation = int(cur.lastrowid or 0), "receiving", 1
+        else:
+            series_id, state, generation = row["id"], row["state"], row["generation"]
+        old = con.execute("SELECT sha256 FROM instances WHERE series_id=? AND sop_instance_uid=?",
+                          (series_id, inst["sop_instance_uid"])).fetchone()
+        new = old is None
+        changed = new or old["sha256"] != inst["sha256"]
+        cols = ["series_id", *inst]
+        con.execute(
+            f"INSERT INTO instances ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+            f"ON CONFLICT(series_id, sop_instance_uid) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in inst if c != "sop_instance_uid"),
+            [series_id, *inst.values()],
+        )
+        reopen = changed and state != "receiving"
+        generation = generation + 1 if reopen else generation
         con.execute(
             "UPDATE series SET received_count=received_count+?, last_received=MAX(last_received, ?),"
             " expected_count=CASE WHEN ? IS NULL THEN expected_count"
@@ -214,42 +250,46 @@ class Catalog:
             " state=CASE WHEN ? THEN 'receiving' ELSE state END, generation=?,"
             " completed_at=CASE WHEN ? THEN NULL ELSE completed_at END,"
             " completion_reason=CASE WHEN ? THEN NULL ELSE completion_reason END"
-            " WHERE series_uid=?",
+            " WHERE id=?",
             (int(new), at, series["expected_count"], series["expected_count"], reopen, generation,
-             reopen, reopen, inst["series_uid"]),
+             reopen, reopen, series_id),
         )
-        return new, reopen, generation
+        return Recorded(int(series_id), new, reopen, generation)
 
-    def series_row(self, series_uid: str) -> sqlite3.Row | None:
+    def series_row(self, series_id: int) -> sqlite3.Row | None:
         """The catalog row of one series, or None."""
-        rows = self.query("SELECT * FROM series WHERE series_uid=?", (series_uid,))
+        rows = self.query("SELECT * FROM series WHERE id=?", (series_id,))
         return rows[0] if rows else None
 
-    def instance_paths(self, series_uid: str) -> list[str]:
+    def series_ids(self, series_uid: str) -> list[int]:
+        """The catalog ids of the series with this Series UID (more than one when studies reuse it)."""
+        return [r[0] for r in self.query("SELECT id FROM series WHERE series_uid=? ORDER BY id", (series_uid,))]
+
+    def instance_paths(self, series_id: int) -> list[str]:
         """Paths (relative to data_dir) of a series' instances, in arrival-independent order."""
-        rows = self.query("SELECT path FROM instances WHERE series_uid=? ORDER BY path", (series_uid,))
+        rows = self.query("SELECT path FROM instances WHERE series_id=? ORDER BY path", (series_id,))
         return [r["path"] for r in rows]
 
-    def complete_series(self, now: float, idle_seconds: float) -> list[tuple[str, str]]:
-        """Mark 'receiving' series complete (expected count reached, or idle); return (uid, reason)."""
-        done: list[tuple[str, str]] = []
+    def complete_series(self, now: float, idle_seconds: float) -> list[tuple[int, str, str]]:
+        """Mark 'receiving' series complete (expected count reached, or idle); return (id, uid, reason)."""
+        done: list[tuple[int, str, str]] = []
         with self.transaction() as con:
             for reason, where, params in (
                 ("expected-count", "expected_count IS NOT NULL AND received_count >= expected_count", ()),
                 ("idle", "last_received <= ?", (now - idle_seconds,)),
             ):
-                uids = [r[0] for r in con.execute(
-                    f"SELECT series_uid FROM series WHERE state='receiving' AND {where}", params)]
-                for uid in uids:
+                rows = con.execute(
+                    f"SELECT id, series_uid FROM series WHERE state='receiving' AND {where}", params).fetchall()
+                for series_id, uid in rows:
                     con.execute(
-                        "UPDATE series SET state='complete', completed_at=?, completion_reason=? WHERE series_uid=?",
-                        (now, reason, uid),
+                        "UPDATE series SET state='complete', completed_at=?, completion_reason=? WHERE id=?",
+                        (now, reason, series_id),
                     )
-                    done.append((uid, reason))
+                    done.append((series_id, uid, reason))
         return done
 
     def set_series_routing(
-        self, series_uid: str, generation: int, state: str, rule: str | None, reason: str
+        self, series_id: int, generation: int, state: str, rule: str | None, reason: str
     ) -> bool:
         """Record the routing decision of a complete series (state 'routed' or 'ignored').
 
@@ -257,26 +297,26 @@ class Catalog:
         re-opened the series meanwhile, this returns False and the caller drops its decision.
         """
         with self.transaction() as con:
-            return self.record_routing(con, series_uid, generation, state, rule, reason)
+            return self.record_routing(con, series_id, generation, state, rule, reason)
 
     @staticmethod
     def record_routing(
-        con: sqlite3.Connection, series_uid: str, generation: int, state: str, rule: str | None, reason: str
+        con: sqlite3.Connection, series_id: int, generation: int, state: str, rule: str | None, reason: str
     ) -> bool:
         """``set_series_routing`` inside the caller's transaction (the router also queues the job in it)."""
         if state not in ("routed", "ignored"):
             raise ValueError(f"series state after routing is 'routed' or 'ignored', not {state!r}")
         cur = con.execute(
             "UPDATE series SET state=?, routing_rule=?, routing_reason=?"
-            " WHERE series_uid=? AND generation=? AND state='complete'",
-            (state, rule, reason, series_uid, generation),
+            " WHERE id=? AND generation=? AND state='complete'",
+            (state, rule, reason, series_id, generation),
         )
         return cur.rowcount == 1
 
-    def first_instance(self, series_uid: str) -> sqlite3.Row | None:
+    def first_instance(self, series_id: int) -> sqlite3.Row | None:
         """(path, calling_ae) of the first instance received for a series: what routing reads."""
-        rows = self.query("SELECT path, calling_ae FROM instances WHERE series_uid=? ORDER BY received_at LIMIT 1",
-                          (series_uid,))
+        rows = self.query("SELECT path, calling_ae FROM instances WHERE series_id=? ORDER BY received_at LIMIT 1",
+                          (series_id,))
         return rows[0] if rows else None
 
     def close(self) -> None:

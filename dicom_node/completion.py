@@ -25,10 +25,10 @@ class CompletionTracker:
         self.catalog = catalog
         self.idle_seconds = float(idle_seconds)
 
-    def check(self, now: float | None = None) -> list[str]:
-        """Complete every series that is due; return the UIDs newly completed (reason recorded)."""
+    def check(self, now: float | None = None) -> list[tuple[int, str]]:
+        """Complete every series that is due; return (catalog id, Series UID) of each newly completed."""
         at = time.time() if now is None else now
         done = self.catalog.complete_series(at, self.idle_seconds)
-        for uid, reason in done:
+        for _, uid, reason in done:
             LOGGER.info("series %s complete (%s)", uid, reason)
-        return [uid for uid, _ in done]
+        return [(series_id, uid) for series_id, uid, _ in done]

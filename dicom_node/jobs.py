@@ -49,6 +49,7 @@ class Job:
     """One row of `jobs`, typed."""
 
     id: int
+    series_id: int
     series_uid: str
     generation: int
     pipeline: str
@@ -61,7 +62,8 @@ class Job:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Job:
-        return cls(id=int(row["id"]), series_uid=row["series_uid"], generation=int(row["generation"]),
+        return cls(id=int(row["id"]), series_id=int(row["series_id"]), series_uid=row["series_uid"],
+                   generation=int(row["generation"]),
                    pipeline=row["pipeline"], rule=row["rule"], destinations=tuple(json.loads(row["destinations"])),
                    state=JobState(row["state"]), attempts=int(row["attempts"]), supersedes_job=row["supersedes_job"],
                    result_uids=json.loads(row["result_uids"]) if row["result_uids"] else None)
@@ -84,13 +86,14 @@ class Jobs:
         self.catalog = catalog
 
     def get(self, job_id: int) -> Job:
-        rows = self.catalog.query("SELECT * FROM jobs WHERE id=?", (job_id,))
+        rows = self.catalog.query("SELECT j.*, s.series_uid FROM jobs j JOIN series s ON s.id = j.series_id "
+                                  "WHERE j.id=?", (job_id,))
         if not rows:
             raise ValueError(f"no job {job_id}")
         return Job.from_row(rows[0])
 
     @staticmethod
-    def create(con: sqlite3.Connection, series_uid: str, generation: int, rule: str, pipeline: str,
+    def create(con: sqlite3.Connection, series_id: int, generation: int, rule: str, pipeline: str,
                destinations: list[str]) -> tuple[int, int | None]:
         """Queue a job for a routed series generation, inside the caller's routing transaction.
 
@@ -98,16 +101,16 @@ class Jobs:
         latest job with results is named as the one this replaces, so the new SR can reference
         its predecessor. Returns (job id, superseded job id or None)."""
         t = now()
-        con.execute(f"UPDATE jobs SET state=?, updated_at=? WHERE series_uid=? AND generation < ? "
+        con.execute(f"UPDATE jobs SET state=?, updated_at=? WHERE series_id=? AND generation < ? "
                     f"AND state IN {sql_states((JobState.QUEUED, JobState.RUNNING))}",
-                    (JobState.SUPERSEDED.value, t, series_uid, generation))
-        done = con.execute(f"SELECT id FROM jobs WHERE series_uid=? AND state IN {sql_states(WITH_RESULTS)} "
-                           "AND result_uids IS NOT NULL ORDER BY id DESC LIMIT 1", (series_uid,)).fetchone()
+                    (JobState.SUPERSEDED.value, t, series_id, generation))
+        done = con.execute(f"SELECT id FROM jobs WHERE series_id=? AND state IN {sql_states(WITH_RESULTS)} "
+                           "AND result_uids IS NOT NULL ORDER BY id DESC LIMIT 1", (series_id,)).fetchone()
         supersedes = done[0] if done is not None else None
         cur = con.execute(
-            "INSERT INTO jobs (series_uid, generation, pipeline, rule, destinations, state, created_at, "
+            "INSERT INTO jobs (series_id, generation, pipeline, rule, destinations, state, created_at, "
             "updated_at, supersedes_job) VALUES (?,?,?,?,?,?,?,?,?)",
-            (series_uid, generation, pipeline, rule, json.dumps(destinations), JobState.QUEUED.value, t, t,
+            (series_id, generation, pipeline, rule, json.dumps(destinations), JobState.QUEUED.value, t, t,
              supersedes))
         return int(cur.lastrowid or 0), supersedes
 
@@ -209,7 +212,7 @@ class Jobs:
                 raise ValueError(f"no job {job_id}")
             if row[0] not in (JobState.FAILED.value, JobState.DONE.value):
                 raise ValueError(f"job {job_id} is {row[0]}; only failed or done jobs can be retried")
-            purged = con.execute("SELECT p.at FROM purges p JOIN jobs j ON j.series_uid = p.series_uid"
+            purged = con.execute("SELECT p.at FROM purges p JOIN jobs j ON j.series_id = p.series_id"
                                  " WHERE j.id=? AND p.generation = j.generation", (job_id,)).fetchone()
             if purged is not None:
                 when = time.strftime("%Y-%m-%d %H:%M", time.localtime(purged[0]))

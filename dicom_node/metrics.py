@@ -87,7 +87,7 @@ def stage_durations(catalog: Catalog) -> dict[str, list[float]]:
         "SELECT j.id, j.created_at, j.started_at, j.timings, j.state, s.last_received, s.completed_at,"
         " (SELECT MAX(sent_at) FROM dispatches d WHERE d.job_id=j.id) AS sent_at,"
         " (SELECT COUNT(*) FROM dispatches d WHERE d.job_id=j.id AND d.state != 'sent') AS unsent"
-        " FROM jobs j JOIN series s ON s.series_uid=j.series_uid WHERE j.timings IS NOT NULL")
+        " FROM jobs j JOIN series s ON s.id=j.series_id WHERE j.timings IS NOT NULL")
     out: dict[str, list[float]] = {stage: [] for stage in STAGES}
     for r in rows:
         t = json.loads(r["timings"])

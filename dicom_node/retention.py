@@ -42,14 +42,14 @@ ACTIVE_JOB_STATES = tuple(state.value for state in ACTIVE_STATES)
 # Per routed or store-only series: when it finished, whether a job is still active, whether its
 # current generation's job failed.
 _CANDIDATES = f"""
-SELECT s.series_uid, s.generation, s.state,
-       COALESCE((SELECT MAX(COALESCE(j.finished_at, j.updated_at)) FROM jobs j WHERE j.series_uid = s.series_uid),
+SELECT s.id, s.series_uid, s.generation, s.state,
+       COALESCE((SELECT MAX(COALESCE(j.finished_at, j.updated_at)) FROM jobs j WHERE j.series_id = s.id),
                 s.completed_at, s.last_received) AS finished,
-       (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid
+       (SELECT COUNT(*) FROM jobs j WHERE j.series_id = s.id
           AND j.state IN ({", ".join(repr(state) for state in ACTIVE_JOB_STATES)})) AS active,
-       (SELECT COUNT(*) FROM jobs j WHERE j.series_uid = s.series_uid AND j.generation = s.generation
+       (SELECT COUNT(*) FROM jobs j WHERE j.series_id = s.id AND j.generation = s.generation
           AND j.state = '{JobState.FAILED.value}') AS failed,
-       (SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_uid = s.series_uid) AS bytes
+       (SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_id = s.id) AS bytes
 FROM series s WHERE s.state IN ('routed', 'ignored')
 ORDER BY finished
 """
@@ -59,6 +59,7 @@ ORDER BY finished
 class Purge:
     """One series whose files were deleted."""
 
+    series_id: int
     series_uid: str
     reason: str  # finished | failed | space
     instances: int
@@ -75,8 +76,8 @@ class Retention:
         self.data_dir = store.data_dir.resolve()
         self.max_stored = DiskThreshold.parse(settings.max_stored, "retention.max_stored").bytes  # 0: no cap
 
-    def due(self, now: float) -> list[tuple[str, int, str]]:
-        """(series_uid, generation, reason) of every series to purge at `now`: past its days
+    def due(self, now: float) -> list[tuple[int, int, str]]:
+        """(series id, generation, reason) of every series to purge at `now`: past its days
         (reason finished or failed), then, while the instances stored exceed retention.max_stored,
         the oldest other finished series (reason space; failed ones stay for the operator)."""
         limits = {"finished": self.settings.finished_days, "failed": self.settings.failed_days}
@@ -91,14 +92,14 @@ class Retention:
             reason = "failed" if row["failed"] else "finished"
             days = limits[reason]
             if days > 0 and row["finished"] is not None and row["finished"] <= now - days * DAY_S:
-                out.append((row["series_uid"], row["generation"], reason))
+                out.append((row["id"], row["generation"], reason))
                 left -= row["bytes"]
             elif reason == "finished":
                 early.append(row)
         for row in early:
             if not cap or left <= cap:
                 break
-            out.append((row["series_uid"], row["generation"], "space"))
+            out.append((row["id"], row["generation"], "space"))
             left -= row["bytes"]
         return out
 
@@ -106,14 +107,14 @@ class Retention:
         """Purge up to `limit` due series (a loop step: more are left for the next one)."""
         now = time.time() if now is None else now
         done = []
-        for series_uid, generation, reason in self.due(now)[:limit]:
+        for series_id, generation, reason in self.due(now)[:limit]:
             with self.store.gate.exclusive():
-                purge = self._purge(series_uid, generation, reason, now)
+                purge = self._purge(series_id, generation, reason, now)
                 if purge is not None:
                     self._remove_files(purge[0], purge[1])
             if purge is not None:
                 done.append(purge[2])
-                log.info("retention: series %s (%s) purged: %d instance(s), %.1f MB", series_uid, reason,
+                log.info("retention: series %s (%s) purged: %d instance(s), %.1f MB", purge[2].series_uid, reason,
                          purge[2].instances, purge[2].bytes / 1e6)
         return done
 
@@ -129,37 +130,37 @@ class Retention:
                         len(rows))
         return len(rows)
 
-    def _purge(self, series_uid: str, generation: int, reason: str, now: float
+    def _purge(self, series_id: int, generation: int, reason: str, now: float
                ) -> tuple[int, list[str], Purge] | None:
         """The catalog side, in one transaction; None if the series changed since `due` looked."""
         with self.catalog.transaction() as con:
-            row = con.execute("SELECT state, generation FROM series WHERE series_uid=?", (series_uid,)).fetchone()
+            row = con.execute("SELECT series_uid, state, generation FROM series WHERE id=?", (series_id,)).fetchone()
             if row is None or row["generation"] != generation or row["state"] not in ("routed", "ignored"):
                 return None  # re-opened by a late instance, or purged already
             active = con.execute(
-                "SELECT COUNT(*) FROM jobs WHERE series_uid=? "
+                "SELECT COUNT(*) FROM jobs WHERE series_id=? "
                 f"AND state IN ({', '.join('?' * len(ACTIVE_JOB_STATES))})",
-                (series_uid, *ACTIVE_JOB_STATES)).fetchone()[0]
+                (series_id, *ACTIVE_JOB_STATES)).fetchone()[0]
             if active:
                 return None
-            instances = con.execute("SELECT path, size, calling_ae FROM instances WHERE series_uid=?",
-                                    (series_uid,)).fetchall()
+            instances = con.execute("SELECT path, size, calling_ae FROM instances WHERE series_id=?",
+                                    (series_id,)).fetchall()
             by_ae: dict[str, int] = {}
             for r in instances:
                 by_ae[r["calling_ae"]] = by_ae.get(r["calling_ae"], 0) + 1
-            jobs = [r[0] for r in con.execute("SELECT id FROM jobs WHERE series_uid=? ORDER BY id", (series_uid,))]
+            jobs = [r[0] for r in con.execute("SELECT id FROM jobs WHERE series_id=? ORDER BY id", (series_id,))]
             files = [r["path"] for r in instances] + [f"results/job-{j}" for j in jobs]
             size = sum(r["size"] for r in instances)
-            con.execute("DELETE FROM instances WHERE series_uid=?", (series_uid,))
+            con.execute("DELETE FROM instances WHERE series_id=?", (series_id,))
             # received_count restarts: a series sent again is counted (and completed) afresh
-            con.execute("UPDATE series SET state='purged', received_count=0 WHERE series_uid=?", (series_uid,))
+            con.execute("UPDATE series SET state='purged', received_count=0 WHERE id=?", (series_id,))
             purge_id = con.execute(
-                "INSERT INTO purges (series_uid, generation, at, reason, instances, bytes, by_calling_ae, files)"
+                "INSERT INTO purges (series_id, generation, at, reason, instances, bytes, by_calling_ae, files)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (series_uid, generation, now, reason, len(instances), size, json.dumps(by_ae),
+                (series_id, generation, now, reason, len(instances), size, json.dumps(by_ae),
                  json.dumps(files))).lastrowid
         assert purge_id is not None  # the row the INSERT just added
-        return purge_id, files, Purge(series_uid, reason, len(instances), size)
+        return purge_id, files, Purge(series_id, row["series_uid"], reason, len(instances), size)
 
     def _remove_files(self, purge_id: int, files: list[str]) -> None:
         """Delete the listed files and result folders (missing ones are fine: idempotent), then the

@@ -52,18 +52,19 @@ class Router:
     def route_complete_series(self) -> list[int]:
         """Route every series in state 'complete'; returns ids of jobs created."""
         created: list[int] = []
-        for row in self.catalog.query("SELECT series_uid FROM series WHERE state='complete'"):
-            job = self.route_series(row["series_uid"])
+        for row in self.catalog.query("SELECT id FROM series WHERE state='complete' ORDER BY id"):
+            job = self.route_series(row["id"])
             if job is not None:
                 created.append(job)
         return created
 
-    def route_series(self, series_uid: str) -> int | None:
+    def route_series(self, series_id: int) -> int | None:
         """Apply the rules to one complete series; the new job's id, or None (ignored, or re-opened)."""
-        first = self.catalog.first_instance(series_uid)
-        series = self.catalog.series_row(series_uid)
+        first = self.catalog.first_instance(series_id)
+        series = self.catalog.series_row(series_id)
         if first is None or series is None or series["state"] != "complete":
             return None
+        series_uid = series["series_uid"]
         ds = dcmread(self.data_dir / first["path"], stop_before_pixels=True)
         decision = route(self.rules, ds, first["calling_ae"])
         reason = "\n".join(decision.explanation)
@@ -71,13 +72,13 @@ class Router:
         generation = int(series["generation"])
         with self.catalog.transaction() as con:
             if rule is None or rule.pipeline is None:
-                if self.catalog.record_routing(con, series_uid, generation, "ignored",
+                if self.catalog.record_routing(con, series_id, generation, "ignored",
                                                rule.name if rule else None, reason):
                     log.info("series %s stored only (no pipeline): %s", series_uid, one_line(decision.explanation))
                 return None
-            if not self.catalog.record_routing(con, series_uid, generation, "routed", rule.name, reason):
+            if not self.catalog.record_routing(con, series_id, generation, "routed", rule.name, reason):
                 return None  # re-opened by a late instance meanwhile
-            job_id, supersedes = Jobs.create(con, series_uid, generation, rule.name, rule.pipeline,
+            job_id, supersedes = Jobs.create(con, series_id, generation, rule.name, rule.pipeline,
                                              list(rule.destinations))
         log.info("series %s: rule %s -> pipeline %s, job %d%s", series_uid, rule.name, rule.pipeline, job_id,
                  f" (supersedes job {supersedes})" if supersedes else "")

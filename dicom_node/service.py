@@ -148,7 +148,7 @@ class Node:
     def _completion_step(self) -> None:
         from dicom_node.logsetup import log_context
 
-        for series_uid in self.tracker.check():
+        for _, series_uid in self.tracker.check():
             with log_context(series_uid=series_uid):
                 log.info("series %s complete", series_uid)
         self.worker.route_complete_series()
@@ -237,8 +237,8 @@ def run_status(args: argparse.Namespace) -> int:
         "SELECT series_uid, description, calling_ae, state, generation, received_count, expected_count, "
         "routing_rule FROM series ORDER BY last_received DESC LIMIT ?", (args.limit,))]
     jobs = [dict(r) for r in cat.query(
-        "SELECT id, series_uid, state, attempts, reason, created_at, finished_at, measurements FROM jobs "
-        "ORDER BY id DESC LIMIT ?", (args.limit,))]
+        "SELECT j.id, s.series_uid, j.state, j.attempts, j.reason, j.created_at, j.finished_at, j.measurements "
+        "FROM jobs j JOIN series s ON s.id = j.series_id ORDER BY j.id DESC LIMIT ?", (args.limit,))]
     counts = {r[0]: r[1] for r in cat.query("SELECT state, COUNT(*) FROM jobs GROUP BY state")}
     if args.json:
         print(json.dumps({"series": series, "jobs": jobs, "job_counts": counts}, indent=2, default=str))

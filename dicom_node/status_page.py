@@ -38,7 +38,7 @@ def recent_series(catalog: Catalog, limit: int) -> list[dict[str, Any]]:
         " s.expected_count, s.last_received, s.routing_rule, s.routing_reason,"
         " j.id AS job_id, j.state AS job_state, j.reason AS job_reason, j.attempts, j.measurements, j.timings,"
         " w.next_attempt_at, w.waiting_for"
-        " FROM series s LEFT JOIN jobs j ON j.id = (SELECT MAX(id) FROM jobs WHERE series_uid=s.series_uid)"
+        " FROM series s LEFT JOIN jobs j ON j.id = (SELECT MAX(id) FROM jobs WHERE series_id=s.id)"
         # the destinations that failed a job's results at least once, and when the first retries
         " LEFT JOIN (SELECT job_id, MIN(next_attempt_at) AS next_attempt_at,"
         "  GROUP_CONCAT(DISTINCT destination) AS waiting_for FROM dispatches"

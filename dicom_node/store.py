@@ -30,7 +30,7 @@ from pydicom.filewriter import dcmwrite, write_file_meta_info
 from pydicom.multival import MultiValue
 from pydicom.uid import RE_VALID_UID, UID, ExplicitVRLittleEndian
 
-from dicom_node.catalog import Catalog
+from dicom_node.catalog import Catalog, IdentityConflict, Recorded
 from inference.api import atomic_write, fsync_dir
 
 LOGGER = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ def uid_problem(value: str) -> str:
 
 
 class InvalidInstance(ValueError):
-    """The dataset cannot be stored: a required identifier is missing (maps to status 0xC000)."""
+    """The dataset cannot be stored: a required identifier is missing or unusable, or it would
+    join a study of another patient (maps to status 0xC000 with the reason as error comment)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class StoredInstance:
     sop_class_uid: str
     series_uid: str
     study_uid: str
+    series_id: int  # the catalog's key of (study_uid, series_uid)
     path: Path  # relative to data_dir
     size: int
     sha256: str
@@ -231,7 +233,7 @@ class _Pending:
     inst: dict
     series: dict
     done: threading.Event = field(default_factory=threading.Event)
-    result: tuple[bool, bool, int] | None = None
+    result: Recorded | None = None
     error: BaseException | None = None
 
 
@@ -254,7 +256,7 @@ class GroupCommit:
         self._thread: threading.Thread | None = None
         self._closed = False
 
-    def submit(self, folder: Path, inst: dict, series: dict) -> tuple[bool, bool, int]:
+    def submit(self, folder: Path, inst: dict, series: dict) -> Recorded:
         """Record one instance whose file is already renamed into `folder`; returns after commit."""
         item = _Pending(folder, inst, series)
         with self._cond:
@@ -366,6 +368,7 @@ class InstanceStore:
         self._dir_lock = threading.Lock()
         self._commit = GroupCommit(catalog, fsync)
         self.gate = SharedExclusive()  # stores shared, retention's deletions exclusive
+        self._path_locks = [threading.Lock() for _ in range(256)]  # striped by instance path
 
     def close(self) -> None:
         """Finish pending commits and stop the commit thread (the listener is stopped first)."""
@@ -415,18 +418,25 @@ class InstanceStore:
         transfer_syntax = str(meta.get("TransferSyntaxUID", "") if meta is not None else "") or ExplicitVRLittleEndian
         data = self._encode(ds, ids, transfer_syntax, calling_ae, encoded)
         rel = self.relative_path(ids["StudyInstanceUID"], ids["SeriesInstanceUID"], ids["SOPInstanceUID"])
-        with self.gate.shared():  # file and catalog row together, never between a purge's reads and deletes
-            return self._write_and_record(ds, ids, rel, data, transfer_syntax, calling_ae)
+        patient_id = _text(ds, "PatientID")
+        # file and catalog row together, never between a purge's reads and deletes; one store per
+        # path at a time, so the identity check below holds until the row is committed
+        with self.gate.shared(), self._path_lock(rel):
+            conflict = self.catalog.identity_conflict(ids["StudyInstanceUID"], patient_id)
+            if conflict:  # before the file is written: another patient's instance is never overwritten
+                raise InvalidInstance(conflict)
+            return self._write_and_record(ds, ids, patient_id, rel, data, transfer_syntax, calling_ae)
 
-    def _write_and_record(self, ds: Dataset, ids: dict[str, str], rel: Path, data: bytes, transfer_syntax: str,
-                          calling_ae: str) -> StoredInstance:
+    def _path_lock(self, rel: Path) -> threading.Lock:
+        return self._path_locks[hash(rel) % len(self._path_locks)]
+
+    def _write_and_record(self, ds: Dataset, ids: dict[str, str], patient_id: str, rel: Path, data: bytes,
+                          transfer_syntax: str, calling_ae: str) -> StoredInstance:
         self._write_durably(self.data_dir / rel, data)
         digest = hashlib.sha256(data).hexdigest()
         inst = {
             "sop_instance_uid": ids["SOPInstanceUID"],
             "sop_class_uid": ids["SOPClassUID"],
-            "series_uid": ids["SeriesInstanceUID"],
-            "study_uid": ids["StudyInstanceUID"],
             "path": rel.as_posix(),
             "size": len(data),
             "sha256": digest,
@@ -436,19 +446,28 @@ class InstanceStore:
         }
         series = {
             "study_uid": ids["StudyInstanceUID"],
-            "patient_id": _text(ds, "PatientID"),
+            "series_uid": ids["SeriesInstanceUID"],
+            "patient_id": patient_id,
             "modality": _text(ds, "Modality"),
             "description": _text(ds, "SeriesDescription"),
             "calling_ae": calling_ae,
             "expected_count": expected_instances(ds),
         }
-        new, reopened, generation = self._commit.submit((self.data_dir / rel).parent, inst, series)
-        if reopened:
-            LOGGER.info("series %s re-opened by a late instance: generation %d", ids["SeriesInstanceUID"], generation)
+        try:
+            rec = self._commit.submit((self.data_dir / rel).parent, inst, series)
+        except IdentityConflict as exc:
+            # another association made the study another patient's after the check above; the
+            # study did not exist then, so no row names this path: the file is only ours
+            (self.data_dir / rel).unlink(missing_ok=True)
+            raise InvalidInstance(str(exc)) from None
+        if rec.reopened:
+            LOGGER.info("series %s re-opened by a late instance: generation %d", ids["SeriesInstanceUID"],
+                        rec.generation)
         return StoredInstance(
             sop_instance_uid=ids["SOPInstanceUID"], sop_class_uid=ids["SOPClassUID"],
-            series_uid=ids["SeriesInstanceUID"], study_uid=ids["StudyInstanceUID"], path=rel,
-            size=len(data), sha256=digest, new=new, reopened=reopened, generation=generation,
+            series_uid=ids["SeriesInstanceUID"], study_uid=ids["StudyInstanceUID"], series_id=rec.series_id,
+            path=rel, size=len(data), sha256=digest, new=rec.new, reopened=rec.reopened,
+            generation=rec.generation,
         )
 
     def remove_partial_files(self) -> int:
@@ -467,13 +486,13 @@ class InstanceStore:
 
     # -- reading back (the worker) -----------------------------------------------------
 
-    def instances_of(self, series_uid: str) -> list[Path]:
+    def instances_of(self, series_id: int) -> list[Path]:
         """Absolute paths of the instances the catalog holds for a series."""
-        return [self.data_dir / p for p in self.catalog.instance_paths(series_uid)]
+        return [self.data_dir / p for p in self.catalog.instance_paths(series_id)]
 
-    def read_series(self, series_uid: str) -> list[Dataset]:
+    def read_series(self, series_id: int) -> list[Dataset]:
         """Every instance of a series, parsed (pixel data included)."""
-        return [pydicom.dcmread(p) for p in self.instances_of(series_uid)]
+        return [pydicom.dcmread(p) for p in self.instances_of(series_id)]
 
     # -- internals -------------------------------------------------------------------
 

@@ -93,13 +93,13 @@ class Worker:
             log.error("job %d failed: %s", job_id, reason)
 
     def _run(self, job: Job) -> None:
-        series = self.catalog.series_row(job.series_uid)
+        series = self.catalog.series_row(job.series_id)
         if series is None or series["generation"] > job.generation:
             self.jobs.supersede(job.id)
             return
         timings: dict[str, float] = {}
         t0 = time.monotonic()
-        datasets = [dcmread(self.config.data_dir / p) for p in self.catalog.instance_paths(job.series_uid)]
+        datasets = [dcmread(self.config.data_dir / p) for p in self.catalog.instance_paths(job.series_id)]
         check_frame_of_reference(datasets)
         try:
             volume = volume_from_datasets(datasets)

@@ -80,7 +80,7 @@ def test_bad_input_corpus(tmp_path: Path) -> None:
     raw["node"]["port"] = 0
     raw["models"]["default"]["path"] = str(make_tiny_model(tmp_path / "model", thresholds=(0.5, 1.01),
                                                            patch=(32, 32, 32)))
-    raw["worker"].update(device="cpu", torch_threads=1, max_attempts=1)
+    raw["worker"].update(device="cpu", torch_threads=1, max_attempts=2)  # a permanent failure must use only 1
     (tmp_path / "node.yaml").write_text(yaml.safe_dump(raw))
     cfg = load_config(tmp_path / "node.yaml")
     cat = Catalog(cfg.catalog_path)
@@ -101,7 +101,8 @@ def test_bad_input_corpus(tmp_path: Path) -> None:
         good = write_series(tmp_path / "corpus" / "crop.nii.gz", tmp_path / "control", uid_seed="control",
                             series_description="T2 SAG SPINE")
         statuses["control"] = send(scp.port, good)
-        control.series_uids = [str(__import__("pydicom").dcmread(good[0]).SeriesInstanceUID)]
+        head = __import__("pydicom").dcmread(good[0], stop_before_pixels=True)
+        control.series_keys = [(str(head.StudyInstanceUID), str(head.SeriesInstanceUID))]
     finally:
         scp.stop()
 
@@ -124,16 +125,25 @@ def test_bad_input_corpus(tmp_path: Path) -> None:
     tracker, worker = CompletionTracker(cat, cfg.completion.idle_seconds), Worker(cfg, cat)
     tracker.check(now=1e12)  # every series idle: complete
     worker.route_complete_series()
-    for _ in range(3 * len(cases)):  # bounded: each job runs once (max_attempts 1)
+    running: list[int] = []
+    inferred: set[int] = set()  # the jobs that reached the network
+    run_job, analyzer = worker.run_job, worker.analyzer
+    worker.run_job = lambda job_id: (running.append(job_id), run_job(job_id))[1]  # type: ignore[method-assign]
+    worker.analyzer = lambda volume, request: (inferred.add(running[-1]), analyzer(volume, request))[1]
+    for _ in range(3 * len(cases)):  # bounded: each job runs at most max_attempts times
         if worker.run_next() is None:
             break
     outcomes: dict[str, str] = {}
     wrong: list[tuple] = []
     for case in [*cases, control]:
-        for series_uid in case.series_uids:
-            s = cat.series_row(series_uid)
-            assert s is not None, (case.name, "series not in catalog")
-            jobs = cat.query("SELECT state, reason FROM jobs WHERE series_uid=?", (series_uid,))
+        assert case.outcome == "none" or case.series_keys, case.name
+        for study_uid, series_uid in case.series_keys:
+            found = cat.query("SELECT * FROM series WHERE study_uid=? AND series_uid=?", (study_uid, series_uid))
+            assert len(found) == 1, (case.name, "series not in catalog")
+            s = found[0]
+            jobs = cat.query("SELECT id, state, reason, attempts FROM jobs WHERE series_id=?", (s["id"],))
+            if case.outcome != "done" and any(j["id"] in inferred for j in jobs):
+                wrong.append((case.name, "inference ran on input the node judged unusable"))
             if case.outcome == "ignored":
                 outcomes[case.name] = f"{s['state']}: {(s['routing_reason'] or '').splitlines()[:1]}"
                 if s["state"] != "ignored" or jobs or case.reason not in (s["routing_reason"] or ""):
@@ -144,10 +154,27 @@ def test_bad_input_corpus(tmp_path: Path) -> None:
                 continue
             state, reason = jobs[0]["state"], jobs[0]["reason"] or ""
             outcomes[case.name] = f"{state}: {reason[:200]}"
+            if case.outcome == "failed" and jobs[0]["attempts"] != 1:
+                wrong.append((case.name, f"a permanent failure was tried {jobs[0]['attempts']} times"))
             expected = "dispatching" if case.outcome == "done" else "failed"
             if state != expected or (case.outcome == "failed" and not (
                     reason and case.reason.lower() in reason.lower() and "Traceback" not in reason)):
                 wrong.append((case.name, state, reason))
+    # identity (issue 23 item 4): the reused Series UID made two whole series; the instance sent
+    # again under another patient did not replace the one the series holds
+    by_name = {c.name: c for c in cases}
+    for study_uid, series_uid in by_name["reused_series_uid"].series_keys:
+        (row,) = cat.query("SELECT id, received_count FROM series WHERE study_uid=? AND series_uid=?",
+                           (study_uid, series_uid))
+        half = len(by_name["reused_series_uid"].files) // 2
+        assert row["received_count"] == len(cat.instance_paths(row["id"])) == half, (study_uid, row["received_count"])
+    intruder = by_name["sop_uid_other_patient"].files[-1]
+    import pydicom
+
+    sop = pydicom.dcmread(intruder, stop_before_pixels=True).SOPInstanceUID
+    (kept,) = cat.query("SELECT path FROM instances WHERE sop_instance_uid=?", (sop,))
+    held = pydicom.dcmread(cfg.data_dir / kept["path"])
+    assert held.PatientID == "CORPUS-C" and any(held.PixelData), "the other patient's instance overwrote the first"
     store.close()
     cat.close()
     print("\n".join(report))

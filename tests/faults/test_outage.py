@@ -103,7 +103,8 @@ def test_outage_retries_delivers_then_gives_up_and_cli_retry_delivers(tmp_path: 
         uids = [json.loads(r[0]) for r in catalog_query(catalog, "SELECT result_uids FROM jobs ORDER BY id")]
         assert results_in_pacs(pacs) == {"SEG": sorted(u["seg_sop"] for u in uids),
                                          "SR": sorted(u["sr_sop"] for u in uids)}
-        series = {r[0] for r in catalog_query(catalog, "SELECT series_uid FROM jobs")}
+        series = {r[0] for r in catalog_query(
+            catalog, "SELECT s.series_uid FROM jobs j JOIN series s ON s.id = j.series_id")}
         assert series == {first, second}
     finally:
         pacs.stop()

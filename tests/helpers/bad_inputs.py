@@ -40,7 +40,7 @@ class Case:
     outcome: str  # done | failed | ignored | none
     reason: str = ""  # substring expected in the job reason (failed) or routing reason (ignored)
     note: str = ""
-    series_uids: list[str] = field(default_factory=list)  # the series it creates (outcome != none)
+    series_keys: list[tuple[str, str]] = field(default_factory=list)  # (study, series) it creates, unless 'none'
 
 
 def uid(*parts: str) -> str:
@@ -111,10 +111,14 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
     n = len(base)
     cases: list[Case] = []
 
-    def add(name: str, files: list[Path], refused: int, outcome: str, reason: str = "", note: str = "") -> None:
-        uids = sorted({str(pydicom.dcmread(f, stop_before_pixels=True, force=True).get("SeriesInstanceUID", ""))
-                       for f in files[refused:]} - {""}) if outcome != "none" else []
-        cases.append(Case(name, files, refused, outcome, reason, note, uids))
+    def add(name: str, files: list[Path], refused: int, outcome: str, reason: str = "", note: str = "",
+            accepted: list[Path] | None = None) -> None:
+        """`accepted`: the files the node stores, when they are not the last len(files) - refused."""
+        keys: set[tuple[str, str]] = set()
+        for f in (files[refused:] if accepted is None else accepted) if outcome != "none" else []:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+            keys.add((str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))))
+        cases.append(Case(name, files, refused, outcome, reason, note, sorted(keys)))
 
     # --- broken bytes -------------------------------------------------------------------------
     cut = out / "truncated_header" / "IM0001.dcm"
@@ -188,6 +192,22 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
         "cannot be made into a volume",
         "one slice is not a volume")
 
+    def bad_spacing(ds: Dataset, i: int) -> None:
+        ds.PixelSpacing = [-0.8, 0.0]
+    add("negative_zero_spacing", renamed(base, out, "negative_zero_spacing", bad_spacing), 0, "failed",
+        "PixelSpacing", "PixelSpacing [-0.8, 0.0]: the job fails once, before inference, not retried")
+
+    def zero_iop(ds: Dataset, i: int) -> None:
+        ds.ImageOrientationPatient = [0, 0, 0, 0, 0, 0]
+    add("zero_orientation", renamed(base, out, "zero_orientation", zero_iop), 0, "ignored", "not matched",
+        "ImageOrientationPatient all zero: no plane, so the spine rule does not match (the log says why)")
+
+    def long_for(ds: Dataset, i: int) -> None:
+        ds.FrameOfReferenceUID = "1.2." + "3" * 62
+    add("long_frame_of_reference", renamed(base, out, "long_frame_of_reference", long_for), 0, "failed",
+        "FrameOfReferenceUID", "66-character Frame of Reference UID: a SEG must share it, so the job fails "
+        "before inference with the reason")
+
     def no_iop(ds: Dataset, i: int) -> None:
         del ds.ImageOrientationPatient
     add("missing_orientation", renamed(base, out, "missing_orientation", no_iop), 0, "ignored", "not matched",
@@ -200,6 +220,25 @@ def make_corpus(out: Path, source: Path = DEFAULT_SOURCE) -> list[Case]:
     files.append(write(twin, out / "duplicate_sop_uid" / "IM9999.dcm"))
     add("duplicate_sop_uid", files, 0, "done", note="same SOP Instance UID twice with different pixels: the later "
                                                      "one replaces the first, the series still has one per position")
+
+    # a modality or anonymiser that reuses a Series UID in another study, same frame of reference:
+    # two series, never one volume of two patients
+    first = renamed(base, out, "reused_series_uid", lambda ds, i: setattr(ds, "PatientID", "CORPUS-A"))
+    reused = str(pydicom.dcmread(first[0], stop_before_pixels=True).SeriesInstanceUID)
+
+    def other_study(ds: Dataset, i: int) -> None:
+        ds.SeriesInstanceUID, ds.PatientID = reused, "CORPUS-B"
+    second = renamed(base, Path(out, "reused_series_uid"), "b", other_study)
+    add("reused_series_uid", first + second, 0, "done", note="two studies (two patients) with one Series UID and "
+        "one frame of reference: two series, each processed alone")
+
+    files = renamed(base, out, "sop_uid_other_patient", lambda ds, i: setattr(ds, "PatientID", "CORPUS-C"))
+    intruder = pydicom.dcmread(files[2])
+    intruder.PatientID = "CORPUS-D"  # the same study, series and SOP Instance UID under another patient
+    intruder.PixelData = bytes(len(intruder.PixelData))
+    add("sop_uid_other_patient", [*files, write(intruder, out / "sop_uid_other_patient" / "IM9999.dcm")], 1,
+        "done", note="an instance re-sent under another patient: refused (0xC000), never overwriting the first",
+        accepted=files)
 
     def hostile(ds: Dataset, i: int) -> None:
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"../../../etc/{i}/passwd"

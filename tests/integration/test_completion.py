@@ -10,6 +10,7 @@ import pytest
 from dicom_node.catalog import Catalog
 from dicom_node.completion import CompletionTracker
 from dicom_node.store import InstanceStore
+from tests.helpers.catalog import completed, series_id, series_of
 from tests.helpers.env import require_shared
 from tests.integration.test_scp import running_node, storescu
 
@@ -40,13 +41,13 @@ def test_complete_when_expected_count_arrives(tmp_path: Path) -> None:
     with running_node(tmp_path / "node") as (scp, store):
         tracker = CompletionTracker(store.catalog, idle_seconds=3600)
         assert storescu(scp.port, *files[:34]).returncode == 0
-        assert tracker.check() == []
-        row = store.catalog.series_row(series_uid())
+        assert completed(tracker) == []
+        row = series_of(store.catalog, series_uid())
         assert (row["expected_count"], row["received_count"], row["state"]) == (35, 34, "receiving")
         assert storescu(scp.port, files[34]).returncode == 0
-        assert tracker.check() == [series_uid()]
-        assert tracker.check() == []  # only newly completed series are returned
-        row = store.catalog.series_row(series_uid())
+        assert completed(tracker) == [series_uid()]
+        assert completed(tracker) == []  # only newly completed series are returned
+        row = series_of(store.catalog, series_uid())
         assert (row["state"], row["completion_reason"]) == ("complete", "expected-count")
         assert row["completed_at"] is not None
 
@@ -56,10 +57,10 @@ def test_complete_when_idle(tmp_path: Path) -> None:
     for src in sorted(require_shared(SERIES).glob("*.dcm"))[:5]:
         store.store(pydicom.dcmread(src), "MRI_3T")
     tracker = CompletionTracker(store.catalog, idle_seconds=30)
-    last = store.catalog.series_row(series_uid())["last_received"]
-    assert tracker.check(now=last + 29) == []
-    assert tracker.check(now=last + 30.5) == [series_uid()]
-    row = store.catalog.series_row(series_uid())
+    last = series_of(store.catalog, series_uid())["last_received"]
+    assert completed(tracker, now=last + 29) == []
+    assert completed(tracker, now=last + 30.5) == [series_uid()]
+    row = series_of(store.catalog, series_uid())
     assert (row["state"], row["completion_reason"], row["expected_count"]) == ("complete", "idle", None)
 
 
@@ -69,9 +70,9 @@ def test_expected_count_never_reached_falls_back_to_idle(tmp_path: Path) -> None
     ds.ImagesInAcquisition = 20
     store.store(ds, "X")
     tracker = CompletionTracker(store.catalog, idle_seconds=5)
-    assert tracker.check(now=time.time()) == []
-    assert tracker.check(now=time.time() + 6) == [ds.SeriesInstanceUID]
-    assert store.catalog.series_row(ds.SeriesInstanceUID)["completion_reason"] == "idle"
+    assert completed(tracker, now=time.time()) == []
+    assert completed(tracker, now=time.time() + 6) == [ds.SeriesInstanceUID]
+    assert series_of(store.catalog, ds.SeriesInstanceUID)["completion_reason"] == "idle"
 
 
 @pytest.mark.integration
@@ -85,19 +86,19 @@ def test_late_instance_reopens_with_next_generation(tmp_path: Path) -> None:
     with running_node(tmp_path / "node") as (scp, store):
         tracker = CompletionTracker(store.catalog, idle_seconds=0.5)
         assert storescu(scp.port, *files).returncode == 0
-        assert tracker.check(now=time.time() + 1) == [uid]
-        assert store.catalog.set_series_routing(uid, 1, "routed", "spine-t2", "test")
+        assert completed(tracker, now=time.time() + 1) == [uid]
+        assert store.catalog.set_series_routing(series_id(store.catalog, uid), 1, "routed", "spine-t2", "test")
         assert storescu(scp.port, files[0]).returncode == 0  # identical re-send: stays routed
-        row = store.catalog.series_row(uid)
+        row = series_of(store.catalog, uid)
         assert (row["state"], row["generation"], row["received_count"]) == ("routed", 1, 35)
         assert storescu(scp.port, tmp_path / "late.dcm").returncode == 0
-        row = store.catalog.series_row(uid)
+        row = series_of(store.catalog, uid)
         assert (row["state"], row["generation"], row["received_count"]) == ("receiving", 2, 36)
         assert row["completed_at"] is None and row["completion_reason"] is None
         # a routing decision for the superseded generation is dropped
-        assert not store.catalog.set_series_routing(uid, 1, "routed", "spine-t2", "stale")
-        assert tracker.check(now=time.time() + 1) == [uid]
-        row = store.catalog.series_row(uid)
+        assert not store.catalog.set_series_routing(series_id(store.catalog, uid), 1, "routed", "spine-t2", "stale")
+        assert completed(tracker, now=time.time() + 1) == [uid]
+        row = series_of(store.catalog, uid)
         assert (row["state"], row["generation"], row["completion_reason"]) == ("complete", 2, "idle")
 
 

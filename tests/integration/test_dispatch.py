@@ -12,6 +12,7 @@ from dicom_node.config import Config, DestinationSettings, DispatchSettings, Sto
 from dicom_node.dispatch import Dispatcher, backoff_seconds
 from dicom_node.jobs import retry_job
 from testbed.orthanc import LocalOrthanc, free_port
+from tests.helpers.catalog import add_series
 from tests.helpers.env import require_shared, require_tool
 
 
@@ -30,8 +31,10 @@ def queue_one(cfg: Config, cat: Catalog, src: Path) -> int:
     shutil.copy(src, cfg.data_dir / rel)
     t = now()
     with cat.transaction() as con:
-        con.execute("INSERT INTO jobs (id, series_uid, generation, pipeline, rule, destinations, state, created_at, "
-                    "updated_at) VALUES (1, '1.2.3', 1, 'spinal_cord', 'r', '[\"pacs\"]', 'dispatching', ?, ?)", (t, t))
+        series = add_series(con, "1.2.3")
+        con.execute("INSERT INTO jobs (id, series_id, generation, pipeline, rule, destinations, state, created_at, "
+                    "updated_at) VALUES (1, ?, 1, 'spinal_cord', 'r', '[\"pacs\"]', 'dispatching', ?, ?)",
+                    (series, t, t))
         con.execute("INSERT INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
                     "next_attempt_at) VALUES (1, 'pacs', 'sr', '1.2.3.4', ?, 'pending', ?)", (str(rel), t))
     return 1
@@ -95,8 +98,9 @@ def test_retry_refuses_running_job(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "c.sqlite")
     t = now()
     with cat.transaction() as con:
-        con.execute("INSERT INTO jobs (id, series_uid, generation, pipeline, rule, destinations, state, created_at, "
-                    "updated_at) VALUES (7, '1.2', 1, 'p', 'r', '[]', 'running', ?, ?)", (t, t))
+        series = add_series(con, "1.2")
+        con.execute("INSERT INTO jobs (id, series_id, generation, pipeline, rule, destinations, state, created_at, "
+                    "updated_at) VALUES (7, ?, 1, 'p', 'r', '[]', 'running', ?, ?)", (series, t, t))
     with pytest.raises(ValueError, match="job 7 is running"):
         retry_job(cat, 7)
     with pytest.raises(ValueError, match="no job 8"):

@@ -15,6 +15,7 @@ from dicom_node.config import ConfigError, RetentionSettings, load_config
 from dicom_node.jobs import retry_job
 from dicom_node.retention import DAY_S, Retention
 from dicom_node.store import InstanceStore, SharedExclusive
+from tests.helpers.catalog import series_id, series_of
 from tests.helpers.env import require_shared
 
 NOW = 2_000_000_000.0
@@ -42,12 +43,13 @@ def finish(store: InstanceStore, series_uid: str, at: float, job_state: str | No
     con_state = "ignored" if job_state is None else "routed"
     with store.catalog.transaction() as con:
         con.execute("UPDATE series SET state=?, completed_at=? WHERE series_uid=?", (con_state, at, series_uid))
+        (series_id,) = con.execute("SELECT id FROM series WHERE series_uid=?", (series_uid,)).fetchone()
         if job_state is None:
             return None
         job_id = con.execute(
-            "INSERT INTO jobs (series_uid, generation, pipeline, rule, destinations, state, created_at, updated_at,"
+            "INSERT INTO jobs (series_id, generation, pipeline, rule, destinations, state, created_at, updated_at,"
             " finished_at) VALUES (?, 1, 'spinal_cord', 'spine-t2', '[\"pacs\"]', ?, ?, ?, ?)",
-            (series_uid, job_state, at, at, at if job_state in ("done", "failed") else None)).lastrowid
+            (series_id, job_state, at, at, at if job_state in ("done", "failed") else None)).lastrowid
     results = store.data_dir / "results" / f"job-{job_id}"
     results.mkdir(parents=True)
     (results / "seg.dcm").write_bytes(b"seg")
@@ -55,7 +57,7 @@ def finish(store: InstanceStore, series_uid: str, at: float, job_state: str | No
 
 
 def state(store: InstanceStore, series_uid: str) -> str:
-    return store.catalog.series_row(series_uid)["state"]
+    return series_of(store.catalog, series_uid)["state"]
 
 
 def test_only_finished_series_past_their_days_are_purged(store: InstanceStore) -> None:
@@ -84,9 +86,10 @@ def test_only_finished_series_past_their_days_are_purged(store: InstanceStore) -
         "purged", "purged", "routed", "routed", "routed", "receiving"]
     assert not (done_old[0].parent).exists()  # the empty series folder goes too; the study folder stays
     assert done_old[0].parent.parent.exists()
-    rows = store.catalog.query("SELECT series_uid, COUNT(*) FROM instances GROUP BY series_uid ORDER BY series_uid")
+    rows = store.catalog.query("SELECT s.series_uid, COUNT(*) FROM instances i JOIN series s ON s.id = i.series_id "
+                               "GROUP BY s.series_uid ORDER BY s.series_uid")
     assert [tuple(r) for r in rows] == [("1.2.3.3", 3), ("1.2.3.4", 3), ("1.2.3.5", 3), ("1.2.3.6", 3)]
-    purge = store.catalog.query("SELECT * FROM purges WHERE series_uid='1.2.3.1'")[0]
+    purge = store.catalog.query("SELECT * FROM purges WHERE series_id=?", (series_id(store.catalog, "1.2.3.1"),))[0]
     assert (purge["reason"], purge["files_removed"], purge["at"]) == ("finished", 1, NOW)
     assert "results/job-1" in json.loads(purge["files"])
 
@@ -145,9 +148,9 @@ def test_a_series_sent_again_after_its_purge_is_received_as_new(store: InstanceS
     Retention(RetentionSettings(finished_days=7), store.catalog, store).sweep(NOW)
     again = receive(store, "1.2.3.1")
     assert all(p.exists() for p in again)
-    row = store.catalog.series_row("1.2.3.1")
+    row = series_of(store.catalog, "1.2.3.1")
     assert (row["state"], row["generation"], row["received_count"]) == ("receiving", 2, 3)
-    assert len(store.catalog.query("SELECT * FROM instances WHERE series_uid='1.2.3.1'")) == 3
+    assert len(store.catalog.instance_paths(row["id"])) == 3
 
 
 def test_retry_of_a_purged_job_says_why_and_what_to_do(store: InstanceStore) -> None:
@@ -162,7 +165,7 @@ def test_a_crash_after_the_catalog_change_is_finished_at_start(store: InstanceSt
     files = receive(store, "1.2.3.1")
     results = finish(store, "1.2.3.1", NOW - 8 * DAY_S, "done")
     retention = Retention(RetentionSettings(finished_days=7), store.catalog, store)
-    retention._purge("1.2.3.1", 1, "finished", NOW)  # the catalog side committed; then the process died
+    retention._purge(series_id(store.catalog, "1.2.3.1"), 1, "finished", NOW)  # the catalog side committed; died
     assert all(p.exists() for p in files) and results.exists()
     restarted = InstanceStore(tmp_path, Catalog(tmp_path / "catalog.sqlite"), fsync=False)
     assert Retention(RetentionSettings(finished_days=7), restarted.catalog, restarted).finish_pending() == 1
@@ -176,7 +179,7 @@ def test_a_series_reopened_before_its_purge_is_kept(store: InstanceStore) -> Non
     finish(store, "1.2.3.1", NOW - 8 * DAY_S, "done")
     retention = Retention(RetentionSettings(finished_days=7), store.catalog, store)
     due = retention.due(NOW)
-    assert [d[0] for d in due] == ["1.2.3.1"]
+    assert [d[0] for d in due] == [series_id(store.catalog, "1.2.3.1")]
     ds = pydicom.dcmread(require_shared("dicom/pydicom/MR_small.dcm"))
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, "1.2.3.1", "1.2.3.1.99"
     store.store(ds, "MODALITY")  # a late instance between the look and the purge
@@ -247,7 +250,8 @@ def test_the_node_purges_a_finished_series_and_takes_it_again(tmp_path: Path) ->
     cfg.completion.idle_seconds, cfg.completion.poll_interval_s = 0.5, 0.1
     node = Node(cfg)
     node.start()
-    purges = lambda: node.catalog.query("SELECT * FROM purges WHERE series_uid=?", (uid,))  # noqa: E731
+    purges = lambda: node.catalog.query(  # noqa: E731
+        "SELECT p.* FROM purges p JOIN series s ON s.id = p.series_id WHERE s.series_uid=?", (uid,))
     try:
         for generation in (1, 2):
             sent = storescu(node.port, series, aec="SPINE_NODE")
@@ -255,7 +259,7 @@ def test_the_node_purges_a_finished_series_and_takes_it_again(tmp_path: Path) ->
             # the lambda runs inside wait_until, before `generation` moves on
             wait_until(lambda: len(purges()) == generation and purges()[-1]["files_removed"], 30,  # noqa: B023
                        what=f"purge of generation {generation}")
-            row = node.catalog.series_row(uid)
+            row = series_of(node.catalog, uid)
             assert (row["state"], row["generation"]) == ("purged", generation)
             assert purges()[-1]["instances"] == len(list(series.glob("*.dcm")))
             assert not list((tmp_path / "node" / "instances").rglob("*.dcm"))

@@ -17,6 +17,7 @@ from dicom_node.config import Config
 from dicom_node.pynetdicom_adapter import connection_socket
 from dicom_node.scp import StorageSCP
 from dicom_node.store import InstanceStore, StoredInstance
+from tests.helpers.catalog import series_id, series_of
 from tests.helpers.env import require_shared, require_tool
 
 pytestmark = pytest.mark.integration
@@ -98,9 +99,9 @@ def test_real_files_arrive_byte_identical_with_counts(tmp_path: Path) -> None:
             assert pydicom.dcmread(tmp_path / row["path"]).file_meta.SourceApplicationEntityTitle == "MRI_3T"
             assert dataset_bytes_equal(src, tmp_path / row["path"]), src
         uid = pydicom.dcmread(sources[0], stop_before_pixels=True).SeriesInstanceUID
-        series = store.catalog.series_row(uid)
+        series = series_of(store.catalog, uid)
         assert (series["received_count"], series["state"], series["description"]) == (35, "receiving", "t1_fl2d_sag")
-        assert len(store.instances_of(uid)) == 35
+        assert len(store.instances_of(series_id(store.catalog, uid))) == 35
     assert nodelay and all(nodelay), "TCP_NODELAY must be set on every accepted connection"
 
 

@@ -20,6 +20,7 @@ from dicom_node.store import InstanceStore
 from dicom_node.worker import Worker
 from testbed.series import write_series
 from testbed.tiny_model import make_tiny_model
+from tests.helpers.catalog import completed, series_id, series_of
 from tests.helpers.env import require_shared, require_tool
 
 RULES = [
@@ -58,10 +59,10 @@ def small_series(tmp_path: Path, description: str, **kw) -> list[Path]:
 def test_spine_series_becomes_results_and_dispatches(setup, tmp_path: Path) -> None:
     cfg, cat, store = setup
     uid = ingest(store, small_series(tmp_path, "T2 SAG SPINE"))
-    assert CompletionTracker(cat, 30).check() == [uid]  # ImagesInAcquisition says 29, all arrived
+    assert completed(CompletionTracker(cat, 30)) == [uid]  # ImagesInAcquisition says 29, all arrived
     worker = Worker(cfg, cat)
     (job_id,) = worker.route_complete_series()
-    assert cat.series_row(uid)["state"] == "routed"
+    assert series_of(cat, uid)["state"] == "routed"
     assert worker.run_next() == job_id
     job = cat.query("SELECT * FROM jobs WHERE id=?", (job_id,))[0]
     assert job["state"] == "dispatching", job["reason"]
@@ -74,7 +75,8 @@ def test_spine_series_becomes_results_and_dispatches(setup, tmp_path: Path) -> N
     seg = pydicom.dcmread(cfg.data_dir / rows[0]["path"])
     assert seg.SOPInstanceUID == uids["seg_sop"] == rows[0]["sop_instance_uid"]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == uid
-    assert seg.StudyInstanceUID == pydicom.dcmread(store.instances_of(uid)[0]).StudyInstanceUID
+    source = store.instances_of(series_id(store.catalog, uid))[0]
+    assert seg.StudyInstanceUID == pydicom.dcmread(source).StudyInstanceUID
 
     # a crash after the UIDs were made: the re-run reuses them (the PACS de-duplicates the re-send)
     with cat.transaction() as con:
@@ -89,12 +91,12 @@ def test_late_instance_supersedes_with_predecessor(setup, tmp_path: Path) -> Non
     files = small_series(tmp_path, "T2 SAG SPINE")
     uid = ingest(store, files[:-1])
     tracker, worker = CompletionTracker(cat, 30), Worker(cfg, cat)
-    assert tracker.check(now=cat.series_row(uid)["last_received"] + 31) == [uid]  # idle
+    assert completed(tracker, now=series_of(cat, uid)["last_received"] + 31) == [uid]  # idle
     (first,) = worker.route_complete_series()
     worker.run_next()
     ingest(store, files[-1:])  # the late instance re-opens the series
-    assert cat.series_row(uid)["generation"] == 2
-    assert tracker.check() == [uid]
+    assert series_of(cat, uid)["generation"] == 2
+    assert completed(tracker) == [uid]
     (second,) = worker.route_complete_series()
     assert cat.query("SELECT supersedes_job FROM jobs WHERE id=?", (second,))[0][0] == first
     worker.run_next()
@@ -111,9 +113,9 @@ def test_late_instance_supersedes_with_predecessor(setup, tmp_path: Path) -> Non
 def test_other_series_is_stored_not_processed(setup, tmp_path: Path) -> None:
     cfg, cat, store = setup
     uid = ingest(store, small_series(tmp_path, "T2 SAG BRAIN"))
-    CompletionTracker(cat, 30).check()
+    completed(CompletionTracker(cat, 30))
     assert Worker(cfg, cat).route_complete_series() == []
-    row = cat.series_row(uid)
+    row = series_of(cat, uid)
     assert (row["state"], row["routing_rule"]) == ("ignored", "rest")
     assert "spine" in row["routing_reason"]
 
@@ -122,7 +124,7 @@ def test_a_stored_only_series_says_why_in_one_log_line(setup, tmp_path: Path, ca
     # issue 23 item 5: the reason used to be in the catalog only
     cfg, cat, store = setup
     uid = ingest(store, small_series(tmp_path, "T2 SAG BRAIN"))
-    CompletionTracker(cat, 30).check()
+    completed(CompletionTracker(cat, 30))
     with caplog.at_level("INFO", logger="dicom_node.router"):
         assert Worker(cfg, cat).route_complete_series() == []
     (line,) = [r.getMessage() for r in caplog.records if uid in r.getMessage()]
@@ -137,7 +139,7 @@ def test_series_that_is_not_a_volume_fails_with_reason(setup, tmp_path: Path) ->
     ds.ImagePositionPatient = pydicom.dcmread(files[4]).ImagePositionPatient  # duplicate slice position
     ds.save_as(files[5], enforce_file_format=True)
     ingest(store, files)
-    CompletionTracker(cat, 30).check()
+    completed(CompletionTracker(cat, 30))
     worker = Worker(cfg, cat)
     (job_id,) = worker.route_complete_series()
     worker.run_next()
@@ -161,7 +163,7 @@ def test_a_series_no_retry_can_fix_fails_once_before_inference(setup, tmp_path: 
         setattr(ds, keyword, value)
         ds.save_as(f, enforce_file_format=True)
     ingest(store, files)
-    CompletionTracker(cat, 30).check()
+    completed(CompletionTracker(cat, 30))
     calls: list[object] = []
     worker = Worker(cfg, cat, analyzer=lambda volume, request: calls.append(request))  # must not be reached
     (job_id,) = worker.route_complete_series()
@@ -177,7 +179,7 @@ def test_destination_options_pick_seg_variant_and_secondary_capture(setup, tmp_p
                                                      secondary_capture=True)
     cfg.routing[0]["destinations"] = ["pacs", "viewer"]
     uid = ingest(store, small_series(tmp_path, "T2 SAG SPINE"))
-    CompletionTracker(cat, 30).check()
+    completed(CompletionTracker(cat, 30))
     worker = Worker(cfg, cat)
     (job_id,) = worker.route_complete_series()
     worker.run_next()
@@ -209,7 +211,7 @@ def test_pipeline_minimum_lesion_volume_reaches_measurements_and_results(setup, 
     cfg.models["default"] = ModelSettings(path=str(model))
     cfg.pipelines["spinal_cord"].min_lesion_volume_mm3 = 1e9
     ingest(store, small_series(tmp_path, "T2 SAG SPINE"))
-    CompletionTracker(cat, 30).check()
+    completed(CompletionTracker(cat, 30))
     worker = Worker(cfg, cat)
     (job_id,) = worker.route_complete_series()
     assert worker.run_next() == job_id

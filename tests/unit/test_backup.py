@@ -15,11 +15,11 @@ from tests.helpers.env import REPO
 
 
 def _instance(i: int) -> tuple[dict, dict]:
-    inst = {"sop_instance_uid": f"1.2.3.{i}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4", "series_uid": "1.2.3",
-            "study_uid": "1.2", "path": f"instances/x/{i}.dcm", "size": 10, "sha256": str(i),
+    inst = {"sop_instance_uid": f"1.2.3.{i}", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4",
+            "path": f"instances/x/{i}.dcm", "size": 10, "sha256": str(i),
             "transfer_syntax": "1.2.840.10008.1.2.1", "calling_ae": "MR", "received_at": float(i)}
-    series = {"study_uid": "1.2", "patient_id": "", "modality": "MR", "description": "d", "calling_ae": "MR",
-              "expected_count": None}
+    series = {"study_uid": "1.2", "series_uid": "1.2.3", "patient_id": "", "modality": "MR", "description": "d",
+              "calling_ae": "MR", "expected_count": None}
     return inst, series
 
 

@@ -18,6 +18,7 @@ from dicom_node.dispatch import Dispatcher, SendOutcome, backoff_seconds
 from dicom_node.jobs import Jobs, JobState
 from dicom_node.metrics import render_metrics
 from dicom_node.status_page import render_status_page
+from tests.helpers.catalog import add_series
 
 
 def test_the_default_retries_outlive_a_night_of_pacs_maintenance() -> None:
@@ -35,9 +36,8 @@ def node(tmp_path: Path) -> tuple[Config, Catalog]:
     t = time.time() - 1
     for n in range(3):  # three jobs, oldest first, each with a SEG for both destinations
         with cat.transaction() as con:
-            con.execute("INSERT INTO series (series_uid, study_uid, state, first_received, last_received) "
-                        "VALUES (?, 's', 'routed', ?, ?)", (f"1.{n}", t, t))
-            job_id, _ = Jobs.create(con, f"1.{n}", 1, "spine", "spinal_cord", ["down", "up"])
+            series = add_series(con, f"1.{n}", at=t)
+            job_id, _ = Jobs.create(con, series, 1, "spine", "spinal_cord", ["down", "up"])
             con.execute("UPDATE jobs SET state=? WHERE id=?", (JobState.DISPATCHING.value, job_id))
             for dest in ("up", "down"):
                 path = cfg.data_dir / f"job-{job_id}-{dest}.dcm"

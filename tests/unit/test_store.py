@@ -14,6 +14,7 @@ from pydicom.filewriter import write_dataset
 
 from dicom_node.catalog import Catalog
 from dicom_node.store import InstanceStore, InvalidInstance, expected_instances, path_component
+from tests.helpers.catalog import series_id, series_of
 from tests.helpers.env import require_shared
 
 
@@ -47,10 +48,11 @@ def test_store_writes_part10_and_catalog(store: InstanceStore, tmp_path: Path) -
     (row,) = store.catalog.query("SELECT * FROM instances")
     assert (row["path"], row["size"], row["calling_ae"]) == (stored.path.as_posix(), len(raw), "MODALITY")
     assert row["transfer_syntax"] == ds.file_meta.TransferSyntaxUID
-    series = store.catalog.series_row(ds.SeriesInstanceUID)
+    series = series_of(store.catalog, ds.SeriesInstanceUID)
     assert (series["state"], series["received_count"], series["modality"]) == ("receiving", 1, "MR")
-    assert store.instances_of(ds.SeriesInstanceUID) == [path]
-    assert store.read_series(ds.SeriesInstanceUID)[0].pixel_array.shape == ds.pixel_array.shape
+    assert store.instances_of(series_id(store.catalog, ds.SeriesInstanceUID)) == [path]
+    read = store.read_series(series_id(store.catalog, ds.SeriesInstanceUID))
+    assert read[0].pixel_array.shape == ds.pixel_array.shape
 
 
 def test_encoded_bytes_are_written_as_received(store: InstanceStore, tmp_path: Path) -> None:
@@ -73,7 +75,8 @@ def test_hostile_uids_never_escape_data_dir(store: InstanceStore, tmp_path: Path
     stored = store.store(ds, "X")
     path = (tmp_path / stored.path).resolve()
     assert path.is_relative_to(tmp_path / "instances") and path.exists()
-    (row,) = store.catalog.query("SELECT sop_instance_uid, series_uid FROM instances")
+    (row,) = store.catalog.query("SELECT i.sop_instance_uid, s.series_uid FROM instances i JOIN series s "
+                                 "ON s.id = i.series_id")
     assert tuple(row) == ("..\\..\\x", "/etc")  # the catalog keeps the raw values
 
 
@@ -83,15 +86,15 @@ def test_resend_is_idempotent_and_reopens_only_on_new_content(store: InstanceSto
     again = store.store(ds, "X")
     assert not again.new and again.path == first.path
     uid = ds.SeriesInstanceUID
-    assert store.catalog.series_row(uid)["received_count"] == 1
-    assert store.catalog.complete_series(now=1e12, idle_seconds=1) == [(uid, "idle")]
+    assert series_of(store.catalog, uid)["received_count"] == 1
+    assert store.catalog.complete_series(now=1e12, idle_seconds=1) == [(first.series_id, uid, "idle")]
     store.store(ds, "X")  # identical re-send after completion: nothing new, no re-open
-    row = store.catalog.series_row(uid)
+    row = series_of(store.catalog, uid)
     assert (row["state"], row["generation"], row["received_count"]) == ("complete", 1, 1)
     ds.InstanceNumber = 99  # corrected content under the same SOP Instance UID: re-open
     changed = store.store(ds, "X")
     assert changed.reopened and not changed.new and changed.generation == 2
-    row = store.catalog.series_row(uid)
+    row = series_of(store.catalog, uid)
     assert ((row["state"], row["generation"], row["received_count"], row["completion_reason"])
             == ("receiving", 2, 1, None))
 
@@ -141,7 +144,7 @@ def test_expected_instances(attrs: dict, expected: int | None) -> None:
 def test_expected_count_recorded_from_enhanced_mr(store: InstanceStore) -> None:
     ds = real("dicom/pydicom-data/emri_small.dcm")
     store.store(ds, "X")
-    assert store.catalog.series_row(ds.SeriesInstanceUID)["expected_count"] == 1
+    assert series_of(store.catalog, ds.SeriesInstanceUID)["expected_count"] == 1
 
 
 @pytest.mark.parametrize("syntax", [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian,
@@ -165,7 +168,7 @@ def test_store_encoded_parses_header_only_and_keeps_bytes(store: InstanceStore, 
     assert back.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
     assert back.file_meta.SourceApplicationEntityTitle == "MRI_3T"
     assert back == sent and back.PixelData == sent.PixelData
-    row = store.catalog.series_row(ds.SeriesInstanceUID)
+    row = series_of(store.catalog, ds.SeriesInstanceUID)
     assert (row["expected_count"], row["description"], row["modality"]) == (35, "t1_fl2d_sag", "MR")
 
 
@@ -197,8 +200,8 @@ def test_concurrent_stores_share_commits_and_count_right(tmp_path: Path) -> None
     for t in threads:
         t.join(timeout=60)
     store.close()
-    assert store.catalog.series_row(base.SeriesInstanceUID)["received_count"] == 40
-    assert len(store.instances_of(base.SeriesInstanceUID)) == 40
+    assert series_of(store.catalog, base.SeriesInstanceUID)["received_count"] == 40
+    assert len(store.instances_of(series_id(store.catalog, base.SeriesInstanceUID))) == 40
     with pytest.raises(OSError, match="closed"):
         store.store(datasets[0], "X")
 
@@ -243,3 +246,50 @@ def _as_sent(ds: pydicom.Dataset) -> bytes:
     fp.is_little_endian, fp.is_implicit_VR = True, False
     write_dataset(fp, ds)
     return fp.getvalue()
+
+
+# -- identity (issue 23 item 4): a series is (study, series) and a study has one patient ------------
+
+def test_a_series_uid_reused_by_another_study_is_another_series(store: InstanceStore, tmp_path: Path) -> None:
+    ds = real("dicom/pydicom/MR_small.dcm")
+    first = store.store(ds, "X")
+    ds.StudyInstanceUID, ds.PatientID = "1.2.3.4.5.6", "OTHER"  # same Series and SOP Instance UIDs
+    second = store.store(ds, "X")
+    assert second.new and second.series_id != first.series_id and second.generation == 1
+    assert second.path != first.path and (tmp_path / first.path).is_file() and (tmp_path / second.path).is_file()
+    assert store.catalog.series_ids(ds.SeriesInstanceUID) == [first.series_id, second.series_id]
+    for sid in (first.series_id, second.series_id):
+        row = store.catalog.series_row(sid)
+        assert row is not None and row["received_count"] == 1 and store.catalog.instance_paths(sid)
+
+
+def test_an_instance_under_another_patient_is_refused_before_anything_is_written(
+        store: InstanceStore, tmp_path: Path) -> None:
+    ds = real("dicom/pydicom/MR_small.dcm")
+    first = store.store(ds, "X")
+    before = (tmp_path / first.path).read_bytes()
+    ds.PatientID, ds.PixelData = "SOMEONE-ELSE", bytes(len(ds.PixelData))
+    with pytest.raises(InvalidInstance, match="Study UID already holds patient"):
+        store.store(ds, "X")
+    assert (tmp_path / first.path).read_bytes() == before, "the first patient's instance was overwritten"
+    ds.SOPInstanceUID = "1.2.3.4.5.6.7"  # another instance of that study: refused too
+    with pytest.raises(InvalidInstance, match="already holds patient"):
+        store.store(ds, "X")
+    assert not (tmp_path / store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)).exists()
+    assert len(store.catalog.query("SELECT * FROM instances")) == 1
+
+
+def test_a_patient_clash_found_at_commit_removes_the_file_it_wrote(store: InstanceStore, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two associations start the same new study for two patients at once: both pass the check
+    before writing; the commit of the second refuses it and deletes the file only it wrote."""
+    ds = real("dicom/pydicom/MR_small.dcm")
+    check = store.catalog.identity_conflict
+    monkeypatch.setattr(store.catalog, "identity_conflict",
+                        lambda study, patient, con=None: check(study, patient, con) if con is not None else "")
+    store.store(ds, "X")
+    ds.SOPInstanceUID, ds.PatientID = "1.2.3.4.5.6.7", "SOMEONE-ELSE"
+    with pytest.raises(InvalidInstance, match="already holds patient"):
+        store.store(ds, "X")
+    assert not (tmp_path / store.relative_path(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)).exists()
+    assert len(store.catalog.query("SELECT * FROM instances")) == 1
