@@ -3,11 +3,19 @@
 Every attempt is a row in `dispatch_attempts`; the `dispatches` row says what is still due.
 Delivery is at-least-once; because a re-send reuses the same SOP Instance UIDs (stored with
 the job), the PACS de-duplicates and the effect is exactly once.
+
+One lane per destination: the node runs `run_due(name)` in its own thread for each configured
+destination (and `run_unconfigured()` in one more, for rows whose destination was removed from
+the config). A send to a destination that is down blocks for up to `dispatch.timeout_s`; with
+one thread for all destinations every other destination waited for that timeout, round after
+round. Lanes share nothing but the catalog (short transactions) and the TLS-context cache
+(locked), so an outage of one destination never delays the others.
 """
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,36 +78,55 @@ class Dispatcher:
         self.config = config
         self.catalog = catalog
         self._tls: dict[str, ssl.SSLContext] = {}
+        self._tls_lock = threading.Lock()  # the lanes' threads share the cache
 
     def ssl_context(self, name: str, dest: DestinationSettings) -> ssl.SSLContext | None:
         """The destination's client TLS context (built once), or None for plain TCP."""
         if not dest.tls.enabled:
             return None
-        if name not in self._tls:
-            from dicom_node.security import destination_ssl_context
+        with self._tls_lock:
+            if name not in self._tls:
+                from dicom_node.security import destination_ssl_context
 
-            self._tls[name] = destination_ssl_context(dest.tls, self.config.path, key=f"destinations.{name}.tls")
-        return self._tls[name]
+                self._tls[name] = destination_ssl_context(dest.tls, self.config.path, key=f"destinations.{name}.tls")
+            return self._tls[name]
 
-    def due(self, at: float | None = None) -> list[tuple[int, str]]:
+    def due(self, at: float | None = None, destination: str | None = None,
+            unconfigured: bool = False) -> list[tuple[int, str]]:
         """(id, destination) of the pending dispatches due at `at`, oldest job first: after an outage
-        a destination gets its backlog in the order the studies came."""
-        rows = self.catalog.query(
-            "SELECT id, destination FROM dispatches WHERE state='pending' AND next_attempt_at <= ? "
-            "ORDER BY job_id, id",
-            (at if at is not None else now(),),
-        )
+        a destination gets its backlog in the order the studies came. Only those to `destination`
+        when given; only those to destinations not in the config when `unconfigured`."""
+        sql = "SELECT id, destination FROM dispatches WHERE state='pending' AND next_attempt_at <= ?"
+        args: list[object] = [at if at is not None else now()]
+        if destination is not None:
+            sql += " AND destination = ?"
+            args.append(destination)
+        if unconfigured:
+            names = list(self.config.destinations)
+            sql += f" AND destination NOT IN ({', '.join('?' * len(names))})"
+            args.extend(names)
+        rows = self.catalog.query(sql + " ORDER BY job_id, id", tuple(args))
         return [(r["id"], r["destination"]) for r in rows]
 
-    def run_due(self) -> int:
-        """Attempt every due dispatch once; returns how many were attempted.
+    def run_due(self, destination: str | None = None) -> int:
+        """Attempt every due dispatch once (only those to `destination` when given: one lane);
+        returns how many were attempted.
 
         Once a destination fails in a round, its other due items wait for the next round (they stay
-        due, no attempt is counted): a destination that is down costs the others at most one
-        timeout per round instead of one per queued result."""
+        due, no attempt is counted): a destination that is down costs at most one timeout per round
+        instead of one per queued result."""
+        return self._round(self.due(destination=destination))
+
+    def run_unconfigured(self) -> int:
+        """The lane for rows whose destination is no longer in the config: each attempt fails with
+        that reason and backs off like any other failure, until the job gives up (or the
+        destination is configured again and its own lane sends them)."""
+        return self._round(self.due(unconfigured=True))
+
+    def _round(self, due: list[tuple[int, str]]) -> int:
         down: set[str] = set()
         attempted = 0
-        for dispatch_id, destination in self.due():
+        for dispatch_id, destination in due:
             if destination in down:
                 continue
             attempted += 1
@@ -119,7 +146,7 @@ class Dispatcher:
             try:
                 outcome = c_store(path, dest, self.config.node.ae_title, self.config.dispatch.timeout_s,
                                   self.ssl_context(row["destination"], dest))
-            except Exception as exc:  # network errors must not kill the dispatch thread
+            except Exception as exc:  # network errors must not kill the lane's thread
                 outcome = SendOutcome(False, f"{type(exc).__name__}: {exc}", 0.0)
         self._record(row, outcome)
         return outcome
