@@ -198,3 +198,82 @@ def test_the_node_runs_one_lane_per_destination(tmp_path: Path, names: tuple[str
     finally:
         node.store.close()
         node.catalog.close()
+
+
+class Pacs:
+    """c_store's stand-in for one destination that goes down and comes back; `refuse` names files it
+    answers with a failure status (the destination is up, the result is refused)."""
+
+    def __init__(self, refuse: tuple[str, ...] = ()) -> None:
+        self.up = False
+        self.refuse = refuse
+        self.tried: list[str] = []
+        self.sent: list[str] = []
+
+    def __call__(self, path: Path, dest: DestinationSettings, *args: object) -> SendOutcome:
+        self.tried.append(path.name)
+        if not self.up:
+            return SendOutcome(False, "no association by PACS@127.0.0.1:1", 0.0, associated=False)
+        if path.name in self.refuse:
+            return SendOutcome(False, "0xA900", 0.0, associated=True)
+        self.sent.append(path.name)
+        return SendOutcome(True, "0x0000", 0.0, associated=True)
+
+
+FAST = DispatchSettings(max_attempts=1000, backoff_initial_s=0.02, backoff_factor=2.0, backoff_max_s=0.05)
+
+
+def run_for(dispatcher: Dispatcher, seconds: float, destination: str = "pacs") -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not dispatcher.run_due(destination):
+            time.sleep(0.005)
+
+
+def test_a_backlog_waits_behind_the_probe_and_goes_oldest_first_when_the_destination_is_back(
+        tmp_path: Path, monkeypatch) -> None:
+    cfg, cat = make_node(tmp_path, {"pacs": DestinationSettings()}, ("pacs",), jobs=3, dispatch_settings=FAST)
+    pacs = Pacs()
+    monkeypatch.setattr(dispatch, "c_store", pacs)
+    dispatcher = Dispatcher(cfg, cat)
+    run_for(dispatcher, 0.6)
+    assert len(pacs.tried) >= 5 and set(pacs.tried) == {"job-1-pacs.dcm"}, "only the oldest result probes"
+    assert states(cat, "pacs")[1:] == [(2, "pending", 0), (3, "pending", 0)]  # no attempts spent while it is down
+
+    pacs.up = True
+    deadline = time.monotonic() + 5
+    while cat.query("SELECT 1 FROM dispatches WHERE state='pending'") and time.monotonic() < deadline:
+        if dispatcher.run_due("pacs"):
+            break  # the round in which the probe got through
+        time.sleep(0.005)
+    assert pacs.sent == ["job-1-pacs.dcm", "job-2-pacs.dcm", "job-3-pacs.dcm"], "the whole backlog in that round"
+    sent_at = [r[0] for r in cat.query("SELECT sent_at FROM dispatches ORDER BY job_id")]
+    assert sent_at == sorted(sent_at)
+    assert [r[0] for r in cat.query("SELECT state FROM jobs ORDER BY id")] == ["done"] * 3
+
+
+def test_a_probe_that_gives_up_hands_over_to_the_next_oldest(tmp_path: Path, monkeypatch) -> None:
+    settings = DispatchSettings(max_attempts=3, backoff_initial_s=0.0, backoff_max_s=0.0)
+    cfg, cat = make_node(tmp_path, {"pacs": DestinationSettings()}, ("pacs",), jobs=3, dispatch_settings=settings)
+    pacs = Pacs()
+    monkeypatch.setattr(dispatch, "c_store", pacs)
+    dispatcher = Dispatcher(cfg, cat)
+    deadline = time.monotonic() + 10
+    while cat.query("SELECT 1 FROM dispatches WHERE state='pending'") and time.monotonic() < deadline:
+        dispatcher.run_due("pacs")
+    assert pacs.tried == ["job-1-pacs.dcm"] * 3 + ["job-2-pacs.dcm"] * 3 + ["job-3-pacs.dcm"] * 3
+    assert states(cat, "pacs") == [(1, "failed", 3), (2, "failed", 3), (3, "failed", 3)]
+
+
+def test_a_result_the_destination_refuses_holds_up_nobody(tmp_path: Path, monkeypatch) -> None:
+    """A failure status is the result's own (the destination answered): the others are not held back."""
+    settings = DispatchSettings(backoff_initial_s=60.0)  # job 1 is not due again during this test
+    cfg, cat = make_node(tmp_path, {"pacs": DestinationSettings()}, ("pacs",), jobs=3, dispatch_settings=settings)
+    pacs = Pacs(refuse=("job-1-pacs.dcm",))
+    pacs.up = True
+    monkeypatch.setattr(dispatch, "c_store", pacs)
+    dispatcher = Dispatcher(cfg, cat)
+    assert dispatcher.run_due("pacs") == 1  # refused: the rest of this round waits
+    assert dispatcher.run_due("pacs") == 2  # job 1 backs off on its own; 2 and 3 go
+    assert pacs.sent == ["job-2-pacs.dcm", "job-3-pacs.dcm"]
+    assert states(cat, "pacs") == [(1, "pending", 1), (2, "sent", 1), (3, "sent", 1)]
