@@ -3,11 +3,28 @@
 Every attempt is a row in `dispatch_attempts`; the `dispatches` row says what is still due.
 Delivery is at-least-once; because a re-send reuses the same SOP Instance UIDs (stored with
 the job), the PACS de-duplicates and the effect is exactly once.
+
+One lane per destination: the node runs `run_due(name)` in its own thread for each configured
+destination (and `run_unconfigured()` in one more, for rows whose destination was removed from
+the config). A send to a destination that is down blocks for up to `dispatch.timeout_s`; with
+one thread for all destinations every other destination waited for that timeout, round after
+round. Lanes share nothing but the catalog (short transactions) and the TLS-context cache
+(locked), so an outage of one destination never delays the others.
+
+A destination that cannot be associated with is down: until it answers again only the result
+that found it down (the probe) is tried, on its own backoff; the others wait behind it without
+spending attempts (when the probe gives up, the next oldest takes over). When the probe gets
+through, the rest of that destination's backlog goes at once, oldest job first: after an outage
+the PACS gets the studies in the order they came. A failure the destination answered (a status,
+a lost response) or one that never reached it (a missing file) is the result's own: it waits on
+its own backoff and holds up nobody. Down is kept in memory: after a restart the first failed
+association finds it again.
 """
 from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +43,7 @@ class SendOutcome:
     ok: bool
     status: str  # DIMSE status as 0xNNNN, or why no status came back
     seconds: float
+    associated: bool | None = None  # False: no association (destination down); None: not tried
 
 
 def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: float,
@@ -45,17 +63,19 @@ def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: f
                else "association aborted" if assoc.is_aborted else "no association")
         if ssl_context is not None:  # pynetdicom logs the TLS error itself; say where to look
             why += " over TLS (handshake refused? check the certificates and destinations.*.tls)"
-        return SendOutcome(False, f"{why} by {dest.ae_title}@{dest.host}:{dest.port}", time.monotonic() - t0)
+        return SendOutcome(False, f"{why} by {dest.ae_title}@{dest.host}:{dest.port}", time.monotonic() - t0,
+                           associated=False)
     try:
         status = assoc.send_c_store(ds)
     finally:
         assoc.release()
     code = getattr(status, "Status", None)
     if code is None:
-        return SendOutcome(False, "no C-STORE response (connection lost or timed out)", time.monotonic() - t0)
+        return SendOutcome(False, "no C-STORE response (connection lost or timed out)", time.monotonic() - t0,
+                           associated=True)
     # 0x0000 success; 0xB000/0xB007/0xB006 are warnings: stored, coerced or elements discarded
     ok = code == 0x0000 or (code & 0xF000) == 0xB000
-    return SendOutcome(ok, f"0x{code:04X}", time.monotonic() - t0)
+    return SendOutcome(ok, f"0x{code:04X}", time.monotonic() - t0, associated=True)
 
 
 def backoff_seconds(settings: DispatchSettings, attempts: int) -> float:
@@ -70,42 +90,97 @@ class Dispatcher:
         self.config = config
         self.catalog = catalog
         self._tls: dict[str, ssl.SSLContext] = {}
+        self._down: dict[str, int] = {}  # destination -> the dispatch that found it down (its probe)
+        self._lock = threading.Lock()  # the lanes' threads share the TLS cache and _down
 
     def ssl_context(self, name: str, dest: DestinationSettings) -> ssl.SSLContext | None:
         """The destination's client TLS context (built once), or None for plain TCP."""
         if not dest.tls.enabled:
             return None
-        if name not in self._tls:
-            from dicom_node.security import destination_ssl_context
+        with self._lock:
+            if name not in self._tls:
+                from dicom_node.security import destination_ssl_context
 
-            self._tls[name] = destination_ssl_context(dest.tls, self.config.path, key=f"destinations.{name}.tls")
-        return self._tls[name]
+                self._tls[name] = destination_ssl_context(dest.tls, self.config.path, key=f"destinations.{name}.tls")
+            return self._tls[name]
 
-    def due(self, at: float | None = None) -> list[tuple[int, str]]:
-        """(id, destination) of the pending dispatches due at `at`, oldest job first: after an outage
-        a destination gets its backlog in the order the studies came."""
-        rows = self.catalog.query(
-            "SELECT id, destination FROM dispatches WHERE state='pending' AND next_attempt_at <= ? "
-            "ORDER BY job_id, id",
-            (at if at is not None else now(),),
-        )
-        return [(r["id"], r["destination"]) for r in rows]
+    def pending(self, destination: str | None = None, unconfigured: bool = False) -> list[tuple[int, str, float]]:
+        """(id, destination, next_attempt_at) of the pending dispatches, oldest job first. Only those
+        to `destination` when given; only those to destinations not in the config when `unconfigured`."""
+        sql = "SELECT id, destination, next_attempt_at FROM dispatches WHERE state='pending'"
+        args: list[object] = []
+        if destination is not None:
+            sql += " AND destination = ?"
+            args.append(destination)
+        if unconfigured:
+            names = list(self.config.destinations)
+            sql += f" AND destination NOT IN ({', '.join('?' * len(names))})"
+            args.extend(names)
+        rows = self.catalog.query(sql + " ORDER BY job_id, id", tuple(args))
+        return [(r["id"], r["destination"], r["next_attempt_at"]) for r in rows]
 
-    def run_due(self) -> int:
-        """Attempt every due dispatch once; returns how many were attempted.
+    def run_due(self, destination: str | None = None) -> int:
+        """Attempt every due dispatch once (only those to `destination` when given: one lane);
+        returns how many were attempted.
 
-        Once a destination fails in a round, its other due items wait for the next round (they stay
-        due, no attempt is counted): a destination that is down costs the others at most one
-        timeout per round instead of one per queued result."""
-        down: set[str] = set()
+        Oldest job first. Once a destination fails in a round, its other due items wait for the next
+        round (they stay due, no attempt is counted): a destination that is down costs at most one
+        timeout per round instead of one per queued result. While it is down only its probe is
+        tried; once the probe gets through, the rest of its backlog goes in the same round."""
+        return self._round(self.pending(destination=destination))
+
+    def run_unconfigured(self) -> int:
+        """The lane for rows whose destination is no longer in the config: each attempt fails with
+        that reason and backs off like any other failure, until the job gives up (or the
+        destination is configured again and its own lane sends them)."""
+        return self._round(self.pending(unconfigured=True))
+
+    def _round(self, pending: list[tuple[int, str, float]]) -> int:
+        t = now()
+        ids = {dispatch_id for dispatch_id, _, _ in pending}
+        failed: set[str] = set()  # failed in this round: the rest of its rows wait for the next
+        back: set[str] = set()  # its probe got through: the rest of its backlog goes now, due or not
         attempted = 0
-        for dispatch_id, destination in self.due():
-            if destination in down:
+        for dispatch_id, destination, due_at in pending:
+            if destination in failed:
                 continue
+            if destination not in back:
+                probe = self._probe(destination, ids)
+                if (probe is not None and probe != dispatch_id) or due_at > t:
+                    continue
             attempted += 1
-            if not self.attempt(dispatch_id).ok:
-                down.add(destination)
+            outcome = self.attempt(dispatch_id)
+            was_down = self._note(destination, dispatch_id, outcome)
+            if not outcome.ok:
+                failed.add(destination)
+            elif was_down:
+                back.add(destination)
+                log.info("destination %s answers again: sending its backlog, oldest job first", destination)
         return attempted
+
+    def _probe(self, destination: str, pending_ids: set[int]) -> int | None:
+        """The dispatch that found `destination` down and alone is tried until it answers, or None
+        when it is up. A probe no longer pending (it gave up, or was sent by a retry) hands over to
+        the next attempt."""
+        with self._lock:
+            probe = self._down.get(destination)
+            if probe is not None and probe not in pending_ids:
+                del self._down[destination]
+                return None
+            return probe
+
+    def _note(self, destination: str, dispatch_id: int, outcome: SendOutcome) -> bool:
+        """Down or up after this outcome (unchanged when it never reached the destination); returns
+        whether it was down before."""
+        with self._lock:
+            was_down = destination in self._down
+            if outcome.associated is False:
+                self._down.setdefault(destination, dispatch_id)
+                if not was_down:
+                    log.warning("destination %s is down: its other results wait until it answers again", destination)
+            elif outcome.associated:
+                self._down.pop(destination, None)
+            return was_down
 
     def attempt(self, dispatch_id: int) -> SendOutcome:
         row = self.catalog.query("SELECT * FROM dispatches WHERE id=?", (dispatch_id,))[0]
@@ -119,7 +194,7 @@ class Dispatcher:
             try:
                 outcome = c_store(path, dest, self.config.node.ae_title, self.config.dispatch.timeout_s,
                                   self.ssl_context(row["destination"], dest))
-            except Exception as exc:  # network errors must not kill the dispatch thread
+            except Exception as exc:  # network errors must not kill the lane's thread
                 outcome = SendOutcome(False, f"{type(exc).__name__}: {exc}", 0.0)
         self._record(row, outcome)
         return outcome

@@ -1,12 +1,14 @@
 """`dicom-node serve`, `status` and `retry`: the running node and the operator's view of it.
 
-The node is four loops over one catalog: the listener (pynetdicom threads), completion +
-routing, the inference worker, and dispatch. Each loop is a thread that survives errors in
-one item; on start, unfinished work in the catalog is resumed.
+The node is a few loops over one catalog: the listener (pynetdicom threads), completion +
+routing, the inference worker, dispatch (one lane per destination, so that an outage of one
+never delays the others: dicom_node.dispatch) and retention. Each loop is a thread that
+survives errors in one item; on start, unfinished work in the catalog is resumed.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import signal
@@ -80,7 +82,7 @@ class Node:
             ("completion", self._completion_step, self.config.completion.poll_interval_s),
             *[("worker" if i == 0 else f"worker-{i + 1}", self.worker.run_next, self.config.worker.poll_interval_s)
               for i in range(workers)],
-            ("dispatch", self.dispatcher.run_due, 0.5),
+            *self._dispatch_lanes(),
             ("retention", self.retention.sweep, self.config.retention.interval_s),
         ]
         for name, step, interval in loops:
@@ -91,6 +93,18 @@ class Node:
             self.web = WebServer(self.config, self.catalog, self.refusals, alive=self.alive)
             self.web.start()
         log.info("node %s listening on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
+
+    def _dispatch_lanes(self) -> list[tuple[str, Callable[[], object], float]]:
+        """One loop per destination, `dispatch-NAME`, plus one for rows whose destination is no
+        longer configured: a destination that is down holds up only its own lane."""
+        lanes: list[tuple[str, Callable[[], object], float]] = [
+            (f"dispatch-{name}", functools.partial(self.dispatcher.run_due, name), 0.5)
+            for name in self.config.destinations]
+        other = "dispatch-unconfigured"
+        while other.removeprefix("dispatch-") in self.config.destinations:  # a destination of that name
+            other += "_"  # thread names are /health's keys: keep them apart
+        lanes.append((other, self.dispatcher.run_unconfigured, 0.5))
+        return lanes
 
     def _load_models(self) -> None:
         """Load every pipeline's model in the background after the listener is up, so the first

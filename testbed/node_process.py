@@ -8,6 +8,7 @@ whatever happens.
 """
 from __future__ import annotations
 
+import copy
 import signal
 import sqlite3
 import subprocess
@@ -53,8 +54,10 @@ def start_node(config: Path, log_path: Path) -> tuple[subprocess.Popen[str], int
     return proc, int(line.split(":")[-1])
 
 
-def tiny_node_config(workdir: Path, pacs: LocalOrthanc, **overrides: dict[str, Any]) -> Path:
-    """node_config with the tiny model; `overrides` update sections (dispatch={...})."""
+def tiny_node_config(workdir: Path, pacs: LocalOrthanc, *, also_to: dict[str, LocalOrthanc] | None = None,
+                     **overrides: dict[str, Any]) -> Path:
+    """node_config with the tiny model; `overrides` update sections (dispatch={...}). `also_to` adds
+    destinations (name -> Orthanc, set up as "pacs" is) that every rule sending to "pacs" also sends to."""
     from testbed.tiny_model import make_tiny_model  # torch: only when a model is made
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,12 @@ def tiny_node_config(workdir: Path, pacs: LocalOrthanc, **overrides: dict[str, A
     cfg = yaml.safe_load(path.read_text())
     cfg["models"]["default"]["path"] = str(model)
     cfg["worker"]["torch_threads"] = 1  # two shared cores: be gentle
+    for name, other in (also_to or {}).items():
+        cfg["destinations"][name] = copy.deepcopy(cfg["destinations"]["pacs"])
+        cfg["destinations"][name].update(ae_title=other.ae_title, host="127.0.0.1", port=other.dicom_port)
+        for rule in cfg["routing"]:
+            if "pacs" in rule["destinations"]:
+                rule["destinations"].append(name)
     for section, values in overrides.items():
         cfg[section].update(values)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))

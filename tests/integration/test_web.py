@@ -157,7 +157,8 @@ def test_health_ready_and_unready(running, tmp_path: Path) -> None:
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["catalog"]["ok"] and checks["disk"]["ok"]
     assert checks["model:default"]["ok"] and "(loaded)" in checks["model:default"]["detail"]
-    assert set(report["threads"]) == {"listener", "completion", "worker", "dispatch", "retention"}
+    assert set(report["threads"]) == {"listener", "completion", "worker", "dispatch-pacs", "dispatch-unconfigured",
+                                      "retention"}  # one dispatch lane per destination, one for removed ones
 
     # a node whose worker thread died, whose model is gone and whose disk is "full": 503, checks named
     model = tmp_path / "gone"
