@@ -11,14 +11,16 @@ one thread for all destinations every other destination waited for that timeout,
 round. Lanes share nothing but the catalog (short transactions) and the TLS-context cache
 (locked), so an outage of one destination never delays the others.
 
-A destination that cannot be associated with is down: until it answers again only the result
-that found it down (the probe) is tried, on its own backoff; the others wait behind it without
-spending attempts (when the probe gives up, the next oldest takes over). When the probe gets
-through, the rest of that destination's backlog goes at once, oldest job first: after an outage
-the PACS gets the studies in the order they came. A failure the destination answered (a status,
-a lost response) or one that never reached it (a missing file) is the result's own: it waits on
-its own backoff and holds up nobody. Down is kept in memory: after a restart the first failed
-association finds it again.
+A destination that cannot be associated with is down: the result that found it down (the
+oldest pending one: it probes) backs off, and every other result pending for that destination
+waits until the same moment, without spending attempts, its row saying so (`last_error`
+"waiting: ..."; its job is RETRYING, on the status page and in /metrics). At that moment all are
+due, the oldest job probes first, and once it gets through the rest of the backlog goes in the
+same round, oldest job first: after an outage the PACS gets the studies in the order they came.
+When the probe gives up (dispatch.max_attempts), the next oldest takes over. The waiting is in
+the catalog, so it survives a restart. A failure the destination answered (a status, a lost
+response) or one that never reached it (a missing file) is the result's own: it waits on its own
+backoff and holds up nobody.
 """
 from __future__ import annotations
 
@@ -90,8 +92,7 @@ class Dispatcher:
         self.config = config
         self.catalog = catalog
         self._tls: dict[str, ssl.SSLContext] = {}
-        self._down: dict[str, int] = {}  # destination -> the dispatch that found it down (its probe)
-        self._lock = threading.Lock()  # the lanes' threads share the TLS cache and _down
+        self._lock = threading.Lock()  # the lanes' threads share the TLS cache
 
     def ssl_context(self, name: str, dest: DestinationSettings) -> ssl.SSLContext | None:
         """The destination's client TLS context (built once), or None for plain TCP."""
@@ -125,8 +126,7 @@ class Dispatcher:
 
         Oldest job first. Once a destination fails in a round, its other due items wait for the next
         round (they stay due, no attempt is counted): a destination that is down costs at most one
-        timeout per round instead of one per queued result. While it is down only its probe is
-        tried; once the probe gets through, the rest of its backlog goes in the same round."""
+        timeout per round instead of one per queued result."""
         return self._round(self.pending(destination=destination))
 
     def run_unconfigured(self) -> int:
@@ -137,50 +137,15 @@ class Dispatcher:
 
     def _round(self, pending: list[tuple[int, str, float]]) -> int:
         t = now()
-        ids = {dispatch_id for dispatch_id, _, _ in pending}
         failed: set[str] = set()  # failed in this round: the rest of its rows wait for the next
-        back: set[str] = set()  # its probe got through: the rest of its backlog goes now, due or not
         attempted = 0
         for dispatch_id, destination, due_at in pending:
-            if destination in failed:
+            if destination in failed or due_at > t:
                 continue
-            if destination not in back:
-                probe = self._probe(destination, ids)
-                if (probe is not None and probe != dispatch_id) or due_at > t:
-                    continue
             attempted += 1
-            outcome = self.attempt(dispatch_id)
-            was_down = self._note(destination, dispatch_id, outcome)
-            if not outcome.ok:
+            if not self.attempt(dispatch_id).ok:
                 failed.add(destination)
-            elif was_down:
-                back.add(destination)
-                log.info("destination %s answers again: sending its backlog, oldest job first", destination)
         return attempted
-
-    def _probe(self, destination: str, pending_ids: set[int]) -> int | None:
-        """The dispatch that found `destination` down and alone is tried until it answers, or None
-        when it is up. A probe no longer pending (it gave up, or was sent by a retry) hands over to
-        the next attempt."""
-        with self._lock:
-            probe = self._down.get(destination)
-            if probe is not None and probe not in pending_ids:
-                del self._down[destination]
-                return None
-            return probe
-
-    def _note(self, destination: str, dispatch_id: int, outcome: SendOutcome) -> bool:
-        """Down or up after this outcome (unchanged when it never reached the destination); returns
-        whether it was down before."""
-        with self._lock:
-            was_down = destination in self._down
-            if outcome.associated is False:
-                self._down.setdefault(destination, dispatch_id)
-                if not was_down:
-                    log.warning("destination %s is down: its other results wait until it answers again", destination)
-            elif outcome.associated:
-                self._down.pop(destination, None)
-            return was_down
 
     def attempt(self, dispatch_id: int) -> SendOutcome:
         row = self.catalog.query("SELECT * FROM dispatches WHERE id=?", (dispatch_id,))[0]
@@ -215,10 +180,20 @@ class Dispatcher:
                 con.execute("UPDATE dispatches SET state='failed', attempts=?, last_error=? WHERE id=?",
                             (attempts, outcome.status, row["id"]))
             else:
-                con.execute(
-                    "UPDATE dispatches SET attempts=?, last_error=?, next_attempt_at=? WHERE id=?",
-                    (attempts, outcome.status, t + backoff_seconds(settings, attempts), row["id"]),
-                )
+                again = t + backoff_seconds(settings, attempts)
+                con.execute("UPDATE dispatches SET attempts=?, last_error=?, next_attempt_at=? WHERE id=?",
+                            (attempts, outcome.status, again, row["id"]))
+                if outcome.associated is False:  # down: the rest of its backlog waits for this probe
+                    waiting = [r[0] for r in con.execute(
+                        "SELECT DISTINCT job_id FROM dispatches WHERE destination=? AND state='pending' AND id != ?",
+                        (row["destination"], row["id"]))]
+                    con.execute("UPDATE dispatches SET next_attempt_at=MAX(next_attempt_at, ?), last_error=? "
+                                "WHERE destination=? AND state='pending' AND id != ?",
+                                (again, f"waiting: {row['destination']} is down ({outcome.status})",
+                                 row["destination"], row["id"]))
+                    for job_id in waiting:
+                        if job_id != row["job_id"]:
+                            Jobs.settle(con, job_id, t)
             Jobs.settle(con, row["job_id"], t)
         level = logging.INFO if outcome.ok else logging.WARNING
         log.log(level, "dispatch %s of job %s to %s (attempt %d): %s", row["kind"], row["job_id"],

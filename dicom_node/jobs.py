@@ -197,8 +197,9 @@ class Jobs:
             con.execute("UPDATE jobs SET state=?, reason=?, finished_at=?, updated_at=? WHERE id=?",
                         (JobState.FAILED.value, "dispatch failed: " + "; ".join(errors), t, t, job_id))
         elif any(s != "sent" for s in states):
-            any_retry = con.execute("SELECT 1 FROM dispatches WHERE job_id=? AND attempts > 0 AND state='pending'",
-                                    (job_id,)).fetchone()
+            # a pending row with an error has failed once, or waits behind a destination that is down
+            any_retry = con.execute("SELECT 1 FROM dispatches WHERE job_id=? AND last_error IS NOT NULL "
+                                    "AND state='pending'", (job_id,)).fetchone()
             con.execute("UPDATE jobs SET state=?, updated_at=? WHERE id=?",
                         ((JobState.RETRYING if any_retry else JobState.DISPATCHING).value, t, job_id))
 

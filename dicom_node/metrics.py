@@ -149,11 +149,11 @@ def render_metrics(catalog: Catalog, data_dir: Path, refusals: RefusalCounter | 
                            "ON d.id=a.dispatch_id GROUP BY d.destination, a.ok ORDER BY 1, 2"):
         ex.sample("dicom_node_dispatch_attempts_total", r[2], destination=r[0], outcome="ok" if r[1] else "error")
     ex.family("dicom_node_dispatch_waiting", "gauge",
-              "Results waiting for a destination that failed them at least once, by destination")
+              "Results waiting for a destination that failed them or is down, by destination")
     ex.family("dicom_node_dispatch_next_attempt_timestamp_seconds", "gauge",
               "When the next attempt to a waiting destination is due (Unix time), by destination")
-    for r in catalog.query("SELECT destination, COUNT(*), MIN(next_attempt_at) FROM dispatches "
-                           "WHERE state='pending' AND attempts > 0 GROUP BY destination ORDER BY destination"):
+    for r in catalog.query("SELECT destination, COUNT(*), MIN(next_attempt_at) FROM dispatches WHERE state='pending' "
+                           "AND last_error IS NOT NULL GROUP BY destination ORDER BY destination"):
         ex.sample("dicom_node_dispatch_waiting", r[1], destination=r[0])
         ex.sample("dicom_node_dispatch_next_attempt_timestamp_seconds", r[2], destination=r[0])
     ex.family("dicom_node_dispatch_failed", "gauge", "Results that gave up after dispatch.max_attempts")

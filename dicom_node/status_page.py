@@ -42,7 +42,7 @@ def recent_series(catalog: Catalog, limit: int) -> list[dict[str, Any]]:
         # the destinations that failed a job's results at least once, and when the first retries
         " LEFT JOIN (SELECT job_id, MIN(next_attempt_at) AS next_attempt_at,"
         "  GROUP_CONCAT(DISTINCT destination) AS waiting_for FROM dispatches"
-        "  WHERE state = 'pending' AND attempts > 0 GROUP BY job_id) w ON w.job_id = j.id"
+        "  WHERE state = 'pending' AND last_error IS NOT NULL GROUP BY job_id) w ON w.job_id = j.id"
         " ORDER BY s.last_received DESC LIMIT ?", (limit,))
     return [dict(r) for r in rows]
 

@@ -23,6 +23,9 @@ from dicom_node.config import (
 )
 from dicom_node.dispatch import Dispatcher, SendOutcome
 from dicom_node.jobs import Jobs, JobState
+from dicom_node.metrics import render_metrics
+from dicom_node.status_page import render_status_page
+from tests.helpers.catalog import add_series
 
 BLOCK_S = 2.0  # how long "down" holds an attempt before it fails
 PORTS = {1: "down", 2: "up"}
@@ -38,9 +41,8 @@ def make_node(tmp_path: Path, configured: dict[str, DestinationSettings], rows_f
     t = time.time() - 1
     for n in range(jobs):
         with cat.transaction() as con:
-            con.execute("INSERT INTO series (series_uid, study_uid, state, first_received, last_received) "
-                        "VALUES (?, 's', 'routed', ?, ?)", (f"1.{n}", t, t))
-            job_id, _ = Jobs.create(con, f"1.{n}", 1, "spine", "spinal_cord", list(rows_for))
+            series = add_series(con, f"1.{n}", at=t)
+            job_id, _ = Jobs.create(con, series, 1, "spine", "spinal_cord", list(rows_for))
             con.execute("UPDATE jobs SET state=? WHERE id=?", (JobState.DISPATCHING.value, job_id))
             for dest in rows_for:
                 path = cfg.data_dir / f"job-{job_id}-{dest}.dcm"
@@ -277,3 +279,21 @@ def test_a_result_the_destination_refuses_holds_up_nobody(tmp_path: Path, monkey
     assert dispatcher.run_due("pacs") == 2  # job 1 backs off on its own; 2 and 3 go
     assert pacs.sent == ["job-2-pacs.dcm", "job-3-pacs.dcm"]
     assert states(cat, "pacs") == [(1, "pending", 1), (2, "sent", 1), (3, "sent", 1)]
+
+
+def test_the_backlog_behind_a_down_destination_shows_as_waiting_and_survives_a_restart(
+        tmp_path: Path, monkeypatch) -> None:
+    settings = DispatchSettings(backoff_initial_s=60.0)
+    cfg, cat = make_node(tmp_path, {"pacs": DestinationSettings()}, ("pacs",), jobs=3, dispatch_settings=settings)
+    pacs = Pacs()
+    monkeypatch.setattr(dispatch, "c_store", pacs)
+    assert Dispatcher(cfg, cat).run_due("pacs") == 1
+    rows = cat.query("SELECT job_id, attempts, last_error, next_attempt_at FROM dispatches ORDER BY job_id")
+    assert [r["attempts"] for r in rows] == [1, 0, 0]
+    assert all(r["last_error"].startswith("waiting: pacs is down (no association") for r in rows[1:])
+    assert len({r["next_attempt_at"] for r in rows}) == 1, "the backlog is due when the probe is"
+    assert [r[0] for r in cat.query("SELECT state FROM jobs ORDER BY id")] == [JobState.RETRYING.value] * 3
+    assert 'dicom_node_dispatch_waiting{destination="pacs"} 3' in render_metrics(cat, cfg.data_dir)
+    assert render_status_page(cat, cfg.data_dir, "node", 10).count("waiting for pacs: next attempt") == 3
+    # a restart forgets nothing: a new dispatcher finds nothing due before the probe's time
+    assert Dispatcher(cfg, Catalog(cfg.catalog_path)).run_due("pacs") == 0 and pacs.tried == ["job-1-pacs.dcm"]
