@@ -17,7 +17,8 @@ from dicom_node.catalog import Catalog
 from dicom_node.config import Config
 from dicom_node.jobs import Job, Jobs
 from dicom_node.logsetup import log_context
-from dicom_node.results.build import ResultRejected, build_results, new_result_uids
+from dicom_node.results import THUMB_NAME
+from dicom_node.results.build import ResultRejected, build_results, new_result_uids, write_thumbnail
 from dicom_node.router import Router
 from dicom_node.routing import parse_rules
 from dicom_node.store import uid_problem
@@ -129,3 +130,5 @@ class Worker:
         if self.jobs.finish(job.id, deliveries, analysis.measurements, timings):
             log.info("job %d: results ready (%d lesion(s)), %.1f s inference", job.id,
                      analysis.metrics.lesion_count, timings["inference_s"])
+            # the status page's picture, once the results are queued: dispatch need not wait for it
+            write_thumbnail(volume, analysis, self.config.data_dir / "results" / f"job-{job.id}" / THUMB_NAME)

@@ -21,7 +21,6 @@ from pydicom.uid import generate_uid
 
 from dicom_node.config import DestinationSettings
 from dicom_node.jobs import Delivery
-from dicom_node.results import THUMB_NAME
 from dicom_node.results.readback import ResultValidationError
 from dicom_node.results.secondary_capture import build_secondary_captures, render_seg_png
 from dicom_node.results.seg import build_seg
@@ -103,8 +102,6 @@ def build_results(source: Sequence[pydicom.Dataset], volume: Volume, analysis: A
                                       sop_instance_uids=uids["sc_sops"])
         captures = [ResultFile(f"sc{n}", _gated(ds, out_dir / f"sc-{n}.dcm"), str(ds.SOPInstanceUID))
                     for n, ds in enumerate(sc, 1)]
-    write_thumbnail(volume, analysis, out_dir / THUMB_NAME)
-
     deliveries = []
     for key, dest in destinations.items():
         wanted = {"seg": dest.send_seg, "sr": dest.send_sr}
@@ -132,7 +129,8 @@ def _seg_sr_pair(source: Sequence[pydicom.Dataset], volume: Volume, analysis: An
 
 
 def write_thumbnail(volume: Volume, analysis: Analysis, path: Path) -> None:
-    """A small cord/lesion overlay PNG for the status page. Never fails the job: it is not a result."""
+    """A small cord/lesion overlay PNG for the status page. Never fails the job: it is not a result,
+    so the worker draws it after the results are queued (dispatch need not wait for it)."""
     try:
         from PIL import Image
 
