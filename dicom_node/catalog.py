@@ -132,6 +132,7 @@ class Recorded:
     new: bool  # False: a re-send of an instance the series already holds
     reopened: bool  # a late or changed instance re-opened a complete/routed series
     generation: int
+    reached_expected: bool = False  # the series now holds the count its header announced
 
 
 class Catalog:
@@ -254,7 +255,9 @@ class Catalog:
             (int(new), at, series["expected_count"], series["expected_count"], reopen, generation,
              reopen, reopen, series_id),
         )
-        return Recorded(int(series_id), new, reopen, generation)
+        counts = con.execute("SELECT received_count >= expected_count FROM series WHERE id=? AND state='receiving'",
+                             (series_id,)).fetchone()
+        return Recorded(int(series_id), new, reopen, generation, bool(counts and counts[0]))
 
     def series_row(self, series_id: int) -> sqlite3.Row | None:
         """The catalog row of one series, or None."""

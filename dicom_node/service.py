@@ -24,6 +24,7 @@ from dicom_node.web import WebServer
 
 if TYPE_CHECKING:
     from dicom_node.ray_executor import RayAnalyzer
+    from dicom_node.store import StoredInstance
 
 log = logging.getLogger("dicom_node")
 
@@ -42,7 +43,7 @@ class Node:
         self.config = config
         self.catalog = Catalog(config.catalog_path)
         self.store = InstanceStore(config.data_dir, self.catalog, fsync=config.storage.fsync)
-        self.scp = StorageSCP(config, self.store)
+        self.scp = StorageSCP(config, self.store, on_stored=self._on_stored)
         self.tracker = CompletionTracker(self.catalog, config.completion.idle_seconds)
         self.analyzer: RayAnalyzer | None = None
         if config.worker.executor == "ray":  # inference on model-holding Ray actors; the rest stays here
@@ -58,6 +59,10 @@ class Node:
         self.web: WebServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        # each loop sleeps its poll interval on its own event; the stage before it sets it when
+        # there is work (a series reached its expected count, a job was queued, results are ready),
+        # so a case does not wait out one poll interval per stage
+        self._wake: dict[str, threading.Event] = {}
 
     @property
     def port(self) -> int:
@@ -80,11 +85,12 @@ class Node:
         workers = self.analyzer.size if self.analyzer is not None else 1  # one loop per actor
         loops: list[tuple[str, Callable[[], object], float]] = [
             ("completion", self._completion_step, self.config.completion.poll_interval_s),
-            *[("worker" if i == 0 else f"worker-{i + 1}", self.worker.run_next, self.config.worker.poll_interval_s)
+            *[("worker" if i == 0 else f"worker-{i + 1}", self._work_step, self.config.worker.poll_interval_s)
               for i in range(workers)],
             *self._dispatch_lanes(),
             ("retention", self.retention.sweep, self.config.retention.interval_s),
         ]
+        self._wake = {name: threading.Event() for name, _, _ in loops}
         for name, step, interval in loops:
             t = threading.Thread(target=self._loop, args=(name, step, interval), name=name, daemon=True)
             t.start()
@@ -159,26 +165,47 @@ class Node:
             server.bind(evt.EVT_REJECTED, rejected)
             server.bind(evt.EVT_DIMSE_SENT, sent)
 
+    def _kick(self, prefix: str) -> None:
+        """Wake the loops whose name starts with `prefix` now instead of at their next poll."""
+        for name, event in self._wake.items():
+            if name.startswith(prefix):
+                event.set()
+
+    def _on_stored(self, stored: StoredInstance) -> None:
+        if stored.reached_expected:  # complete by count: no need to wait for the next poll
+            self._kick("completion")
+
     def _completion_step(self) -> None:
         from dicom_node.logsetup import log_context
 
         for _, series_uid in self.tracker.check():
             with log_context(series_uid=series_uid):
                 log.info("series %s complete", series_uid)
-        self.worker.route_complete_series()
+        if self.worker.route_complete_series():
+            self._kick("worker")
+
+    def _work_step(self) -> int | None:
+        job_id = self.worker.run_next()
+        if job_id is not None:  # results may be queued: the lanes need not wait for their poll
+            self._kick("dispatch-")
+        return job_id
 
     def _loop(self, name: str, step: Callable[[], object], interval: float) -> None:
+        wake = self._wake[name]
         while not self._stop.is_set():
+            wake.clear()  # before the step: a kick during it makes the wait below return at once
             try:
                 busy = step()
             except Exception:
                 log.exception("%s loop: step failed; continuing", name)
                 busy = None
             if not busy:  # a step that did work runs again at once
-                self._stop.wait(interval)
+                wake.wait(interval)
 
     def stop(self) -> None:
         self._stop.set()
+        for event in self._wake.values():
+            event.set()
         if self.web is not None:
             self.web.stop()
         self.scp.stop()

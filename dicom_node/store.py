@@ -75,6 +75,7 @@ class StoredInstance:
     new: bool  # False: a re-send of an instance already held
     reopened: bool  # a late instance re-opened a complete/routed series
     generation: int
+    reached_expected: bool = False  # the series now holds the count its header announced
 
 
 def path_component(value: str) -> str:
@@ -467,7 +468,7 @@ class InstanceStore:
             sop_instance_uid=ids["SOPInstanceUID"], sop_class_uid=ids["SOPClassUID"],
             series_uid=ids["SeriesInstanceUID"], study_uid=ids["StudyInstanceUID"], series_id=rec.series_id,
             path=rel, size=len(data), sha256=digest, new=rec.new, reopened=rec.reopened,
-            generation=rec.generation,
+            generation=rec.generation, reached_expected=rec.reached_expected,
         )
 
     def remove_partial_files(self) -> int:
