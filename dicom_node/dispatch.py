@@ -28,6 +28,7 @@ import logging
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,13 +52,21 @@ class SendOutcome:
 def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: float,
             ssl_context: ssl.SSLContext | None = None) -> SendOutcome:
     """One association, one C-STORE of the file at `path` to `dest` (over TLS when given a context)."""
+    return c_store_many([path], dest, calling_ae, timeout_s, ssl_context)[0]
+
+
+def c_store_many(paths: Sequence[Path], dest: DestinationSettings, calling_ae: str, timeout_s: float,
+                 ssl_context: ssl.SSLContext | None = None) -> list[SendOutcome]:
+    """One association, one C-STORE per file, an outcome per file: a job's SEG and SR share one
+    handshake (one round trip less, and one fewer association for the PACS to log)."""
     from pynetdicom import AE
 
     t0 = time.monotonic()
-    ds = dcmread(path)
+    datasets = [dcmread(path) for path in paths]
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
-    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    for context in dict.fromkeys((ds.SOPClassUID, ds.file_meta.TransferSyntaxUID) for ds in datasets):
+        ae.add_requested_context(*context)
     tls_args = (ssl_context, dest.tls.server_hostname or dest.host) if ssl_context is not None else None
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
@@ -65,19 +74,27 @@ def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: f
                else "association aborted" if assoc.is_aborted else "no association")
         if ssl_context is not None:  # pynetdicom logs the TLS error itself; say where to look
             why += " over TLS (handshake refused? check the certificates and destinations.*.tls)"
-        return SendOutcome(False, f"{why} by {dest.ae_title}@{dest.host}:{dest.port}", time.monotonic() - t0,
+        down = SendOutcome(False, f"{why} by {dest.ae_title}@{dest.host}:{dest.port}", time.monotonic() - t0,
                            associated=False)
+        return [down] * len(datasets)
+    outcomes = []
     try:
-        status = assoc.send_c_store(ds)
+        for ds in datasets:
+            t1 = time.monotonic()
+            if not assoc.is_established:  # an earlier store lost the connection
+                outcomes.append(SendOutcome(False, "association lost before this C-STORE", 0.0, associated=True))
+                continue
+            code = getattr(assoc.send_c_store(ds), "Status", None)
+            if code is None:
+                outcomes.append(SendOutcome(False, "no C-STORE response (connection lost or timed out)",
+                                            time.monotonic() - t1, associated=True))
+                continue
+            # 0x0000 success; 0xB000/0xB007/0xB006 are warnings: stored, coerced or elements discarded
+            ok = code == 0x0000 or (code & 0xF000) == 0xB000
+            outcomes.append(SendOutcome(ok, f"0x{code:04X}", time.monotonic() - t1, associated=True))
     finally:
         assoc.release()
-    code = getattr(status, "Status", None)
-    if code is None:
-        return SendOutcome(False, "no C-STORE response (connection lost or timed out)", time.monotonic() - t0,
-                           associated=True)
-    # 0x0000 success; 0xB000/0xB007/0xB006 are warnings: stored, coerced or elements discarded
-    ok = code == 0x0000 or (code & 0xF000) == 0xB000
-    return SendOutcome(ok, f"0x{code:04X}", time.monotonic() - t0, associated=True)
+    return outcomes
 
 
 def backoff_seconds(settings: DispatchSettings, attempts: int) -> float:
@@ -105,10 +122,12 @@ class Dispatcher:
                 self._tls[name] = destination_ssl_context(dest.tls, self.config.path, key=f"destinations.{name}.tls")
             return self._tls[name]
 
-    def pending(self, destination: str | None = None, unconfigured: bool = False) -> list[tuple[int, str, float]]:
-        """(id, destination, next_attempt_at) of the pending dispatches, oldest job first. Only those
-        to `destination` when given; only those to destinations not in the config when `unconfigured`."""
-        sql = "SELECT id, destination, next_attempt_at FROM dispatches WHERE state='pending'"
+    def pending(self, destination: str | None = None, unconfigured: bool = False
+                ) -> list[tuple[int, int, str, float]]:
+        """(id, job id, destination, next_attempt_at) of the pending dispatches, oldest job first. Only
+        those to `destination` when given; only those to destinations not in the config when
+        `unconfigured`."""
+        sql = "SELECT id, job_id, destination, next_attempt_at FROM dispatches WHERE state='pending'"
         args: list[object] = []
         if destination is not None:
             sql += " AND destination = ?"
@@ -118,7 +137,7 @@ class Dispatcher:
             sql += f" AND destination NOT IN ({', '.join('?' * len(names))})"
             args.extend(names)
         rows = self.catalog.query(sql + " ORDER BY job_id, id", tuple(args))
-        return [(r["id"], r["destination"], r["next_attempt_at"]) for r in rows]
+        return [(r["id"], r["job_id"], r["destination"], r["next_attempt_at"]) for r in rows]
 
     def run_due(self, destination: str | None = None) -> int:
         """Attempt every due dispatch once (only those to `destination` when given: one lane);
@@ -135,34 +154,46 @@ class Dispatcher:
         destination is configured again and its own lane sends them)."""
         return self._round(self.pending(unconfigured=True))
 
-    def _round(self, pending: list[tuple[int, str, float]]) -> int:
+    def _round(self, pending: list[tuple[int, int, str, float]]) -> int:
+        """Attempt the due rows, a job's rows to one destination in one association."""
         t = now()
         failed: set[str] = set()  # failed in this round: the rest of its rows wait for the next
         attempted = 0
-        for dispatch_id, destination, due_at in pending:
-            if destination in failed or due_at > t:
+        groups: dict[tuple[int, str], list[int]] = {}  # (job, destination) -> rows, in the order given
+        for dispatch_id, job_id, destination, due_at in pending:
+            if due_at <= t:
+                groups.setdefault((job_id, destination), []).append(dispatch_id)
+        for (_, destination), ids in groups.items():
+            if destination in failed:
                 continue
-            attempted += 1
-            if not self.attempt(dispatch_id).ok:
+            attempted += len(ids)
+            if not all(outcome.ok for outcome in self.attempt_together(ids)):
                 failed.add(destination)
         return attempted
 
     def attempt(self, dispatch_id: int) -> SendOutcome:
-        row = self.catalog.query("SELECT * FROM dispatches WHERE id=?", (dispatch_id,))[0]
-        dest = self.config.destinations.get(row["destination"])
-        path = self.config.data_dir / row["path"]
+        return self.attempt_together([dispatch_id])[0]
+
+    def attempt_together(self, dispatch_ids: list[int]) -> list[SendOutcome]:
+        """Send these rows (one job, one destination) in one association; each outcome recorded."""
+        rows = [self.catalog.query("SELECT * FROM dispatches WHERE id=?", (i,))[0] for i in dispatch_ids]
+        name = rows[0]["destination"]
+        dest = self.config.destinations.get(name)
+        paths = [self.config.data_dir / row["path"] for row in rows]
+        missing = [row["path"] for row, path in zip(rows, paths) if not path.is_file()]
         if dest is None:
-            outcome = SendOutcome(False, f"destination {row['destination']!r} is no longer configured", 0.0)
-        elif not path.is_file():
-            outcome = SendOutcome(False, f"result file {row['path']} is missing", 0.0)
+            outcomes = [SendOutcome(False, f"destination {name!r} is no longer configured", 0.0)] * len(rows)
+        elif missing:  # never half a job: the PACS gets its SEG and SR together or not at all
+            outcomes = [SendOutcome(False, f"result file {', '.join(missing)} is missing", 0.0)] * len(rows)
         else:
             try:
-                outcome = c_store(path, dest, self.config.node.ae_title, self.config.dispatch.timeout_s,
-                                  self.ssl_context(row["destination"], dest))
+                args = (dest, self.config.node.ae_title, self.config.dispatch.timeout_s, self.ssl_context(name, dest))
+                outcomes = (c_store_many(paths, *args) if len(paths) > 1 else [c_store(paths[0], *args)])
             except Exception as exc:  # network errors must not kill the lane's thread
-                outcome = SendOutcome(False, f"{type(exc).__name__}: {exc}", 0.0)
-        self._record(row, outcome)
-        return outcome
+                outcomes = [SendOutcome(False, f"{type(exc).__name__}: {exc}", 0.0)] * len(rows)
+        for row, outcome in zip(rows, outcomes):
+            self._record(row, outcome)
+        return outcomes
 
     def _record(self, row, outcome: SendOutcome) -> None:
         settings = self.config.dispatch

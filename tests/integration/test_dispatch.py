@@ -5,6 +5,7 @@ import shutil
 import time
 from pathlib import Path
 
+import pydicom
 import pytest
 
 from dicom_node.catalog import Catalog, now
@@ -105,3 +106,42 @@ def test_retry_refuses_running_job(tmp_path: Path) -> None:
         retry_job(cat, 7)
     with pytest.raises(ValueError, match="no job 8"):
         retry_job(cat, 8)
+
+
+@pytest.mark.integration
+def test_a_jobs_seg_and_sr_go_in_one_association(tmp_path: Path) -> None:
+    """Issue 21: one handshake per job and destination, each file its own C-STORE and outcome."""
+    from pynetdicom import AE, evt
+
+    files = {"seg": require_shared("dicom/dcmqi/seg.dcm"), "sr": require_shared("dicom/highdicom/sr_document.dcm")}
+    associations: list[int] = []
+    stored: list[str] = []
+    pacs = AE(ae_title="PACS")
+    for f in files.values():
+        pacs.add_supported_context(pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID)
+    handlers = [(evt.EVT_ACCEPTED, lambda event: associations.append(1)),
+                (evt.EVT_C_STORE, lambda event: stored.append(str(event.request.AffectedSOPInstanceUID)) or 0)]
+    server = pacs.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    try:
+        cfg = make_config(tmp_path, server.server_address[1])
+        cfg.destinations["pacs"].ae_title = "PACS"
+        cat = Catalog(cfg.catalog_path)
+        t = now()
+        with cat.transaction() as con:
+            series = add_series(con, "1.2.3")
+            con.execute("INSERT INTO jobs (id, series_id, generation, pipeline, rule, destinations, state, "
+                        "created_at, updated_at) VALUES (1, ?, 1, 'p', 'r', '[\"pacs\"]', 'dispatching', ?, ?)",
+                        (series, t, t))
+            for kind, src in files.items():
+                rel = Path(f"results/job-1/{kind}.dcm")
+                (cfg.data_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, cfg.data_dir / rel)
+                sop = pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID
+                con.execute("INSERT INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
+                            "next_attempt_at) VALUES (1, 'pacs', ?, ?, ?, 'pending', ?)", (kind, sop, str(rel), t))
+        assert Dispatcher(cfg, cat).run_due("pacs") == 2
+    finally:
+        server.shutdown()
+    assert len(associations) == 1 and len(stored) == 2
+    assert job_state(cat) == ("done", None)
+    assert [tuple(r) for r in cat.query("SELECT ok, status FROM dispatch_attempts")] == [(1, "0x0000")] * 2
