@@ -13,6 +13,10 @@ from tests.helpers.env import require_shared
 REFERENCE_MEAN_CSA = 45.447524  # mm^2, sct_process_segmentation on lesion-example/t2_fake_lesion_sc_seg
 
 
+def as_array(values: list[float | None]) -> np.ndarray:
+    return np.array([np.nan if v is None else v for v in values])
+
+
 @pytest.fixture(scope="module")
 def example_cord() -> tuple[np.ndarray, np.ndarray]:
     import nibabel as nib
@@ -67,7 +71,6 @@ def test_reoriented_input_gives_the_same_slices(example_cord, perm, flips):
         to_old[old_axis, 3] = new.shape[k] - 1 if k in flips else 0.0
     base = cord_csa(cord, affine)
     moved = cord_csa(np.ascontiguousarray(new), affine @ to_old)
-    as_array = lambda values: np.array([np.nan if v is None else v for v in values])  # noqa: E731
     np.testing.assert_allclose(as_array(moved.per_slice_mm2), as_array(base.per_slice_mm2), rtol=1e-12)
     # the S-I axis of the original (axis 1) moved to position perm.index(1)
     assert moved.si_axis == perm.index(1) and moved.si_flipped == (perm.index(1) in flips)
@@ -126,3 +129,25 @@ def test_bad_input_is_an_error():
         cord_csa(np.zeros((8, 8)), np.eye(4))
     with pytest.raises(CsaError):
         cord_csa(np.zeros((8, 8, 5)), np.zeros((4, 4)))
+
+
+def test_warping_only_the_cords_box_gives_the_whole_slices_numbers(example_cord, monkeypatch):
+    """cord_csa warps a box around the cord (issue 21: speed); the whole-slice warp is the reference."""
+    from inference import csa as csa_module
+
+    cord, affine = example_cord
+    fast = cord_csa(cord, affine)
+    whole = csa_module.corrected_slice
+    monkeypatch.setattr(csa_module, "corrected_slice", lambda image, scale: whole(image, scale, whole=True))
+    slow = cord_csa(cord, affine)
+    assert [v is None for v in fast.per_slice_mm2] == [v is None for v in slow.per_slice_mm2]
+    np.testing.assert_allclose(as_array(fast.per_slice_mm2), as_array(slow.per_slice_mm2), rtol=1e-12, atol=0)
+    tilted = np.zeros((40, 40, 30))
+    for z in range(30):  # a cord leaning 30 degrees, touching the image's edge at the top
+        x = 5 + int(z * np.tan(np.radians(30)))
+        tilted[max(x - 3, 0):x + 3, 0:6, z] = 1.0
+    reference = cord_csa(tilted, np.diag([0.8, 0.8, 1.0, 1.0]))  # still the whole-slice warp
+    monkeypatch.setattr(csa_module, "corrected_slice", whole)
+    boxed = cord_csa(tilted, np.diag([0.8, 0.8, 1.0, 1.0]))
+    assert any(v is not None for v in boxed.per_slice_mm2)
+    np.testing.assert_allclose(as_array(boxed.per_slice_mm2), as_array(reference.per_slice_mm2), rtol=1e-12)
