@@ -5,10 +5,10 @@ Delivery is at-least-once; because a re-send reuses the same SOP Instance UIDs (
 the job), the PACS de-duplicates and the effect is exactly once.
 
 One lane per destination: the node runs `run_due(name)` in its own thread for each configured
-destination (and `run_unconfigured()` in one more, for rows whose destination was removed from
-the config). A send to a destination that is down blocks for up to `dispatch.timeout_s`; with
-one thread for all destinations every other destination waited for that timeout, round after
-round. Lanes share nothing but the catalog (short transactions) and the TLS-context cache
+destination (and `run_unconfigured()` in one more, for rows whose destination has no lane:
+removed from the config, or added after start). A send to a destination that is down blocks for
+up to `dispatch.timeout_s`; with one thread for all destinations every other destination waited
+for that timeout, round after round. Lanes share nothing but the catalog (short transactions) and the TLS-context cache
 (locked), so an outage of one destination never delays the others.
 
 A destination that cannot be associated with is down: the result that found it down (the
@@ -110,6 +110,9 @@ class Dispatcher:
         self.catalog = catalog
         self._tls: dict[str, ssl.SSLContext] = {}
         self._lock = threading.Lock()  # the lanes' threads share the TLS cache
+        # destinations with a lane of their own (the node sets it when it starts them); the
+        # unconfigured lane takes every other row. None: every configured destination
+        self.laned: frozenset[str] | None = None
 
     def ssl_context(self, name: str, dest: DestinationSettings) -> ssl.SSLContext | None:
         """The destination's client TLS context (built once), or None for plain TCP."""
@@ -125,15 +128,15 @@ class Dispatcher:
     def pending(self, destination: str | None = None, unconfigured: bool = False
                 ) -> list[tuple[int, int, str, float]]:
         """(id, job id, destination, next_attempt_at) of the pending dispatches, oldest job first. Only
-        those to `destination` when given; only those to destinations not in the config when
-        `unconfigured`."""
+        those to `destination` when given; only those to destinations without a lane of their own
+        (`laned`) when `unconfigured`."""
         sql = "SELECT id, job_id, destination, next_attempt_at FROM dispatches WHERE state='pending'"
         args: list[object] = []
         if destination is not None:
             sql += " AND destination = ?"
             args.append(destination)
         if unconfigured:
-            names = list(self.config.destinations)
+            names = sorted(self.laned if self.laned is not None else self.config.destinations)
             sql += f" AND destination NOT IN ({', '.join('?' * len(names))})"
             args.extend(names)
         rows = self.catalog.query(sql + " ORDER BY job_id, id", tuple(args))
@@ -149,9 +152,9 @@ class Dispatcher:
         return self._round(self.pending(destination=destination))
 
     def run_unconfigured(self) -> int:
-        """The lane for rows whose destination is no longer in the config: each attempt fails with
-        that reason and backs off like any other failure, until the job gives up (or the
-        destination is configured again and its own lane sends them)."""
+        """The lane for rows whose destination has no lane of its own: removed from the config (each
+        attempt fails with that reason and backs off like any other failure, until the job gives
+        up) or added to it after the lanes started (sent from here)."""
         return self._round(self.pending(unconfigured=True))
 
     def _round(self, pending: list[tuple[int, int, str, float]]) -> int:

@@ -103,6 +103,7 @@ class Node:
     def _dispatch_lanes(self) -> list[tuple[str, Callable[[], object], float]]:
         """One loop per destination, `dispatch-NAME`, plus one for rows whose destination is no
         longer configured: a destination that is down holds up only its own lane."""
+        self.dispatcher.laned = frozenset(self.config.destinations)
         lanes: list[tuple[str, Callable[[], object], float]] = [
             (f"dispatch-{name}", functools.partial(self.dispatcher.run_due, name), 0.5)
             for name in self.config.destinations]
