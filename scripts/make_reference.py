@@ -83,17 +83,29 @@ def build_template(data: Path) -> Path:
     return out
 
 
-def _level_means(path: Path) -> dict[int, float]:
-    """One subject's mean CSA per vertebral level over the PAM50 slices of that level (empty slices skipped)."""
-    sums: dict[int, list[float]] = defaultdict(list)
+C2C3 = "2:3"  # the C2-C3 CSA: the mean over the slices of levels 2 and 3 together (sct_process_segmentation -vert 2:3)
+
+
+def _level_means(path: Path) -> dict[str, float]:
+    """One subject's mean CSA per vertebral level over the PAM50 slices of that level (empty slices skipped),
+    and over levels 2 and 3 together."""
+    sums: dict[str, list[float]] = defaultdict(list)
     with path.open(newline="") as fh:
         for row in csv.DictReader(fh):
             level, area = row.get("VertLevel", ""), row.get("MEAN(area)", "")
             if level and area:
                 value = float(area)
                 if math.isfinite(value):
-                    sums[int(float(level))].append(value)
+                    number = int(float(level))
+                    sums[str(number)].append(value)
+                    if number in (2, 3):
+                        sums[C2C3].append(value)
     return {level: float(np.mean(v)) for level, v in sums.items() if v}
+
+
+def _level_order(key: str) -> tuple[int, int]:
+    first = key.split(":")[0]
+    return int(first), len(key)
 
 
 def _band(age: float) -> str:
@@ -105,7 +117,7 @@ def _band(age: float) -> str:
 
 def build_csa(data: Path) -> Path:
     folder = data / METRICS_DIR
-    groups: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     with (folder / "participants.tsv").open(newline="") as fh:
         people = list(csv.DictReader(fh, delimiter="\t"))
     used = 0
@@ -123,15 +135,16 @@ def build_csa(data: Path) -> Path:
             for level, value in per_level.items():
                 groups[key][level].append(value)
     table = {
-        key: {str(level): {"mean": round(float(np.mean(v)), 3), "sd": round(float(np.std(v, ddof=1)), 3), "n": len(v)}
-              for level, v in sorted(levels.items()) if len(v) >= 2}
+        key: {level: {"mean": round(float(np.mean(v)), 3), "sd": round(float(np.std(v, ddof=1)), 3), "n": len(v)}
+              for level, v in sorted(levels.items(), key=lambda kv: _level_order(kv[0])) if len(v) >= 2}
         for key, levels in sorted(groups.items())
     }
     out = OUT / "csa_normative.json"
     out.write_text(json.dumps({
         "what": "spinal cord cross-sectional area (mm^2) per vertebral level: mean over the level's PAM50 slices "
                 "per subject, then mean, sample SD and count over subjects",
-        "levels": "1 = C1 ... 7 = C7, 8 = T1, ... (Spinal Cord Toolbox numbering)",
+        "levels": "1 = C1 ... 7 = C7, 8 = T1, ... (Spinal Cord Toolbox numbering); '2:3' = C2-C3, the mean over "
+                  "the slices of levels 2 and 3 together",
         "age_bands": [list(b) for b in AGE_BANDS],
         "subjects": used,
         "source": "PAM50-normalized-metrics, spinal_cord/spine-generic_multi-subject (MIT): Valosek, Bedard et al., "
