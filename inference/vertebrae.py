@@ -7,7 +7,8 @@ PAM50 T2 template, straight by construction, whose disc positions are known
    scored by three cues, equally weighted: how well the template's C2 to C4 region matches
    around it (scale 0.85-1.15), how much it looks like the C2-C3 disc, and the absence of a
    real disc one C2 height above it (C2 has none: its body runs up into the dens).
-   The best candidate must beat every other by ANCHOR_MARGIN, else the levels are unknown.
+   A candidate needs MIN_ANCHOR_SCORE and no better disc one C2 height above it; the best must
+   beat every other plausible one by ANCHOR_MARGIN, else the levels are unknown.
 2. Counting: from the anchor down, each next disc is looked for where the template's spacing
    (scaled by the subject's own spacing so far) puts it, matched to that disc's template patch.
 3. Levels: SCT's numbering (disc 3 = C2-C3, level 3 = C3 between discs 3 and 4); each cord
@@ -39,6 +40,7 @@ DISC_COLUMNS_MM = (4.0, 25.0)  # disc patches: in front of the cord, across the 
 DEPTH_SHIFTS_MM = tuple(range(-6, 9))  # the column sits nearer or further from the cord than the template's
 MIN_DISC_MATCH = 0.5  # a row is a disc candidate from this local correlation up
 ANCHOR_MARGIN = 0.1  # best anchor score minus the runner-up's, below which the anchor is ambiguous
+MIN_ANCHOR_SCORE = 0.45  # the C2-C3 discs found score 0.54-0.64; a crop without C2 scored 0.36
 SEARCH_FRACTION = 0.3  # next disc searched within +-30 % of the expected spacing
 MIN_FOUND_MATCH = 0.3  # a disc match below this is not a disc: counting stops there
 PRIOR_WEIGHT = 0.1  # match units lost at the edge of the search window
@@ -299,8 +301,17 @@ def _find_anchor(m: _Matcher) -> tuple[int | None, float, str, list[dict[str, fl
         evidence.append({"row": float(r), "coarse": float(coarse[r]), "disc": float(disc[r]),
                          "disc_above": disc_above, "scale": scale, "score": score})
     evidence.sort(key=lambda e: -e["score"])
-    best = evidence[0]
-    rivals = [e for e in evidence[1:] if abs(e["row"] - best["row"]) >= 0.5 * gap_c2 * best["scale"]]
+    # C2 has no disc above it within one C2 height (its body runs up into the dens): a candidate with a
+    # better disc there than itself is a lower disc; and a weak overall match is no anchor at all
+    plausible = [e for e in evidence if e["score"] >= MIN_ANCHOR_SCORE and e["disc"] >= e["disc_above"]]
+    if not plausible:
+        top = evidence[0]
+        return None, math.nan, (f"no C2-C3 disc: the best candidate ({top['row']:.0f} mm along the cord) scores "
+                                f"{top['score']:.2f} (needs {MIN_ANCHOR_SCORE}) and has a disc "
+                                f"{'as' if top['disc_above'] <= top['disc'] else 'more'} disc-like one C2 height "
+                                "above it: is C2 in the field of view?"), evidence
+    best = plausible[0]
+    rivals = [e for e in plausible[1:] if abs(e["row"] - best["row"]) >= 0.5 * gap_c2 * best["scale"]]
     if rivals and best["score"] - rivals[0]["score"] < ANCHOR_MARGIN:
         return None, math.nan, (f"C2-C3 disc ambiguous: {best['score']:.2f} at {best['row']:.0f} mm vs "
                                 f"{rivals[0]['score']:.2f} at {rivals[0]['row']:.0f} mm along the cord"), evidence

@@ -110,3 +110,13 @@ def test_unknown_levels_label_nothing():
     assert not levels.known
     assert not levels.label_cord(cord).any()
     assert set(levels.slice_levels(cord)) <= {0}
+
+
+def test_crop_without_c2_is_unknown_not_counted_from_a_lower_disc():
+    """lesion-example is 79 mm of cervical cord without the craniocervical junction: long enough to look
+    countable, but no disc in it has C2 above it, so there is no anchor."""
+    image, affine = _load("lesion-example/t2_fake_lesion.nii.gz")
+    cord, _ = _load("lesion-example/t2_fake_lesion_sc_seg.nii.gz")
+    levels = label_levels(image, cord, affine)
+    assert not levels.known and "no C2-C3 disc" in levels.reason
+    assert levels.evidence  # the candidates that were weighed are kept for the log / a reader
