@@ -64,7 +64,25 @@ def measurement_summary(measurements: str | None) -> str:
              f"cord CSA mean: {_fmt(m.get('cord_csa_mm2_mean'), ' mm²')}"]
     if m.get("max_axial_damage_ratio") is not None:
         lines.append(f"max axial damage ratio: {_fmt(m.get('max_axial_damage_ratio'), '', 3)}")
+    lines += _level_lines(m)
     return "<br>".join(html.escape(x) for x in lines)
+
+
+def _level_lines(m: dict[str, Any]) -> list[str]:
+    """Each lesion's vertebral levels and the C2-C3 CSA among healthy adults, or why levels are unknown."""
+    status = m.get("vertebral_levels_status")
+    if status == "unknown":
+        return [f"levels: unknown ({m.get('vertebral_levels_reason') or 'no reason given'})"]
+    if status != "labelled":
+        return []  # measured before levels existed
+    out = [f"lesion {les.get('label')}: {les.get('level_span') or 'level unknown'}" for les in m.get("lesions", [])]
+    if m.get("cord_csa_c2c3_mm2") is not None:
+        line = f"C2-C3 CSA: {_fmt(m.get('cord_csa_c2c3_mm2'), ' mm²')}"
+        if m.get("cord_csa_c2c3_z_score") is not None:
+            line += (f" (z {_fmt(m.get('cord_csa_c2c3_z_score'), '', 2)}, "
+                     f"{_fmt(m.get('cord_csa_c2c3_percentile'), '', 0)}th percentile)")
+        out.append(line)
+    return out
 
 
 def render_status_page(catalog: Catalog, data_dir: Path, node_name: str, limit: int,

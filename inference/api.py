@@ -21,7 +21,16 @@ from inference.files import atomic_write, fsync_dir, replaced_atomically
 from inference.heap import child_env as heap_child_env
 from inference.heap import configure as configure_heap
 from inference.lesion_filter import DEFAULT_MIN_LESION_VOLUME_MM3, check_min_volume
-from inference.measurements import CordMeasurements, CsaPerSlice, LesionFilter, LesionMetrics, Measurements, json_keys
+from inference.measurements import (
+    CordMeasurements,
+    CsaPerSlice,
+    LesionFilter,
+    LesionMetrics,
+    LevelCsa,
+    LevelMeasurements,
+    Measurements,
+    json_keys,
+)
 from inference.models.nnunet_folder import SettingError, resolve_options
 from inference.models.spec import NNUNET_OPTIONS, ModelError, ModelSpec
 from inference.models.state import ModelState, check_model
@@ -36,7 +45,8 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MIN_LESION_VOLUME_MM3", "DEFAULT_MODEL", "NNUNET_OPTIONS", "OFFLINE_COMMANDS", "Analysis",
     "AnalysisRequest", "AnalysisSettings", "CordMeasurements", "CsaPerSlice", "FrameRef", "LesionFilter",
-    "LesionMetrics", "Measurements", "ModelError", "ModelIdentity", "ModelSpec", "ModelState", "SettingError",
+    "LesionMetrics", "LevelCsa", "LevelMeasurements", "Measurements", "ModelError", "ModelIdentity", "ModelSpec",
+    "ModelState", "SettingError",
     "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model",
     "check_nnunet_settings", "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version",
     "preload", "render_overlay", "replaced_atomically", "set_cpu_threads", "volume_from_datasets",

@@ -143,7 +143,7 @@ def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) ->
             max_equivalent_diameter_mm=2.0 * math.sqrt(float(area[i]) / math.pi),
             max_axial_damage_ratio=float(damage[i]),
             centroid_ras_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
-            **mid[i],
+            **mid[i],  # type: ignore[arg-type]  # the midsagittal floats only, never level_span
         ))
     return LesionReport(
         lesions=lesions,

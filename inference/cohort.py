@@ -24,7 +24,8 @@ from inference.files import replaced_atomically
 
 CASE_COLUMNS = ("case", "input", "status", "error", "lesion_count", "total_volume_mm3", "total_length_mm",
                 "max_axial_damage_ratio", "cord_volume_mm3", "cord_csa_mm2_mean", "min_lesion_volume_mm3",
-                "lesions_below_minimum", "seconds")
+                "lesions_below_minimum", "vertebral_levels_status", "cord_csa_c2c3_mm2", "cord_csa_c2c3_z_score",
+                "cord_csa_c2c3_percentile", "seconds")
 
 
 def _lesion_columns() -> tuple[str, ...]:

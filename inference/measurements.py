@@ -1,4 +1,4 @@
-"""The numbers of one analysis, typed: lesions, cord, the per-slice cord area and the lesion filter.
+"""The numbers of one analysis, typed: lesions, cord, the per-slice and per-level cord area, the lesion filter.
 
 Why typed: the SEG, the SR, the cohort tables and the catalog all read these numbers. Read back
 by string keys from a dict, a renamed metric silently vanished from the SR; as attributes, a
@@ -42,24 +42,30 @@ class LesionMetrics:
     dorsal_bridge_ratio_pct: float | None
     ventral_bridge_ratio_pct: float | None
     centroid_ras_mm: tuple[float, float, float]
+    level_span: str | None = None  # vertebral levels the lesion spans ("C4-C5", "C4"); None when unknown
 
     def to_json(self) -> JsonDict:
         out: JsonDict = {"label": int(self.label)}
-        for f in fields(self)[1:-1]:
-            out[f.name] = finite_or_none(getattr(self, f.name))
+        for f in fields(self):
+            if f.name not in LESION_NON_METRICS:
+                out[f.name] = finite_or_none(getattr(self, f.name))
         out["centroid_ras_mm"] = [float(v) for v in self.centroid_ras_mm]
+        out["level_span"] = self.level_span
         return out
 
     @classmethod
     def from_json(cls, data: JsonDict) -> LesionMetrics:
         # JSON numbers or null, as to_json wrote them
-        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls)[1:-1]}
+        values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls) if f.name not in LESION_NON_METRICS}
         x, y, z = data.get("centroid_ras_mm") or (math.nan, math.nan, math.nan)
-        return cls(label=int(data["label"]), centroid_ras_mm=(float(x), float(y), float(z)), **values)
+        span = data.get("level_span")
+        return cls(label=int(data["label"]), centroid_ras_mm=(float(x), float(y), float(z)),
+                   level_span=None if span is None else str(span), **values)
 
 
-# Fields of a lesion that are identity or position, not measurements written as SR numbers.
-LESION_NON_METRICS = ("label", "centroid_ras_mm")
+# Fields of a lesion that are identity or position, not measurements written as SR numbers
+# (the level span is written as the lesion's finding sites, not as a number).
+LESION_NON_METRICS = ("label", "centroid_ras_mm", "level_span")
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,82 @@ class LesionFilter:
 
 
 @dataclass(frozen=True)
+class LevelCsa:
+    """Mean CSA over the axial slices of one vertebral level, and where it falls among healthy adults."""
+
+    level: int  # Spinal Cord Toolbox numbering: 2 = C2, 8 = T1
+    name: str  # "C2"
+    csa_mm2: float
+    slices: int  # axial slices averaged
+    z_score: float | None  # None: no reference for this level
+    percentile: float | None  # 100 * Phi(z): the normal approximation of the reference
+
+    def to_json(self) -> JsonDict:
+        return {"level": int(self.level), "name": self.name, "csa_mm2": float(self.csa_mm2),
+                "slices": int(self.slices), "z_score": finite_or_none(self.z_score),
+                "percentile": finite_or_none(self.percentile)}
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> LevelCsa:
+        return cls(int(data["level"]), str(data["name"]), float(data["csa_mm2"]), int(data["slices"]),
+                   finite_or_none(data.get("z_score")), finite_or_none(data.get("percentile")))
+
+
+@dataclass(frozen=True)
+class LevelMeasurements:
+    """Vertebral levels and the cord area per level (inference.levels_csa); "unknown" says why there are none."""
+
+    vertebral_levels_status: str  # "labelled" | "unknown"
+    vertebral_levels_reason: str
+    cord_csa_mm2_per_level: tuple[LevelCsa, ...] = ()
+    cord_csa_c2c3_mm2: float | None = None  # mean over the slices of C2 and C3 (sct_process_segmentation -vert 2:3)
+    cord_csa_c2c3_z_score: float | None = None
+    cord_csa_c2c3_percentile: float | None = None
+    csa_reference_group: str | None = None  # which healthy adults: "sex=F,age=30-39 (n=37)"
+    compression_level: int | None = None  # the level narrowest relative to healthy adults
+    compression_ratio_pct: float | None = None  # (1 - mi / mean(ma, mb)) * 100
+    compression_ratio_normalized_pct: float | None = None  # the same with each level divided by healthy adults'
+
+    @property
+    def known(self) -> bool:
+        return self.vertebral_levels_status == "labelled"
+
+    def level(self, number: int) -> LevelCsa | None:
+        return next((lv for lv in self.cord_csa_mm2_per_level if lv.level == number), None)
+
+    def to_json(self) -> JsonDict:
+        out: JsonDict = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "cord_csa_mm2_per_level":
+                out[f.name] = [lv.to_json() for lv in value]
+            elif isinstance(value, float):
+                out[f.name] = finite_or_none(value)
+            else:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: JsonDict) -> LevelMeasurements:
+        def num(key: str) -> float | None:
+            return finite_or_none(data.get(key))
+
+        level = data.get("compression_level")
+        return cls(
+            vertebral_levels_status=str(data.get("vertebral_levels_status") or "unknown"),
+            vertebral_levels_reason=str(data.get("vertebral_levels_reason") or ""),
+            cord_csa_mm2_per_level=tuple(LevelCsa.from_json(lv) for lv in data.get("cord_csa_mm2_per_level") or ()),
+            cord_csa_c2c3_mm2=num("cord_csa_c2c3_mm2"),
+            cord_csa_c2c3_z_score=num("cord_csa_c2c3_z_score"),
+            cord_csa_c2c3_percentile=num("cord_csa_c2c3_percentile"),
+            csa_reference_group=data.get("csa_reference_group"),
+            compression_level=None if level is None else int(level),
+            compression_ratio_pct=num("compression_ratio_pct"),
+            compression_ratio_normalized_pct=num("compression_ratio_normalized_pct"),
+        )
+
+
+@dataclass(frozen=True)
 class Measurements:
     """Everything measured on one volume. ``lesion_filter`` is None when no filter step ran
     (``inference.pipeline.measure`` alone); ``analyze`` always records it, 0 included."""
@@ -98,6 +180,7 @@ class Measurements:
     cord: CordMeasurements
     per_slice: CsaPerSlice
     lesion_filter: LesionFilter | None = None
+    levels: LevelMeasurements | None = None  # None when no level step ran (``measure`` alone)
 
     @property
     def lesion_count(self) -> int:
@@ -119,6 +202,8 @@ class Measurements:
         if self.lesion_filter is not None:
             out["min_lesion_volume_mm3"] = float(self.lesion_filter.min_lesion_volume_mm3)
             out["lesions_below_minimum"] = int(self.lesion_filter.lesions_below_minimum)
+        if self.levels is not None:
+            out.update(self.levels.to_json())
         return out
 
     @classmethod
@@ -137,7 +222,11 @@ class Measurements:
             cord=CordMeasurements(data.get("cord_csa_mm2_mean"), float(data.get("cord_volume_mm3") or 0.0)),
             per_slice=CsaPerSlice(tuple(data.get("cord_csa_mm2_per_slice") or ())),
             lesion_filter=lesion_filter,
+            levels=LevelMeasurements.from_json(data) if "vertebral_levels_status" in data else None,
         )
+
+    def with_levels(self, levels: LevelMeasurements, lesions: tuple[LesionMetrics, ...]) -> Measurements:
+        return replace(self, levels=levels, lesions=lesions)
 
     def with_filter(self, lesion_filter: LesionFilter) -> Measurements:
         return replace(self, lesion_filter=lesion_filter)
@@ -145,7 +234,8 @@ class Measurements:
 
 def json_keys() -> tuple[str, ...]:
     """Every top-level key of the JSON form (for tables that pick columns by name)."""
-    parts = {"cord": CordMeasurements, "per_slice": CsaPerSlice, "lesion_filter": LesionFilter}
+    parts = {"cord": CordMeasurements, "per_slice": CsaPerSlice, "lesion_filter": LesionFilter,
+             "levels": LevelMeasurements}
     own = [f.name for f in fields(Measurements) if f.name not in parts]
     nested = [f.name for cls in parts.values() for f in fields(cls)]
     return (*own, "lesion_count", *nested)

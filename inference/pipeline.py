@@ -6,8 +6,9 @@ and the model identity. No networking, no catalog, no DICOM encoding here.
 """
 from __future__ import annotations
 
+import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # torch is imported only when a model is actually loaded
     from inference.models.registry import LoadedModel, ModelMeta
 
 DEFAULT_MODEL = "builtin:spinecord-t2"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,32 @@ def measure(cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray) -> tuple[M
     return measurements, labels
 
 
+def measure_levels(measurements: Measurements, lesion_labels: np.ndarray, cord: np.ndarray,
+                   volume: Volume) -> Measurements:
+    """Vertebral levels, per-level CSA against healthy adults and each lesion's level span.
+
+    Never fails the analysis: a field of view that cannot be counted (or a labelling error) is
+    "unknown" with its reason, logged once, and every other number stays as measured.
+    """
+    from inference.levels_csa import lesion_spans, level_measurements
+    from inference.measurements import LevelMeasurements
+    from inference.vertebrae import label_levels
+
+    try:
+        levels = label_levels(volume.array, cord, volume.affine)
+        result = level_measurements(levels, cord, measurements.per_slice.cord_csa_mm2_per_slice, volume.patient)
+    except ValueError as exc:
+        log.warning("vertebral levels failed: %s", exc)
+        return measurements.with_levels(LevelMeasurements("unknown", f"labelling failed: {exc}"),
+                                        measurements.lesions)
+    if not result.known:
+        log.info("vertebral levels unknown: %s", result.vertebral_levels_reason)
+        return measurements.with_levels(result, measurements.lesions)
+    spans = lesion_spans(levels.label_cord(cord), lesion_labels)
+    lesions = tuple(replace(lesion, level_span=spans.get(lesion.label)) for lesion in measurements.lesions)
+    return measurements.with_levels(result, lesions)
+
+
 def set_cpu_threads(n: int) -> None:
     """CPU threads torch may use for inference (0 keeps torch's default): one place for the knob."""
     if n > 0:
@@ -126,7 +154,9 @@ def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: 
     lesion_mask, dropped = drop_small_lesions(seg.lesion_mask, volume.affine, min_lesion_volume_mm3)
     measured, labels = measure(seg.cord_mask, lesion_mask, volume.affine)
     measured = measured.with_filter(LesionFilter(float(min_lesion_volume_mm3), dropped))
-    timings = {**seg.timings, "metrics": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    measured = measure_levels(measured, labels, seg.cord_mask, volume)
+    timings = {**seg.timings, "metrics": t1 - t0, "levels": time.perf_counter() - t1}
     return Analysis(
         cord_mask=seg.cord_mask, lesion_mask=lesion_mask, lesion_labels=labels,
         cord_prob=seg.cord_prob, affine=np.asarray(volume.affine, dtype=np.float64).copy(),

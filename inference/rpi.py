@@ -70,6 +70,15 @@ class RpiFrame:
         out = np.flip(array, axis=flips) if flips else array
         return np.transpose(out, np.argsort(self.source_axis))
 
+    def rpi_index_of_input(self, index: "tuple[float, float, float] | np.ndarray") -> tuple[float, float, float]:
+        """An input-grid voxel index (i, j, k) as an RPI index (x, y, z), the point-wise form of to_rpi."""
+        out = []
+        for w in range(3):
+            a = self.source_axis[w]
+            value = float(index[a])
+            out.append(self.input_shape[a] - 1 - value if self.flipped[w] else value)
+        return out[0], out[1], out[2]
+
     def rpi_index_to_input(self, rpi_axis: int, index: float) -> float:
         """A (possibly fractional) index along one RPI axis, as an index along its input axis."""
         n = self.input_shape[self.source_axis[rpi_axis]]

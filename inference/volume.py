@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import numpy as np
 
+from inference.demographics import Demographics
+
 if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
 
@@ -39,6 +41,7 @@ class Volume:
     array: np.ndarray  # float32, shape (I, J, K)
     affine: np.ndarray  # 4x4 float64, voxel index -> RAS mm
     frames: list[FrameRef] = field(default_factory=list)  # len K for DICOM input, empty for NIfTI
+    patient: Demographics = field(default_factory=Demographics)  # PatientSex/PatientAge of a DICOM series
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -347,7 +350,8 @@ def volume_from_datasets(
     lps[:3, 1] = col_cos * between_rows
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
-    return Volume(array=array, affine=LPS_TO_RAS @ lps, frames=[s.ref for s in slices])
+    return Volume(array=array, affine=LPS_TO_RAS @ lps, frames=[s.ref for s in slices],
+                  patient=Demographics.from_dataset(first.dataset))
 
 
 def _dicom_files(folder: Path) -> list[Path]:

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydicom import dcmread
 
+from inference.volume import Volume
 from testbed.node_process import node_config, start_node
 from testbed.orthanc import LocalOrthanc
 
@@ -24,11 +25,36 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dicom_node" / "sample"  # sh
 SAMPLES = {
     "sagittal": ("errsm_21_t2.nii.gz", "T2 SAG SPINE", "DEMO^SAGITTAL", "DEMO-SAG-01"),
     "lesion": ("t2_fake_lesion.nii.gz", "T2 SAG C-SPINE LESION", "DEMO^LESION", "DEMO-LES-01"),
+    # errsm_11 with one lesion painted into its cord (inference.train.lesions, fixed seed) around the C5
+    # body: a whole-spine series whose vertebral levels can be counted, so the lesion gets its level
+    "levels": ("errsm_11_t2.nii.gz", "T2 SAG SPINE LESION", "DEMO^LEVELS", "DEMO-LEV-01"),
 }
+PAINT_SEED = 3
+PAINT_SLICES = (134, 146)  # S-I slices of errsm_11 (axis 1) where the lesion's centre is drawn: the C5 body
+PATIENT = {"levels": {"PatientSex": "M", "PatientAge": "031Y"}}  # the header the normative match reads
+
+
+def painted_levels_sample() -> Volume:
+    """errsm_11 with one painted intramedullary lesion, as the demo sends it."""
+    import numpy as np
+
+    from inference.train.lesions import LesionConfig, paint_lesions
+    from inference.volume import load_nifti
+
+    volume = load_nifti(SAMPLE_DIR / "errsm_11_t2.nii.gz")
+    cord = load_nifti(SAMPLE_DIR / "errsm_11_t2_seg-manual.nii.gz").array > 0.5
+    shape = volume.array.shape
+    focus = (slice(0, shape[0]), slice(*PAINT_SLICES), slice(0, shape[2]))
+    cfg = LesionConfig(length_mm=(12.0, 18.0), width_mm=(4.0, 6.0), contrast=(0.8, 1.0), p_core=0.0,
+                       p_border=0.0)
+    image, _, _ = paint_lesions(volume.array, cord, volume.spacing, np.random.default_rng(PAINT_SEED), cfg,
+                                n_lesions=1, focus=focus)
+    return Volume(array=image, affine=volume.affine)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--sample", choices=[*SAMPLES, "both"], default="both", help="which bundled series to send")
+    p.add_argument("--sample", choices=[*SAMPLES, "all", "both"], default="all",
+                   help="which bundled series to send (both: the two first, as before levels)")
     p.add_argument("--workdir", default="var/demo", help="scratch folder (emptied first)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for results")
     p.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda")
@@ -60,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    names = list(SAMPLES) if args.sample == "both" else [args.sample]
+    names = {"all": list(SAMPLES), "both": ["sagittal", "lesion"]}.get(args.sample, [args.sample])
 
     print(f"[demo] writing DICOM series from the bundled volumes into {workdir / 'series'}")
     studies: dict[str, str] = {}
@@ -68,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         nifti, desc, patient, pid = SAMPLES[name]
         out = workdir / "series" / name
-        files = write_series(SAMPLE_DIR / nifti, out, series_description=desc, patient_name=patient,
-                             patient_id=pid, uid_seed=f"demo-{name}")
+        source = painted_levels_sample() if name == "levels" else SAMPLE_DIR / nifti
+        files = write_series(source, out, series_description=desc, patient_name=patient,
+                             patient_id=pid, uid_seed=f"demo-{name}", extra=PATIENT.get(name))
         studies[dcmread(files[0], stop_before_pixels=True).StudyInstanceUID] = name
         series_dirs.append(out)
         print(f"[demo]   {name}: {len(files)} instances, '{desc}'")
@@ -98,6 +125,26 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def level_lines(m: dict[str, Any]) -> list[str]:
+    """The vertebral levels as the SR gives them: each lesion's span and the C2-C3 CSA among healthy adults."""
+    rows = m.get("cord_csa_mm2_per_level")
+    if not rows:
+        return ["vertebral levels: unknown (none in the SR; the node log says why)"]
+    out = [f"vertebral levels: {rows[0]['name']} to {rows[-1]['name']} (cord CSA per level in the SR)"]
+    for les in m["lesions"]:
+        out.append(f"lesion {les['label']}: level {les.get('level_span') or 'unknown'}")
+    if m.get("cord_csa_c2c3_mm2") is not None:
+        line = f"C2-C3 CSA {m['cord_csa_c2c3_mm2']:.1f} mm2"
+        if m.get("cord_csa_c2c3_z_score") is not None:
+            line += (f", z-score {m['cord_csa_c2c3_z_score']:+.2f} "
+                     f"({m.get('cord_csa_c2c3_percentile', float('nan')):.0f}th percentile of healthy adults)")
+        out.append(line)
+    if m.get("compression_level") is not None:
+        out.append(f"narrowest level {m['compression_level']}: compression ratio "
+                   f"{m.get('compression_ratio_normalized_pct', float('nan')):.1f} % normalised to healthy adults")
+    return out
+
+
 def print_study(pacs: LocalOrthanc, name: str, series: dict[str, Any], save_dir: Path) -> None:
     """What reached the PACS: the SEG's segments and the SR's numbers, read back from Orthanc."""
     from dicom_node.results.readback import measurements_from_sr
@@ -123,4 +170,6 @@ def print_study(pacs: LocalOrthanc, name: str, series: dict[str, Any], save_dir:
     if m["lesions"]:
         print(f"   total: {m.get('lesion_count', 0):.0f} lesion(s), {m.get('total_volume_mm3', 0):.1f} mm3, "
               f"max axial damage ratio {m.get('max_axial_damage_ratio', 0):.3f}")
+    for line in level_lines(m):
+        print(f"   {line}")
     print(f"   as stored in the PACS: {save_dir / 'seg.dcm'}, {save_dir / 'sr.dcm'} (dsrdump shows the SR)\n")

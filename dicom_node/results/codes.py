@@ -46,6 +46,8 @@ DORSAL_BRIDGE_RATIO = private("SPN006", "Dorsal tissue bridge ratio")
 VENTRAL_BRIDGE_RATIO = private("SPN007", "Ventral tissue bridge ratio")
 MIDSAGITTAL_METHOD = private("SPN010", "Interpolated midsagittal slice measurement")
 CSA_METHOD = private("SPN011", "Angle-corrected axial cord cross-sectional area")
+COMPRESSION_RATIO = private("SPN012", "Cord compression ratio")
+NORMALIZED_COMPRESSION_RATIO = private("SPN013", "Cord compression ratio normalized to healthy adults")
 
 # standard concepts
 VOLUME = codes.SCT.Volume  # 118565006
@@ -64,6 +66,32 @@ ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # 49755003
 PRESENT = codes.SCT.Present  # 52101004
 ABSENT = codes.SCT.Absent  # 272519000
 MRI_PROCEDURE = codes.LN.MRIUnspecifiedBodyRegion  # 25056-3
+Z_SCORE = codes.DCM.ZScoreOfMeasurement  # 121416
+PERCENTILE_RANK = codes.DCM.PercentileRankingOfMeasurement  # 121415
+NO_UNITS = ucum("1", "no units")
+
+# Vertebrae by Spinal Cord Toolbox's level number (1 = C1 ... 7 = C7, 8 = T1 ... 19 = T12, 20 = L1 ... 24 = L5):
+# the finding site of a lesion's level span and of per-level cord measurements.
+_VERTEBRA_NAMES = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+VERTEBRA: dict[int, Code] = {n: getattr(codes.SCT, f"{name}Vertebra") for n, name in enumerate(_VERTEBRA_NAMES, 1)}
+VERTEBRA_NUMBER: dict[str, int] = {name: n for n, name in enumerate(_VERTEBRA_NAMES, 1)}
+
+
+def vertebra(level: int) -> Code:
+    """The SNOMED CT concept of a vertebra from its level number (2 -> C2 vertebra, 39976000)."""
+    try:
+        return VERTEBRA[level]
+    except KeyError:
+        raise ValueError(f"no vertebra for level {level} (1 = C1 ... 24 = L5)") from None
+
+
+def span_levels(span: str) -> list[int]:
+    """Level numbers of a span as measurements write it: "C4-C5" -> [4, 5], "T2" -> [9]."""
+    ends = [VERTEBRA_NUMBER.get(part.strip()) for part in span.split("-")]
+    if not 1 <= len(ends) <= 2 or any(e is None for e in ends):
+        raise ValueError(f"level span {span!r} is not 'C4' or 'C4-C5'")
+    lo, hi = int(ends[0]), int(ends[-1])  # type: ignore[arg-type]
+    return list(range(min(lo, hi), max(lo, hi) + 1))
 
 
 @dataclass(frozen=True)

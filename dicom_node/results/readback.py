@@ -17,6 +17,8 @@ import pydicom
 
 from inference.api import FrameRef
 
+FINDING_SITE = "363698007^SCT"
+
 
 class ResultValidationError(RuntimeError):
     """A result failed validation or read-back; it must not be sent."""
@@ -100,6 +102,9 @@ class SRGroup:
     numbers: dict[tuple[str, str, str], float] = field(default_factory=dict)  # codes.metric_key
     units: dict[tuple[str, str, str], str] = field(default_factory=dict)
     qualitative: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (value, scheme)
+    finding_sites: list[str] = field(default_factory=list)  # the group's sites, 'value^scheme'
+    # NUMs that carry their own Finding Site (per vertebral level): (sites joined by '|', *metric_key)
+    site_numbers: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
 
 
 def _code(item: Any) -> str:
@@ -124,17 +129,28 @@ def _walk_group(group: pydicom.Dataset) -> SRGroup:
                                          if isinstance(ref.ReferencedSegmentNumber, list)
                                          else ref.ReferencedSegmentNumber)
             out.referenced_seg_uid = str(ref.ReferencedSOPInstanceUID)
+        elif name == FINDING_SITE and vtype == "CODE":
+            out.finding_sites.append(_code(item.ConceptCodeSequence[0]))
         elif vtype == "NUM":
             method = derivation = ""
+            sites: list[str] = []
             for mod in getattr(item, "ContentSequence", []):
                 mod_name = _code(mod.ConceptNameCodeSequence[0])
                 if mod_name == "370129005^SCT":
                     method = _code(mod.ConceptCodeSequence[0])
                 elif mod_name == "121401^DCM":
                     derivation = _code(mod.ConceptCodeSequence[0])
+                elif mod_name == FINDING_SITE:
+                    sites.append(_code(mod.ConceptCodeSequence[0]))
             mv = item.MeasuredValueSequence[0]
             value = float(mv.FloatingPointValue) if "FloatingPointValue" in mv else float(mv.NumericValue)
             key = (name, method, derivation)
+            if sites:
+                site_key = ("|".join(sites), *key)
+                if site_key in out.site_numbers:
+                    raise ResultValidationError(f"group {out.tracking_id!r}: measurement {site_key} given twice")
+                out.site_numbers[site_key] = value
+                continue
             if key in out.numbers:
                 raise ResultValidationError(f"group {out.tracking_id!r}: measurement {key} given twice")
             out.numbers[key] = value
@@ -174,11 +190,60 @@ def measurements_from_sr(sr: pydicom.Dataset | str | Path) -> dict[str, Any]:
     for group in sr_measurements(sr):
         if group.referenced_segment == 1:
             out.update(by_key(group, C.CORD_METRICS))
+            out.update(_levels_from_sr(group))
         elif group.referenced_segment is not None:
-            out["lesions"].append({"label": group.referenced_segment - 1, **by_key(group, C.LESION_METRICS)})
+            out["lesions"].append({"label": group.referenced_segment - 1, **by_key(group, C.LESION_METRICS),
+                                   "level_span": _span_from_sites(group.finding_sites)})
         else:
             out.update(by_key(group, C.TOTAL_METRICS))
             found = group.qualitative.get(C.metric_key(C.LESION)[0])
             if found is not None:
                 out["lesion_found"] = found != (C.ABSENT.value, C.ABSENT.scheme_designator)
+    return out
+
+
+def _vertebra_numbers(sites: str) -> list[int]:
+    """Level numbers of the vertebra codes in a '|'-joined site list (spinal cord and others ignored)."""
+    from dicom_node.results import codes as C
+
+    by_code = {f"{code.value}^{code.scheme_designator}": n for n, code in C.VERTEBRA.items()}
+    return sorted(by_code[s] for s in sites.split("|") if s in by_code)
+
+
+def _span_from_sites(sites: list[str]) -> str | None:
+    """"C4-C5" from a lesion group's finding sites; None when it names no vertebra (levels unknown)."""
+    from dicom_node.results import codes as C
+
+    levels = _vertebra_numbers("|".join(sites))
+    if not levels:
+        return None
+    names = {n: name for name, n in C.VERTEBRA_NUMBER.items()}
+    lo, hi = names[levels[0]], names[levels[-1]]
+    return lo if lo == hi else f"{lo}-{hi}"
+
+
+def _levels_from_sr(group: SRGroup) -> dict[str, Any]:
+    """The cord group's per-level numbers back as measurements.json keys (empty when levels were unknown)."""
+    from dicom_node.results import codes as C
+
+    area = C.metric_key(C.AREA, C.CSA_METHOD, C.MEAN)
+    z_key, pct_key = C.metric_key(C.Z_SCORE, C.CSA_METHOD), C.metric_key(C.PERCENTILE_RANK, C.CSA_METHOD)
+    names = {n: name for name, n in C.VERTEBRA_NUMBER.items()}
+    rows: dict[int, dict[str, Any]] = {}
+    out: dict[str, Any] = {}
+    for (sites, *key), value in group.site_numbers.items():
+        levels = _vertebra_numbers(sites)
+        field_name = {area: "csa_mm2", z_key: "z_score", pct_key: "percentile"}.get(tuple(key))  # type: ignore[arg-type]
+        if levels == [2, 3] and field_name:
+            out[{"csa_mm2": "cord_csa_c2c3_mm2", "z_score": "cord_csa_c2c3_z_score",
+                 "percentile": "cord_csa_c2c3_percentile"}[field_name]] = value
+        elif len(levels) == 1 and field_name:
+            rows.setdefault(levels[0], {"level": levels[0], "name": names[levels[0]]})[field_name] = value
+        elif len(levels) == 1 and tuple(key) in (C.metric_key(C.COMPRESSION_RATIO),
+                                                  C.metric_key(C.NORMALIZED_COMPRESSION_RATIO)):
+            out["compression_level"] = levels[0]
+            normalised = tuple(key) == C.metric_key(C.NORMALIZED_COMPRESSION_RATIO)
+            out["compression_ratio_normalized_pct" if normalised else "compression_ratio_pct"] = value
+    if rows:
+        out["cord_csa_mm2_per_level"] = [rows[n] for n in sorted(rows)]
     return out

@@ -6,7 +6,11 @@ Content tree (the shape of the dcmqi and highdicom examples):
   - one TID 1411 volumetric group per lesion: tracking id "Lesion n" + the SEG segment's
     tracking UID, finding category/type Lesion, finding site Spinal cord, ReferencedSegment
     n + 1, and its NUM measurements (CODES.md says which code is which);
-  - one TID 1411 group for the cord (segment 1): mean CSA and cord volume;
+  - one TID 1411 group for the cord (segment 1): mean CSA and cord volume; when the vertebral
+    levels are known, the CSA of each level, then the C2-C3 CSA, each with its z-score and
+    percentile among healthy adults (Finding Site = the vertebra(e), which tells them apart), and
+    the compression ratio (raw and normalised) at the narrowest level; lesion groups add the
+    vertebrae of their level span to their finding sites;
   - one TID 1501 group "All intramedullary lesions": totals, lesion count, and the explicit
     qualitative evaluation Lesion = Present / Absent (so "no lesion found" is stated, not implied).
 A value that is undefined (None/NaN in measurements) is left out rather than written as 0.
@@ -38,7 +42,7 @@ from dicom_node.results.seg import (
     tracking_uid,
     unique_source,
 )
-from inference.api import Analysis
+from inference.api import Analysis, LesionMetrics, LevelMeasurements
 
 SR_SERIES_NUMBER = 9902
 TOTALS_TRACKING_ID = "All intramedullary lesions"
@@ -113,6 +117,51 @@ def _measurements(source: object | None, specs: Sequence[C.MetricCode],
     return out
 
 
+def _site(level: int) -> hd.sr.FindingSite:
+    return hd.sr.FindingSite(anatomic_location=C.vertebra(level))
+
+
+def _lesion_sites(lesion: LesionMetrics | None) -> list[hd.sr.FindingSite]:
+    """Spinal cord, then each vertebra the lesion spans (nothing more when its levels are unknown)."""
+    sites = [hd.sr.FindingSite(anatomic_location=C.SPINAL_CORD)]
+    if lesion is not None and lesion.level_span:
+        sites += [_site(level) for level in C.span_levels(lesion.level_span)]
+    return sites
+
+
+def _area_with_norms(value: float | None, z: float | None, pct: float | None,
+                     sites: list[hd.sr.FindingSite]) -> list[hd.sr.Measurement]:
+    """Mean CSA at the given vertebrae, then its z-score and percentile among healthy adults."""
+    out: list[hd.sr.Measurement] = []
+    for name, number, unit, method, derivation in (
+        (C.AREA, value, C.MM2, C.CSA_METHOD, C.MEAN),
+        (C.Z_SCORE, z, C.NO_UNITS, C.CSA_METHOD, None),
+        (C.PERCENTILE_RANK, pct, C.PERCENT, C.CSA_METHOD, None),
+    ):
+        if number is not None and math.isfinite(number):
+            out.append(hd.sr.Measurement(name=name, value=float(number), unit=unit, method=method,
+                                         derivation=derivation, finding_sites=sites))
+    return out
+
+
+def _level_measurements(levels: LevelMeasurements | None) -> list[hd.sr.Measurement]:
+    """Per-level CSA, C2-C3 CSA and the compression ratios; none when the levels are unknown."""
+    if levels is None or not levels.known:
+        return []
+    out: list[hd.sr.Measurement] = []
+    for row in levels.cord_csa_mm2_per_level:
+        out += _area_with_norms(row.csa_mm2, row.z_score, row.percentile, [_site(row.level)])
+    out += _area_with_norms(levels.cord_csa_c2c3_mm2, levels.cord_csa_c2c3_z_score,
+                            levels.cord_csa_c2c3_percentile, [_site(2), _site(3)])
+    if levels.compression_level is not None:
+        for name, number in ((C.COMPRESSION_RATIO, levels.compression_ratio_pct),
+                             (C.NORMALIZED_COMPRESSION_RATIO, levels.compression_ratio_normalized_pct)):
+            if number is not None and math.isfinite(number):
+                out.append(hd.sr.Measurement(name=name, value=float(number), unit=C.PERCENT,
+                                             finding_sites=[_site(levels.compression_level)]))
+    return out
+
+
 def _segment_tracking_uid(seg: pydicom.Dataset, number: int, fallback: str) -> str:
     """The tracking UID the SEG gave this segment (so SR and SEG agree), else ``fallback``."""
     for item in seg.SegmentSequence:
@@ -157,19 +206,25 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
             referenced_segment=segment_ref(number),
             finding_category=C.ABNORMAL_STRUCTURE,
             finding_type=C.LESION,
-            finding_sites=site,
+            finding_sites=_lesion_sites(by_label.get(label)),
             algorithm_id=algo,
             measurements=_measurements(by_label.get(label), C.LESION_METRICS),
         ))
 
     cord_uid = _segment_tracking_uid(seg, CORD_SEGMENT, tracking_uid(study_uid, source_series, "cord"))
+    cord_algo = algo
+    if meas.levels is not None and meas.levels.known and meas.levels.csa_reference_group:
+        # which healthy adults the z-scores and percentiles compare with (TID 4019 Algorithm Parameters)
+        reference = f"csa_reference=PAM50-normalized-metrics {meas.levels.csa_reference_group}"
+        cord_algo = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
+                                                  parameters=[*params, reference])
     groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=cord_uid, identifier=cord_tracking_id()),
         referenced_segment=segment_ref(CORD_SEGMENT),
         finding_category=C.ANATOMICAL_STRUCTURE,
         finding_type=C.SPINAL_CORD,
-        algorithm_id=algo,
-        measurements=_measurements(meas.cord, C.CORD_METRICS),
+        algorithm_id=cord_algo,
+        measurements=_measurements(meas.cord, C.CORD_METRICS) + _level_measurements(meas.levels),
     ))
 
     groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(

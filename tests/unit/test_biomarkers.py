@@ -29,7 +29,7 @@ REFERENCE_X_STAR = 13.120445250646725
 LESION_KEYS = {"label", "volume_mm3", "length_mm", "width_mm", "max_equivalent_diameter_mm",
                "max_axial_damage_ratio", "midsagittal_length_mm", "midsagittal_width_mm",
                "dorsal_bridge_mm", "ventral_bridge_mm", "total_bridge_mm", "dorsal_bridge_ratio_pct",
-               "ventral_bridge_ratio_pct", "centroid_ras_mm"}
+               "ventral_bridge_ratio_pct", "centroid_ras_mm", "level_span"}  # level_span: null until levels run
 TOP_KEYS = {"lesions", "interpolated_midsagittal_slice", "total_volume_mm3", "total_length_mm",
             "max_axial_damage_ratio"}
 LAS_1MM = np.diag([-1.0, 1.0, 1.0, 1.0])  # already RPI (x right->left), 1 mm

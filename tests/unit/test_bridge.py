@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import re
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def test_every_study_total_has_an_sr_code() -> None:
     # Measurements' own numbers; its parts (lesions, cord, per_slice, lesion_filter) are checked
     # above or are not SR numbers: the per-slice area is a curve, the filter an algorithm parameter
     # (SEG and SR name it), x* a slice index.
-    not_numbers = {"lesions", "cord", "per_slice", "lesion_filter", "interpolated_midsagittal_slice"}
+    not_numbers = {"lesions", "cord", "per_slice", "lesion_filter", "levels", "interpolated_midsagittal_slice"}
     measured = (_fields(M.Measurements) - not_numbers) | {"lesion_count"}
     coded = {m.key for m in codes.TOTAL_METRICS}
     assert measured == coded, f"totals without SR code: {measured - coded}; codes for nothing: {coded - measured}"
@@ -84,13 +85,23 @@ def test_every_study_total_has_an_sr_code() -> None:
 
 
 def test_measurements_json_round_trip() -> None:
-    lesion = M.LesionMetrics(1, 10.0, 4.0, 2.0, 3.0, 0.4, None, 2.0, 1.0, 0.5, 1.5, 20.0, 10.0, (1.0, 2.0, 3.0))
+    lesion = M.LesionMetrics(1, 10.0, 4.0, 2.0, 3.0, 0.4, None, 2.0, 1.0, 0.5, 1.5, 20.0, 10.0, (1.0, 2.0, 3.0),
+                             level_span="C4-C5")
+    levels = M.LevelMeasurements("labelled", "C2-C3 found automatically", (
+        M.LevelCsa(4, "C4", 75.5, 15, -0.25, 40.1), M.LevelCsa(5, "C5", 74.0, 14, None, None)),
+        cord_csa_c2c3_mm2=75.0, cord_csa_c2c3_z_score=0.4, cord_csa_c2c3_percentile=65.5,
+        csa_reference_group="all (n=203)", compression_level=5, compression_ratio_pct=2.0,
+        compression_ratio_normalized_pct=5.0)
     m = M.Measurements(lesions=(lesion,), total_volume_mm3=10.0, total_length_mm=4.0, max_axial_damage_ratio=0.4,
                        interpolated_midsagittal_slice=12.5, cord=M.CordMeasurements(70.0, 5000.0),
-                       per_slice=M.CsaPerSlice((None, 69.0, 71.0)), lesion_filter=M.LesionFilter(5.0, 2))
+                       per_slice=M.CsaPerSlice((None, 69.0, 71.0)), lesion_filter=M.LesionFilter(5.0, 2),
+                       levels=levels)
     data = m.to_json()
-    assert M.Measurements.from_json(data) == m
+    assert M.Measurements.from_json(json.loads(json.dumps(data, allow_nan=False))) == m
     assert set(data) == set(M.json_keys())
+    unknown = dataclasses.replace(m, levels=M.LevelMeasurements("unknown", "axial slices"))
+    assert M.Measurements.from_json(unknown.to_json()) == unknown
+    assert M.Measurements.from_json(dataclasses.replace(m, levels=None).to_json()).levels is None
 
 
 def test_cohort_columns_are_measurement_keys() -> None:

@@ -48,8 +48,11 @@ def test_analyze_measures_the_segmented_cord_and_lesion(tmp_path) -> None:
     assert m["cord_csa_mm2_mean"] > 0
     assert any(v is not None for v in m["cord_csa_mm2_per_slice"])
     assert result.model == pipeline.ModelIdentity("tiny-test", "0.0.1", "random weights, tests only")
-    assert set(result.timings) == {"preprocess", "network", "postprocess", "metrics"}
+    assert set(result.timings) == {"preprocess", "network", "postprocess", "metrics", "levels"}
     assert "metrics" in stages
+    # a 14-slice phantom has no spine to count: levels unknown, with the reason
+    assert m["vertebral_levels_status"] == "unknown" and m["vertebral_levels_reason"]
+    assert m["cord_csa_mm2_per_level"] == [] and m["lesions"][0]["level_span"] is None
 
 
 def test_analyze_loads_a_model_folder_by_path(tmp_path) -> None:
