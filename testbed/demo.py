@@ -140,7 +140,9 @@ def level_lines(m: dict[str, Any]) -> list[str]:
                      f"({m.get('cord_csa_c2c3_percentile', float('nan')):.0f}th percentile of healthy adults)")
         out.append(line)
     if m.get("compression_level") is not None:
-        out.append(f"narrowest level {m['compression_level']}: compression ratio "
+        from inference.vertebrae import level_name
+
+        out.append(f"narrowest level {level_name(int(m['compression_level']))}: compression ratio "
                    f"{m.get('compression_ratio_normalized_pct', float('nan')):.1f} % normalised to healthy adults")
     return out
 
