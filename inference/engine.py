@@ -36,8 +36,9 @@ tiles, network 7.3 -> 6.9 s and 8.0 -> 5.3 s wall in two sessions, 14.2 -> 11.3 
 localiser costs ~0.6 of one unmirrored tile forward (~4 % of the sagittal full pass); the
 checks ~0.1-0.3 s. The gain is bounded by the grid: with 50 % overlap a voxel lies in 2-3
 tiles per axis, so the cord of a sagittal volume, ~60 mm wide front to back over its length,
-still needs 3 of its 4 anterior-posterior tile columns; finer grids gain more. On 17 real
-volumes (all of ../shared/data with a cord) the ROI pass gave the full pass's masks exactly.
+still needs 3 of its 4 anterior-posterior tile columns; finer grids gain more. On all 18
+volumes of ../shared/data with a cord (ROI on 11; the full pass on 7: one tile, a region over
+every tile, the T1w above) the masks were the full pass's exactly.
 The ROI pass keeps each run tile's logits until the end (C x patch floats, 10.5 MB here) to
 blend them in the grid's order. On CUDA tiles go 4 to a batch and a batch's composition may
 change the last bits of a tile's logits, so there the equality holds up to rounding (not
