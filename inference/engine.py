@@ -28,21 +28,22 @@ but < 10 % of the tiles. A log line (this module's logger) says why; ``info["roi
 "cord: N of M tiles" or "full: <why>", with tiles_run, tiles_skipped, tiles_air, localiser_s.
 
 What it costs and gains, measured (CPU, 2 torch threads as the node runs, shipped model
-spinecord-t2 1.2.1, patch 64x128x160, median of 3 alternating runs on a shared VM, so the
-process CPU time is the steadier number): sagittal demo sample errsm_21 (384x215x52): 6 of 8
-tiles, network 7.3 -> 6.9 s and 8.0 -> 5.3 s wall in two sessions, 14.2 -> 11.3 s and 15.8 ->
-10.2 s CPU (-20 to -35 %); validation t2s_9584 (axial T2*): 2 of 4 tiles, 3.2 -> 1.9 s wall,
-6.5 -> 3.7 s CPU; lesion demo sample (99x99x29): one tile, the full pass, unchanged. The
-localiser costs ~0.6 of one unmirrored tile forward (~4 % of the sagittal full pass); the
-checks ~0.1-0.3 s. The gain is bounded by the grid: with 50 % overlap a voxel lies in 2-3
-tiles per axis, so the cord of a sagittal volume, ~60 mm wide front to back over its length,
-still needs 3 of its 4 anterior-posterior tile columns; finer grids gain more. On all 18
-volumes of ../shared/data with a cord (ROI on 11; the full pass on 7: one tile, a region over
-every tile, the T1w above) the masks were the full pass's exactly.
-The ROI pass keeps each run tile's logits until the end (C x patch floats, 10.5 MB here) to
-blend them in the grid's order. On CUDA tiles go 4 to a batch and a batch's composition may
-change the last bits of a tile's logits, so there the equality holds up to rounding (not
-measured: no GPU here).
+spinecord-t2 1.2.1, patch 64x128x160, median of 3 alternating runs, bench/analyze_speed.py
+--compare-roi at a quiet moment of the shared 2-core VM): sagittal demo sample errsm_21
+(384x215x52): 6 of 8 tiles, network 7.2 -> 6.0 s wall (-16 %), 14.1 -> 11.2 s CPU (-21 %;
+two sessions under other users' load gave 14.2 -> 11.3 and 15.8 -> 10.2 s CPU); validation
+t2s_9584 (axial T2*): 2 of 4 tiles, 3.2 -> 1.9 s wall, 6.5 -> 3.7 s CPU; lesion demo sample
+(99x99x29): one tile, the full pass, 0.82 vs 0.83 s. The localiser costs ~0.6 of one
+unmirrored tile forward (~4 % of the sagittal full pass), the checks ~0.1-0.3 s. The gain is
+bounded by the grid: with 50 % overlap a voxel lies in 2-3 tiles per axis, so the cord of a
+sagittal volume, ~60 mm wide front to back over its length, still needs 3 of its 4
+anterior-posterior tile columns (2 of 8 tiles, 4 of 16 forwards saved at best, less the
+localiser's ~0.6 forward); finer grids gain more. On all 18 volumes of ../shared/data with a
+cord (ROI on 11; the full pass on 7: one tile, a region over every tile, the T1w above) the
+masks were the full pass's exactly. The ROI pass keeps each run tile's logits until the end
+(C x patch floats, 10.5 MB here) to blend them in the grid's order. On CUDA tiles go 4 to a
+batch and a batch's composition may change the last bits of a tile's logits, so there the
+equality holds up to rounding (not measured: no GPU here).
 """
 from __future__ import annotations
 
