@@ -4,8 +4,10 @@ Prints the split (preprocessing, network, postprocessing, metrics), the tile cou
 RSS, for the shipped model when it is trained, else for random weights of the shipped
 architecture (or, before any model.json exists, a candidate architecture; it says which).
 With --compare-skip it also runs without the body crop / air-tile skipping, to show what
-that saves. Peer: nnU-Net's predictor with a SCIseg-sized network took ~70 s on this volume
-at 1 mm (../shared/NOTES.md); the target here is <= 20 s on 2 CPU cores.
+that saves; with --compare-roi it times the network stage with and without the ROI (tiles
+only around the cord, engine.segment's default) in alternating runs (1 + --repeat of each) and
+prints the medians, the tiles each ran and the ROI's decision. Peer: nnU-Net's predictor with a
+SCIseg-sized network took ~70 s on this volume at 1 mm (../shared/NOTES.md); the target here is <= 20 s on 2 CPU cores.
 
     .venv/bin/python bench/analyze_speed.py [--input NIFTI] [--model builtin:spinecord-t2] [--threads 2]
 """
@@ -65,6 +67,33 @@ def pick_model(spec: str, device: str, tmp: Path):
     return load_model(tmp, device=device), what
 
 
+def compare_roi(engine, volume, model, n: int) -> dict:
+    """Network seconds (wall and process CPU) of n alternating runs with and without the ROI; medians."""
+    import statistics
+
+    rows: dict[str, list[dict]] = {"full": [], "roi": []}
+    for i in range(n):
+        for mode in (("roi", "full") if i % 2 else ("full", "roi")):  # alternate who goes first
+            cpu0 = time.process_time()
+            seg = engine.segment(volume, model, roi=mode == "roi")
+            rows[mode].append({"network_s": seg.timings["network"], "segment_cpu_s": time.process_time() - cpu0,
+                               "tiles": seg.info["tiles"], "tiles_run": seg.info["tiles_run"],
+                               "localiser_s": seg.info.get("localiser_s"), "roi": seg.info["roi"]})
+            print(f"{mode:>4} run {i}: network {seg.timings['network']:.2f} s, "
+                  f"segment CPU {rows[mode][-1]['segment_cpu_s']:.1f} s, "
+                  f"tiles {seg.info['tiles_run']}/{seg.info['tiles']} run, roi {seg.info['roi']}")
+    out = {}
+    for mode, rs in rows.items():
+        out[mode] = {"network_s_median": round(statistics.median(r["network_s"] for r in rs), 3),
+                     "segment_cpu_s_median": round(statistics.median(r["segment_cpu_s"] for r in rs), 3),
+                     "tiles_run": rs[-1]["tiles_run"], "tiles": rs[-1]["tiles"], "roi": rs[-1]["roi"],
+                     "runs": rs}
+        print(f"{mode:>4}: median network {out[mode]['network_s_median']:.2f} s, median segment CPU "
+              f"{out[mode]['segment_cpu_s_median']:.1f} s over {len(rs)} runs; tiles {out[mode]['tiles_run']}"
+              f"/{out[mode]['tiles']} run ({out[mode]['roi']})")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     heap.configure()  # as `dicom-node` does at start
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument("--repeat", type=int, default=1, help="runs after the first (warm timings)")
     ap.add_argument("--compare-skip", action="store_true", help="also run without body crop / tile skipping")
+    ap.add_argument("--compare-roi", action="store_true",
+                    help="time the network stage with and without the ROI (alternating, medians)")
     ap.add_argument("--json", help="also write the numbers here")
     args = ap.parse_args(argv)
 
@@ -122,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run {i} ({'cold' if i == 0 else 'warm'}): "
                   + ", ".join(f"{k} {v:.2f} s" for k, v in timing.items())
                   + f" | total {total:.2f} s | tiles {seg.info['tiles'] - seg.info['tiles_skipped']}"
-                  f"/{seg.info['tiles']} run (crop {seg.info['crop_shape']} of {seg.info['model_shape']})"
+                  f"/{seg.info['tiles']} run (crop {seg.info['crop_shape']} of {seg.info['model_shape']};"
+                  f" roi {seg.info.get('roi')})"
                   f" | segment CPU time {cpu_seg:.1f} s | metrics on {source}")
         result = {"input": args.input, "model": what, "params_m": round(n_params / 1e6, 3),
                   "device": str(model.device), "threads": torch.get_num_threads(), "runs": runs}
@@ -135,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                                  "segment_cpu_s": round(cpu_seg, 3)}
             print(f"without crop/skip: network {seg.timings['network']:.2f} s, {seg.info['tiles']} tiles, "
                   f"total (no metrics) {total:.2f} s, segment CPU time {cpu_seg:.1f} s")
+        if args.compare_roi:
+            result["roi"] = compare_roi(engine, volume, model, 1 + max(0, args.repeat))
         best = min(r["total"] for r in runs)
         result["peak_rss_mb"] = round(peak_rss_mb(), 1)
         result["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]

@@ -25,7 +25,8 @@ class Segmentation:
     cord_mask: np.ndarray  # uint8 {0, 1}: largest connected component, includes lesion
     lesion_mask: np.ndarray  # uint8 {0, 1}: inside cord_mask
     timings: dict[str, float] = field(default_factory=dict)  # preprocess, network, postprocess [s]
-    info: dict[str, object] = field(default_factory=dict)  # tiles, tiles_skipped, device, model grid
+    # tiles, tiles_run, tiles_skipped (air or outside the ROI), roi (the decision), device, model grid
+    info: dict[str, object] = field(default_factory=dict)
 
 
 def mirror_combos(axes: Sequence[int]) -> list[tuple[int, ...]]:
