@@ -8,8 +8,8 @@ One lane per destination: the node runs `run_due(name)` in its own thread for ea
 destination (and `run_unconfigured()` in one more, for rows whose destination has no lane:
 removed from the config, or added after start). A send to a destination that is down blocks for
 up to `dispatch.timeout_s`; with one thread for all destinations every other destination waited
-for that timeout, round after round. Lanes share nothing but the catalog (short transactions) and the TLS-context cache
-(locked), so an outage of one destination never delays the others.
+for that timeout, round after round. Lanes share nothing but the catalog (short transactions)
+and the TLS-context cache (locked), so an outage of one destination never delays the others.
 
 A destination that cannot be associated with is down: the result that found it down (the
 oldest pending one: it probes) backs off, and every other result pending for that destination

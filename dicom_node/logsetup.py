@@ -114,5 +114,8 @@ def setup_logging(level: str, fmt: str = "text", allow_phi: bool = False, stream
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # libraries' step-by-step INFO (pynetdicom per PDU, highdicom per copied module: 14 lines per
+    # SEG+SR) would drown the node's own lines in a log kept for months
+    for library in ("pynetdicom", "highdicom"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     return handler

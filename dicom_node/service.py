@@ -101,8 +101,9 @@ class Node:
         log.info("node %s listening on %s:%d", self.config.node.ae_title, self.config.node.host, self.port)
 
     def _dispatch_lanes(self) -> list[tuple[str, Callable[[], object], float]]:
-        """One loop per destination, `dispatch-NAME`, plus one for rows whose destination is no
-        longer configured: a destination that is down holds up only its own lane."""
+        """One loop per destination, `dispatch-NAME`, plus one for rows whose destination has no
+        lane (removed from the config, or added after start): a destination that is down holds
+        up only its own lane."""
         self.dispatcher.laned = frozenset(self.config.destinations)
         lanes: list[tuple[str, Callable[[], object], float]] = [
             (f"dispatch-{name}", functools.partial(self.dispatcher.run_due, name), 0.5)

@@ -111,7 +111,7 @@ class NodeProcess:
         self.proc = None
 
     def log(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in sorted(self.log_dir.glob("node-*.log")))
+        return "\n".join(p.read_text(errors="replace")[-200_000:] for p in sorted(self.log_dir.glob("node-*.log")))
 
     def __enter__(self) -> "NodeProcess":
         self.start()
