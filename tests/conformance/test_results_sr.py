@@ -18,7 +18,7 @@ from dicom_node.results.sr import PreviousSR, build_sr
 from dicom_node.results.validate import check_result, validate_dicom, write_result
 from inference.measurements import Measurements
 from tests.helpers.env import require_shared, require_tool
-from tests.helpers.results_cases import Case, make_case
+from tests.helpers.results_cases import Case, make_case, private_codes
 
 CODES_MD = Path(__file__).resolve().parents[2] / "dicom_node" / "results" / "CODES.md"
 
@@ -181,17 +181,7 @@ def test_structure_matches_real_tid1500_examples(written):
 
 def test_every_private_code_is_documented(written):
     _, _, sr, _ = written
-    used: set[str] = set()
-
-    def walk(node):
-        for elem in node:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    if getattr(item, "CodingSchemeDesignator", None) == "99SPINE" and "CodeValue" in item:
-                        used.add(str(item.CodeValue))
-                    walk(item)
-
-    walk(sr)
+    used = private_codes(sr)
     assert used, "expected private codes in a report with lesions"
     documented = set(re.findall(r"^\| (SPN\d{3}) \|", CODES_MD.read_text(), flags=re.M))
     assert used <= documented, used - documented

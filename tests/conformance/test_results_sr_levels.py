@@ -20,7 +20,7 @@ from inference.demographics import Demographics
 from inference.levels_csa import reference
 from inference.measurements import LevelCsa, LevelMeasurements
 from tests.helpers.env import require_shared, require_tool
-from tests.helpers.results_cases import Case, make_case
+from tests.helpers.results_cases import Case, make_case, private_codes
 
 
 def _levels() -> LevelMeasurements:
@@ -128,17 +128,7 @@ def test_private_codes_of_levels_are_documented(written):
     import re
 
     _, sr, _ = written
-    used: set[str] = set()
-
-    def walk(node):  # type: ignore[no-untyped-def]
-        for elem in node:
-            if elem.VR == "SQ":
-                for item in elem.value:
-                    if getattr(item, "CodingSchemeDesignator", None) == "99SPINE" and "CodeValue" in item:
-                        used.add(str(item.CodeValue))
-                    walk(item)
-
-    walk(sr)
+    used = private_codes(sr)
     assert {"SPN012", "SPN013"} <= used
     codes_md = Path(C.__file__).with_name("CODES.md").read_text()
     assert used <= set(re.findall(r"^\| (SPN\d{3}) \|", codes_md, flags=re.M))

@@ -124,3 +124,19 @@ def frame_pixels(case: Case, k: int) -> np.ndarray:
     ref = case.frames[k]
     ds = next(d for d in case.source if str(d.SOPInstanceUID) == ref.sop_instance_uid)
     return ds.pixel_array if int(getattr(ds, "NumberOfFrames", 1)) == 1 else ds.pixel_array[ref.frame_number - 1]
+
+
+def private_codes(ds: pydicom.Dataset, scheme: str = "99SPINE") -> set[str]:
+    """Every code value of our private coding scheme anywhere in ``ds`` (SR content, nested)."""
+    used: set[str] = set()
+
+    def walk(node: pydicom.Dataset) -> None:
+        for elem in node:
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    if getattr(item, "CodingSchemeDesignator", None) == scheme and "CodeValue" in item:
+                        used.add(str(item.CodeValue))
+                    walk(item)
+
+    walk(ds)
+    return used

@@ -1,7 +1,9 @@
 """Dispatch against a real Orthanc: delivery, retries with backoff, give-up, and `retry`."""
 from __future__ import annotations
 
+import json
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 
@@ -32,13 +34,18 @@ def queue_one(cfg: Config, cat: Catalog, src: Path) -> int:
     shutil.copy(src, cfg.data_dir / rel)
     t = now()
     with cat.transaction() as con:
-        series = add_series(con, "1.2.3")
-        con.execute("INSERT INTO jobs (id, series_id, generation, pipeline, rule, destinations, state, created_at, "
-                    "updated_at) VALUES (1, ?, 1, 'spinal_cord', 'r', '[\"pacs\"]', 'dispatching', ?, ?)",
-                    (series, t, t))
+        add_job(con, 1, "dispatching", ["pacs"])
         con.execute("INSERT INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
                     "next_attempt_at) VALUES (1, 'pacs', 'sr', '1.2.3.4', ?, 'pending', ?)", (str(rel), t))
     return 1
+
+
+def add_job(con: sqlite3.Connection, job_id: int, state: str, destinations: list[str]) -> None:
+    """A job row in `state` (its series made for it), as the worker leaves one."""
+    t = now()
+    con.execute("INSERT INTO jobs (id, series_id, generation, pipeline, rule, destinations, state, created_at, "
+                "updated_at) VALUES (?, ?, 1, 'spinal_cord', 'spine-t2', ?, ?, ?, ?)",
+                (job_id, add_series(con, f"1.2.{job_id}"), json.dumps(destinations), state, t, t))
 
 
 def job_state(cat: Catalog) -> tuple[str, str | None]:
@@ -97,11 +104,8 @@ def test_outage_retries_then_fails_then_retry_delivers(tmp_path: Path) -> None:
 
 def test_retry_refuses_running_job(tmp_path: Path) -> None:
     cat = Catalog(tmp_path / "c.sqlite")
-    t = now()
     with cat.transaction() as con:
-        series = add_series(con, "1.2")
-        con.execute("INSERT INTO jobs (id, series_id, generation, pipeline, rule, destinations, state, created_at, "
-                    "updated_at) VALUES (7, ?, 1, 'p', 'r', '[]', 'running', ?, ?)", (series, t, t))
+        add_job(con, 7, "running", [])
     with pytest.raises(ValueError, match="job 7 is running"):
         retry_job(cat, 7)
     with pytest.raises(ValueError, match="no job 8"):
@@ -128,10 +132,7 @@ def test_a_jobs_seg_and_sr_go_in_one_association(tmp_path: Path) -> None:
         cat = Catalog(cfg.catalog_path)
         t = now()
         with cat.transaction() as con:
-            series = add_series(con, "1.2.3")
-            con.execute("INSERT INTO jobs (id, series_id, generation, pipeline, rule, destinations, state, "
-                        "created_at, updated_at) VALUES (1, ?, 1, 'p', 'r', '[\"pacs\"]', 'dispatching', ?, ?)",
-                        (series, t, t))
+            add_job(con, 1, "dispatching", ["pacs"])
             for kind, src in files.items():
                 rel = Path(f"results/job-1/{kind}.dcm")
                 (cfg.data_dir / rel).parent.mkdir(parents=True, exist_ok=True)

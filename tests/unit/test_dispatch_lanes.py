@@ -22,10 +22,10 @@ from dicom_node.config import (
     StorageSettings,
 )
 from dicom_node.dispatch import Dispatcher, SendOutcome
-from dicom_node.jobs import Jobs, JobState
+from dicom_node.jobs import JobState
 from dicom_node.metrics import render_metrics
 from dicom_node.status_page import render_status_page
-from tests.helpers.catalog import add_series
+from tests.helpers.catalog import dispatching_jobs
 
 BLOCK_S = 2.0  # how long "down" holds an attempt before it fails
 PORTS = {1: "down", 2: "up"}
@@ -38,19 +38,7 @@ def make_node(tmp_path: Path, configured: dict[str, DestinationSettings], rows_f
     cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "node"), fsync=False), destinations=configured,
                  dispatch=dispatch_settings or DispatchSettings())
     cat = Catalog(cfg.catalog_path)
-    t = time.time() - 1
-    for n in range(jobs):
-        with cat.transaction() as con:
-            series = add_series(con, f"1.{n}", at=t)
-            job_id, _ = Jobs.create(con, series, 1, "spine", "spinal_cord", list(rows_for))
-            con.execute("UPDATE jobs SET state=? WHERE id=?", (JobState.DISPATCHING.value, job_id))
-            for dest in rows_for:
-                path = cfg.data_dir / f"job-{job_id}-{dest}.dcm"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(b"x")
-                con.execute("INSERT INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
-                            "attempts, next_attempt_at) VALUES (?, ?, 'seg', ?, ?, 'pending', 0, ?)",
-                            (job_id, dest, f"2.{job_id}.{dest}", path.name, t - n))  # later jobs look due earlier
+    dispatching_jobs(cat, cfg.data_dir, rows_for, jobs)
     return cfg, cat
 
 

@@ -15,10 +15,10 @@ from dicom_node import dispatch
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config, DestinationSettings, DispatchSettings, StorageSettings
 from dicom_node.dispatch import Dispatcher, SendOutcome, backoff_seconds
-from dicom_node.jobs import Jobs, JobState
+from dicom_node.jobs import JobState
 from dicom_node.metrics import render_metrics
 from dicom_node.status_page import render_status_page
-from tests.helpers.catalog import add_series
+from tests.helpers.catalog import dispatching_jobs
 
 
 def test_the_default_retries_outlive_a_night_of_pacs_maintenance() -> None:
@@ -33,19 +33,7 @@ def node(tmp_path: Path) -> tuple[Config, Catalog]:
     cfg = Config(storage=StorageSettings(data_dir=str(tmp_path / "node"), fsync=False),
                  destinations={"down": DestinationSettings(port=1), "up": DestinationSettings(port=2)})
     cat = Catalog(cfg.catalog_path)
-    t = time.time() - 1
-    for n in range(3):  # three jobs, oldest first, each with a SEG for both destinations
-        with cat.transaction() as con:
-            series = add_series(con, f"1.{n}", at=t)
-            job_id, _ = Jobs.create(con, series, 1, "spine", "spinal_cord", ["down", "up"])
-            con.execute("UPDATE jobs SET state=? WHERE id=?", (JobState.DISPATCHING.value, job_id))
-            for dest in ("up", "down"):
-                path = cfg.data_dir / f"job-{job_id}-{dest}.dcm"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(b"x")
-                con.execute("INSERT INTO dispatches (job_id, destination, kind, sop_instance_uid, path, state, "
-                            "attempts, next_attempt_at) VALUES (?, ?, 'seg', ?, ?, 'pending', 0, ?)",
-                            (job_id, dest, f"2.{job_id}", path.name, t - n))  # later jobs look due earlier
+    dispatching_jobs(cat, cfg.data_dir, ("up", "down"))  # three jobs, each with a SEG for both
     return cfg, cat
 
 
