@@ -40,7 +40,19 @@ STAGES = (  # key, label
     ("encode", "encoding + validation (SEG, SR, dciodvfy)"),
     ("dispatch", "dispatch (results ready -> last sent)"),
     ("total", "TOTAL last C-STORE -> both in Orthanc (polled)"),
+    ("peak_rss_gb", "node peak resident memory (VmHWM, GB)"),
 )
+
+
+def peak_rss_gb(pid: int) -> float:
+    """The process's peak resident set (Linux VmHWM), in GB; NaN where /proc does not say."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9
+    except OSError:
+        pass
+    return float("nan")
 
 
 def run_once(sample: str, device: str, run: int) -> dict[str, float]:
@@ -64,6 +76,7 @@ def run_once(sample: str, device: str, run: int) -> dict[str, float]:
                                check=True, capture_output=True, timeout=600)
                 wait_for_results(pacs, {study}, timeout=1800)
                 t_arrived = time.time()
+                peak = peak_rss_gb(node.pid)  # the node's whole life: start, model, this one case
             finally:
                 node.terminate()
                 node.wait(timeout=60)
@@ -77,7 +90,7 @@ def run_once(sample: str, device: str, run: int) -> dict[str, float]:
         print(f"run {run}: series {sample} ({len(files)} instances), send took {last - t0:.1f} s")
         return {"completion": completed - last, "queue": started - completed, "load": t["load_s"],
                 "inference": t["inference_s"], "encode": t["encode_s"], "dispatch": sent - ready,
-                "total": t_arrived - last}
+                "total": t_arrived - last, "peak_rss_gb": peak}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -85,7 +98,7 @@ def run_once(sample: str, device: str, run: int) -> dict[str, float]:
 def print_stages(stages: dict[str, float], heading: str) -> None:
     print(heading)
     for key, label in STAGES:
-        print(f"{label:<47}{stages[key]:7.2f} s")
+        print(f"{label:<47}{stages[key]:7.2f}" + ("" if key == "peak_rss_gb" else " s"))
 
 
 def node_threads() -> int:
