@@ -244,20 +244,18 @@ class Catalog:
         )
         reopen = changed and state != "receiving"
         generation = generation + 1 if reopen else generation
-        con.execute(
+        reached = con.execute(
             "UPDATE series SET received_count=received_count+?, last_received=MAX(last_received, ?),"
             " expected_count=CASE WHEN ? IS NULL THEN expected_count"
             "   ELSE MAX(COALESCE(expected_count, 0), ?) END,"
             " state=CASE WHEN ? THEN 'receiving' ELSE state END, generation=?,"
             " completed_at=CASE WHEN ? THEN NULL ELSE completed_at END,"
             " completion_reason=CASE WHEN ? THEN NULL ELSE completion_reason END"
-            " WHERE id=?",
+            " WHERE id=? RETURNING state = 'receiving' AND received_count >= expected_count",
             (int(new), at, series["expected_count"], series["expected_count"], reopen, generation,
              reopen, reopen, series_id),
-        )
-        counts = con.execute("SELECT received_count >= expected_count FROM series WHERE id=? AND state='receiving'",
-                             (series_id,)).fetchone()
-        return Recorded(int(series_id), new, reopen, generation, bool(counts and counts[0]))
+        ).fetchone()
+        return Recorded(int(series_id), new, reopen, generation, bool(reached and reached[0]))
 
     def series_row(self, series_id: int) -> sqlite3.Row | None:
         """The catalog row of one series, or None."""

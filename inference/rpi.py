@@ -94,6 +94,17 @@ def round_spacing(value: float) -> float:
     return round(float(np.float32(value)), decimals)
 
 
+def slice_centres(mask_rpi: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z, x mean, y mean) of each axial slice holding mask voxels: the unweighted mean of their
+    indices. Sums of indices are exact in float64, so these equal each slice's own .mean()."""
+    present = np.nonzero(mask_rpi)
+    zs = np.unique(present[2])
+    count = np.bincount(present[2])[zs]
+    x_mean = np.bincount(present[2], weights=present[0])[zs] / count
+    y_mean = np.bincount(present[2], weights=present[1])[zs] / count
+    return zs, x_mean, y_mean
+
+
 def centerline_derivatives(
     cord_rpi: np.ndarray, smooth: float, pz: float, z_eval: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -104,15 +115,10 @@ def centerline_derivatives(
     (N_slices / N_eval)^2 * smooth * pz / 3 is SCT's empirical rule. Fewer than two cord
     slices give no slope: derivatives are 0 (the cord is taken as straight).
     """
-    present = np.nonzero(cord_rpi)
-    zs = np.unique(present[2])
+    zs, x_mean, y_mean = slice_centres(cord_rpi)
     z_eval = np.asarray(z_eval, dtype=np.float64)
     if zs.size < 2:
         return np.zeros_like(z_eval), np.zeros_like(z_eval)
-    # sums of indices are exact in float64, so these equal each slice's own .mean(), in one pass
-    count = np.bincount(present[2])[zs]
-    x_mean = np.bincount(present[2], weights=present[0])[zs] / count
-    y_mean = np.bincount(present[2], weights=present[1])[zs] / count
     degree = 3 if zs.size > 3 else 1
     s = (zs.size / z_eval.size) ** 2 * smooth * pz / 3.0
     zf = zs.astype(np.float64)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import interpolate, ndimage, spatial
 
-from inference.rpi import RpiFrame
+from inference.rpi import RpiFrame, slice_centres
 
 ROW_STEP_MM = 1.0  # arc-length spacing of the straightened rows
 DEPTH_MM = (-25.0, 45.0)  # columns: posterior (negative) to anterior of the centreline
@@ -65,14 +65,10 @@ def straighten(image: np.ndarray, cord: np.ndarray, affine: np.ndarray) -> Strai
     img = np.ascontiguousarray(frame.to_rpi(image), dtype=np.float32)
     mask = frame.to_rpi(np.asarray(cord)) > 0.5
     px, py, pz = frame.spacing
-    idx = np.nonzero(mask)
-    zs = np.unique(idx[2])
+    zs, x_mean, y_mean = slice_centres(mask)
     if zs.size < 4:
         raise StraightenError(f"the cord mask covers {zs.size} axial slices; a centreline needs at least 4")
-    count = np.bincount(idx[2])[zs]
-    x_mm = np.bincount(idx[2], weights=idx[0])[zs] / count * px
-    y_mm = np.bincount(idx[2], weights=idx[1])[zs] / count * py
-    z_mm = zs * pz
+    x_mm, y_mm, z_mm = x_mean * px, y_mean * py, zs * pz
     spline_x = interpolate.UnivariateSpline(z_mm, x_mm, s=zs.size * CENTRELINE_SMOOTHING_MM2)
     spline_y = interpolate.UnivariateSpline(z_mm, y_mm, s=zs.size * CENTRELINE_SMOOTHING_MM2)
 
