@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 # CPU build by default (an unpinned torch pulls several GB of CUDA packages); override for GPU hosts.
 TORCH_SPEC ?= torch==2.13.0
-PEERS := dcmtk orthanc dicom3tools chromium chromium-driver systemd
+PEERS := dcmtk orthanc orthanc-dicomweb dicom3tools chromium chromium-driver systemd
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint peers venv bench clean
@@ -18,12 +18,12 @@ $(STAMP): pyproject.toml Makefile
 	$(VENV)/bin/python -m pip install -q -c $(VENV)/constraints.txt -e ".[test]"
 	touch $@
 
-# The real peers from Debian: dcmtk storescu/echoscu/dsrdump, Orthanc, dciodvfy, and headless
+# The real peers from Debian: dcmtk storescu/echoscu/dsrdump, Orthanc and its DICOMweb plugin, dciodvfy, and headless
 # Chromium + ChromeDriver for the status-page browser test, systemd-analyze for the unit file.
 peers:
 	@missing=""; \
-	for t in storescu:dcmtk Orthanc:orthanc dciodvfy:dicom3tools chromium:chromium chromedriver:chromium-driver systemd-analyze:systemd; do \
-	  command -v $${t%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${t%%:*} ] || missing="$$missing $${t##*:}"; \
+	for t in storescu:dcmtk Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb dciodvfy:dicom3tools chromium:chromium chromedriver:chromium-driver systemd-analyze:systemd; do \
+	  command -v $${t%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${t%%:*} ] || [ -e $${t%%:*} ] || missing="$$missing $${t##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \

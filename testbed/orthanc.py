@@ -1,8 +1,10 @@
 """A real Orthanc on loopback, used as the PACS by `dicom-node demo`, the tests and the benches.
 
 Orthanc runs from Debian's package with a config written here: its own storage folders,
-DICOM and HTTP on free loopback ports, no remote access, no plugins. Its REST API tells
-what arrived (`/series`, `/instances/{id}/file`).
+DICOM and HTTP on free loopback ports, no remote access. No plugins, unless `dicomweb=True`
+loads Debian's DICOMweb plugin (package orthanc-dicomweb: QIDO-RS, WADO-RS, STOW-RS under
+``/dicom-web/``), which viewers and DICOMweb destinations need. Its REST API tells what arrived
+(`/series`, `/instances/{id}/file`).
 """
 from __future__ import annotations
 
@@ -31,20 +33,37 @@ def orthanc_binary() -> str:
     return found
 
 
+DICOMWEB_PLUGINS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so", "/usr/lib/orthanc/libOrthancDicomWeb.so")
+
+
+def dicomweb_plugin() -> str:
+    """The DICOMweb plugin's shared library (Debian package orthanc-dicomweb)."""
+    for path in DICOMWEB_PLUGINS:
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError("Orthanc's DICOMweb plugin is not installed (Debian orthanc-dicomweb: make peers)")
+
+
 class LocalOrthanc:
     """Start/stop one Orthanc with its state under `workdir`."""
 
     def __init__(self, workdir: Path, ae_title: str = "ORTHANC", dicom_port: int | None = None,
-                 http_port: int | None = None) -> None:
+                 http_port: int | None = None, dicomweb: bool = False) -> None:
         self.workdir = Path(workdir)
         self.ae_title = ae_title
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
+        self.dicomweb = dicomweb
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (QIDO-RS/WADO-RS/STOW-RS); only served when started with dicomweb=True."""
+        return f"{self.url}/dicom-web"
 
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -60,7 +79,8 @@ class LocalOrthanc:
             "DicomServerEnabled": True,
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": True,
-            "Plugins": [],
+            "Plugins": [dicomweb_plugin()] if self.dicomweb else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False},
             "StableAge": 2,
             "HttpTimeout": 30,
         }
