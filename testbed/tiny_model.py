@@ -34,7 +34,7 @@ def tiny_meta(trained: bool = True, spacing=(1.0, 1.0, 1.0), patch=(32, 32, 32),
 
 def make_tiny_model(folder: Path, trained: bool = True, **kw: Any) -> Path:
     torch.manual_seed(0)
-    return save_model(folder, tiny_meta(trained=trained, **kw), build_network(TINY_ARCH))
+    return save_model(folder, tiny_meta(trained=trained, **kw), build_network(TINY_ARCH, trainable=True))
 
 
 class PassThrough(torch.nn.Module):

@@ -52,14 +52,22 @@ from inference.models.meta import (  # noqa: F401 (re-exported: callers import t
 )
 from inference.models.nnunet_folder import is_nnunet_spec
 from inference.models.spec import NNUNET_OPTIONS, ModelError, nnunet_spec, split_spec  # noqa: F401 (re-exported)
+from inference.models.unet import PlainUNet, plain_unet_supported
 
 
-def build_network(architecture: dict[str, Any]) -> torch.nn.Module:
-    """Instantiate the network described by model.json's `architecture` block."""
+def build_network(architecture: dict[str, Any], trainable: bool = False) -> torch.nn.Module:
+    """Instantiate the network described by model.json's `architecture` block.
+
+    For inference a plain DynUNet is our own MONAI-free copy (``inference.models.unet``: the node
+    then never imports MONAI). ``trainable=True`` gives MONAI's DynUNet itself: training relies on
+    its weight initialisation and resumes checkpoints with its parameter names.
+    """
     arch = dict(architecture)
     kind = arch.pop("type", None)
     if kind != "DynUNet":
         raise ModelError(f"architecture type {kind!r} unsupported (DynUNet)")
+    if not trainable and plain_unet_supported(arch):
+        return PlainUNet(**arch)
     from monai.networks.nets import DynUNet
 
     return DynUNet(spatial_dims=3, **arch)
@@ -92,7 +100,10 @@ def load_model(spec: str | Path, device: str = "auto") -> LoadedModel:
             raise ModelError(f"model {meta.name}: weights file {weights} cannot be read as a PyTorch state "
                              f"dict ({type(exc).__name__}); copy the model folder again") from None
         try:
-            net.load_state_dict(state)
+            if isinstance(net, PlainUNet):
+                net.load_dynunet_state(state)
+            else:
+                net.load_state_dict(state)
         except (RuntimeError, TypeError, AttributeError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ModelError(f"model {meta.name}: weights in {weights} do not fit the architecture in "

@@ -339,7 +339,7 @@ def train(args: argparse.Namespace,
     log_path, ckpt_path = out / "log.jsonl", out / "checkpoint.pt"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     arch = architecture(args.filters)
-    net = build_network(arch).to(device)
+    net = build_network(arch, trainable=True).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
     state = _restore(args, arch, net, opt, ckpt_path)
