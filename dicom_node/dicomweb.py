@@ -297,6 +297,9 @@ def store_instances(instances: Sequence[tuple[str, bytes]], settings: DicomwebSe
             conn.request("POST", endpoint.studies, body=body, headers=headers)
             resp = conn.getresponse()
             answer = resp.read()
+        except ssl.SSLError as exc:  # TLS 1.3: a refused client certificate shows only after the handshake
+            return every(False, f"TLS connection to {endpoint.host}:{endpoint.port} refused by the destination "
+                                f"({exc}); does it want a client certificate? check {key}.tls.cert and key", False)
         except (OSError, http.client.HTTPException) as exc:  # socket.timeout is an OSError
             lost = "timed out" if isinstance(exc, socket.timeout) else f"connection lost: {exc}"
             return every(False, f"no STOW-RS response from {endpoint} ({lost})", True)
