@@ -183,13 +183,14 @@ def parse_store_response(body: bytes, content_type: str) -> StoreResponse | None
         if "xml" in content_type:
             return _parse_xml(ET.fromstring(body))
         data = json.loads(body)
-    except (ValueError, ET.ParseError):
-        return None
-    if isinstance(data, list) and len(data) == 1:  # some servers wrap the one data set in an array
-        data = data[0]
-    if not isinstance(data, dict):
+        if isinstance(data, list) and len(data) == 1:  # some servers wrap the one data set in an array
+            data = data[0]
+        return _parse_json(data) if isinstance(data, dict) else None
+    except (ValueError, TypeError, AttributeError, IndexError, ET.ParseError):  # not what PS3.18 says
         return None
 
+
+def _parse_json(data: dict) -> StoreResponse:
     def items(tag: str, reason: str) -> dict[str, int]:
         out = {}
         for item in (data.get(tag) or {}).get("Value") or []:
@@ -255,7 +256,7 @@ def _http_error(status: int, reason: str, endpoint: Endpoint, has_auth: bool, ke
         return where + f": no STOW-RS there; check {key}.dicomweb.url (the DICOMweb root, e.g. .../dicom-web)"
     if 300 <= status < 400:
         return where + f": redirected to {location or '?'}; put the final address in {key}.dicomweb.url"
-    text = body[:200].decode("utf-8", "replace").replace("\n", " ").strip()
+    text = " ".join(body[:300].decode("utf-8", "replace").split())[:200]
     return where + (f": {text}" if text else "")
 
 

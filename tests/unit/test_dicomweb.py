@@ -83,6 +83,10 @@ def test_parse_xml_response() -> None:
 def test_an_error_page_is_no_store_response() -> None:
     assert parse_store_response(b"<html><body>Bad gateway</body></html>", "text/html") is None
     assert parse_store_response(b"Unauthorized", "") is None
+    for malformed in (b'{"00081198": {"vr": "SQ", "Value": [42]}}', b'{"00081198": "SQ"}',
+                      b'{"00081198": {"vr": "SQ", "Value": [{"00081155": {"Value": ["1.2"]}, '
+                      b'"00081197": {"Value": ["x"]}}]}}'):
+        assert parse_store_response(malformed, "application/dicom+json") is None, malformed
 
 
 def test_endpoint() -> None:
