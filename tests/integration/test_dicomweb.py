@@ -2,7 +2,7 @@
 re-send, an outage (the backlog waits, then goes), HTTP basic auth, HTTPS with mutual TLS.
 
 The dispatcher is driven directly (as in test_dispatch); the end-to-end node test is
-test_dicomweb_node_receives_seg_and_sr_after_an_outage below."""
+test_dicomweb_node_receives_seg_and_sr_after_an_outage_and_a_superseding_rerun."""
 from __future__ import annotations
 
 import json
@@ -177,10 +177,11 @@ def test_https_with_client_certificates(tmp_path: Path) -> None:
         assert set(stored_files(pacs)) == set(uids.values())
 
 
-def test_dicomweb_node_receives_seg_and_sr_after_an_outage(tmp_path: Path) -> None:
-    """End to end: a series sent to the node with storescu; its destination is a DICOMweb one, down
-    at first; the node retries, and once Orthanc is back its SEG and SR (and, by the destination's
-    profile, the Secondary Captures) arrive through STOW-RS, not C-STORE."""
+def test_dicomweb_node_receives_seg_and_sr_after_an_outage_and_a_superseding_rerun(tmp_path: Path) -> None:
+    """End to end: a series sent to the node with storescu, its destination a DICOMweb one, down at
+    first; the node retries, and once Orthanc is back the SEG and SR (and, by the destination's
+    profile, the Secondary Captures) arrive through STOW-RS. Then a late instance re-opens the
+    series: the re-run's results arrive too, its SR naming the first SR as its predecessor."""
     storescu = require_tool("storescu")
     require_tool("Orthanc")
     require_tool("dciodvfy")
@@ -190,8 +191,10 @@ def test_dicomweb_node_receives_seg_and_sr_after_an_outage(tmp_path: Path) -> No
     from tests.helpers.bad_inputs import crop_source
 
     nifti = crop_source(require_shared("lesion-example/t2_fake_lesion.nii.gz"), tmp_path)
-    write_series(nifti, tmp_path / "series", series_description="T2 SAG SPINE", uid_seed="dicomweb-e2e",
-                 patient_id="DICOMWEB-E2E")
+    files = sorted(write_series(nifti, tmp_path / "series", series_description="T2 SAG SPINE",
+                                uid_seed="dicomweb-e2e", patient_id="DICOMWEB-E2E"))
+    (tmp_path / "late").mkdir()
+    files[-1].rename(tmp_path / "late" / files[-1].name)  # held back: arrives after the first results
     pacs = LocalOrthanc(tmp_path / "pacs", dicomweb=True)
     try:
         destination = {"dicomweb": {"url": pacs.dicomweb_url}, "secondary_capture": True}
@@ -205,15 +208,26 @@ def test_dicomweb_node_receives_seg_and_sr_after_an_outage(tmp_path: Path) -> No
             assert statuses[0][0].startswith(f"no connection to 127.0.0.1:{pacs.http_port}"), statuses
             assert catalog_query(catalog, "SELECT state FROM jobs") == [("retrying",)]
             pacs.start()
-            wait_until(lambda: catalog_query(catalog, "SELECT 1 FROM jobs WHERE state='done'"), 60,
-                       what="job delivered once Orthanc is back")
-        uids = json.loads(catalog_query(catalog, "SELECT result_uids FROM jobs")[0][0])
+            done = "SELECT COUNT(*) FROM jobs WHERE state='done'"
+            wait_until(lambda: catalog_query(catalog, done)[0][0] == 1, 60, what="job delivered once Orthanc is back")
+            first = json.loads(catalog_query(catalog, "SELECT result_uids FROM jobs")[0][0])
+            found = results_in_pacs(pacs)
+            assert found.pop("SEG") == [first["seg_sop"]] and found.pop("SR") == [first["sr_sop"]]
+            assert sorted(uid for v in found.values() for uid in v) == sorted(first["sc_sops"])  # the profile's SCs
+
+            send(storescu, node.port, tmp_path / "late")  # re-opens the series: a second job supersedes
+            wait_until(lambda: catalog_query(catalog, done)[0][0] == 2, 120, what="the re-run delivered")
+        second = json.loads(catalog_query(catalog, "SELECT result_uids FROM jobs ORDER BY id")[1][0])
         found = results_in_pacs(pacs)
-        assert found.pop("SEG") == [uids["seg_sop"]] and found.pop("SR") == [uids["sr_sop"]]
-        assert sorted(uid for v in found.values() for uid in v) == sorted(uids["sc_sops"])  # the profile's SCs
-        sent = catalog_query(catalog, "SELECT DISTINCT a.status FROM dispatch_attempts a WHERE a.ok=1")
-        assert sent == [("HTTP 200",)]  # through STOW-RS
-        seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored_files(pacs)[uids["seg_sop"]]))
+        assert found["SEG"] == sorted([first["seg_sop"], second["seg_sop"]])
+        assert found["SR"] == sorted([first["sr_sop"], second["sr_sop"]])
+        assert catalog_query(catalog, "SELECT DISTINCT status FROM dispatch_attempts WHERE ok=1") == [("HTTP 200",)]
+        stored = stored_files(pacs)
+        sr = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored[second["sr_sop"]]))
+        refs = [s.ReferencedSOPInstanceUID for item in sr.PredecessorDocumentsSequence
+                for series in item.ReferencedSeriesSequence for s in series.ReferencedSOPSequence]
+        assert refs == [first["sr_sop"]]
+        seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(stored[second["seg_sop"]]))
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid  # the series sent to the node
     finally:
         pacs.stop()
