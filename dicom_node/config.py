@@ -4,7 +4,8 @@ The node reads nothing else: the environment may only say *which* file (``DICOM_
 Relative paths in the file are resolved against the file's own folder.
 
 Imports point one way: this module composes the settings of `dicom_node.security` (its
-dataclasses, `validate_security`) and `dicom_node.routing` (`parse_rules`); neither imports it.
+dataclasses, `validate_security`), `dicom_node.dicomweb` (a destination's `dicomweb:`,
+`check_settings`) and `dicom_node.routing` (`parse_rules`); none imports it.
 ConfigError lives in `dicom_node.config_error`, below all three, and is re-exported here.
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from dicom_node.config_error import ConfigError as ConfigError
+from dicom_node.dicomweb import DicomwebSettings, check_settings
 from dicom_node.security import DestinationTlsSettings, DiskThreshold, SecuritySettings, validate_security
 from dicom_node.security import ListenerTlsSettings as ListenerTlsSettings
 from dicom_node.security import PeerSettings as PeerSettings
@@ -115,6 +117,8 @@ class DestinationSettings:
     seg_fractional: bool = False
     secondary_capture: bool = False
     tls: DestinationTlsSettings = field(default_factory=DestinationTlsSettings)
+    # url set: STOW-RS to that DICOMweb root instead of C-STORE (ae_title, host, port unused)
+    dicomweb: DicomwebSettings = field(default_factory=DicomwebSettings)
 
 
 @dataclass
@@ -292,6 +296,7 @@ def _validate(cfg: Config) -> None:
     for name, d in cfg.destinations.items():
         if not 1 <= len(d.ae_title) <= 16:
             raise ConfigError(f"destinations.{name}.ae_title: 1 to 16 characters")
+        check_settings(d.dicomweb, d.tls, cfg.path, key=f"destinations.{name}")
     if cfg.dispatch.max_attempts < 1:
         raise ConfigError("dispatch.max_attempts: must be at least 1")
     if cfg.completion.idle_seconds <= 0:

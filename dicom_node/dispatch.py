@@ -1,4 +1,5 @@
-"""Send results to their destinations: C-STORE SCU, retries with exponential backoff.
+"""Send results to their destinations: C-STORE SCU (or STOW-RS to a DICOMweb destination,
+dicom_node.dicomweb), retries with exponential backoff.
 
 Every attempt is a row in `dispatch_attempts`; the `dispatches` row says what is still due.
 Delivery is at-least-once; because a re-send reuses the same SOP Instance UIDs (stored with
@@ -11,7 +12,8 @@ up to `dispatch.timeout_s`; with one thread for all destinations every other des
 for that timeout, round after round. Lanes share nothing but the catalog (short transactions)
 and the TLS-context cache (locked), so an outage of one destination never delays the others.
 
-A destination that cannot be associated with is down: the result that found it down (the
+A destination that cannot be associated with (for DICOMweb: not connected to, or refusing every
+request: 401, 403, 404, 502-504) is down: the result that found it down (the
 oldest pending one: it probes) backs off, and every other result pending for that destination
 waits until the same moment, without spending attempts, its row saying so (`last_error`
 "waiting: ..."; its job is RETRYING, on the status page and in /metrics). At that moment all are
@@ -28,7 +30,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +38,7 @@ from pydicom import dcmread
 
 from dicom_node.catalog import Catalog, now
 from dicom_node.config import Config, DestinationSettings, DispatchSettings
+from dicom_node.dicomweb import store_instances
 from dicom_node.jobs import Jobs
 
 log = logging.getLogger(__name__)
@@ -44,9 +47,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SendOutcome:
     ok: bool
-    status: str  # DIMSE status as 0xNNNN, or why no status came back
+    status: str  # DIMSE status as 0xNNNN (DICOMweb: HTTP NNN), or why no status came back
     seconds: float
-    associated: bool | None = None  # False: no association (destination down); None: not tried
+    associated: bool | None = None  # False: no association / request refused as a whole (down); None: not tried
 
 
 def c_store(path: Path, dest: DestinationSettings, calling_ae: str, timeout_s: float,
@@ -95,6 +98,17 @@ def c_store_many(paths: Sequence[Path], dest: DestinationSettings, calling_ae: s
     finally:
         assoc.release()
     return outcomes
+
+
+def stow_many(paths: Sequence[Path], dest: DestinationSettings, timeout_s: float, ssl_context: ssl.SSLContext | None,
+              resolve: Callable[[str], Path], key: str) -> list[SendOutcome]:
+    """One STOW-RS request with every file, an outcome per file (the DICOMweb twin of c_store_many)."""
+    t0 = time.monotonic()
+    instances = [(str(dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID),
+                  path.read_bytes()) for path in paths]
+    outcomes = store_instances(instances, dest.dicomweb, resolve, timeout_s, ssl_context, key)
+    seconds = time.monotonic() - t0
+    return [SendOutcome(o.ok, o.status, seconds, associated=o.reached) for o in outcomes]
 
 
 def backoff_seconds(settings: DispatchSettings, attempts: int) -> float:
@@ -190,8 +204,12 @@ class Dispatcher:
             outcomes = [SendOutcome(False, f"result file {', '.join(missing)} is missing", 0.0)] * len(rows)
         else:
             try:
-                args = (dest, self.config.node.ae_title, self.config.dispatch.timeout_s, self.ssl_context(name, dest))
-                outcomes = (c_store_many(paths, *args) if len(paths) > 1 else [c_store(paths[0], *args)])
+                timeout, tls = self.config.dispatch.timeout_s, self.ssl_context(name, dest)
+                if dest.dicomweb.url:
+                    outcomes = stow_many(paths, dest, timeout, tls, self.config.path, f"destinations.{name}")
+                else:
+                    args = (dest, self.config.node.ae_title, timeout, tls)
+                    outcomes = (c_store_many(paths, *args) if len(paths) > 1 else [c_store(paths[0], *args)])
             except Exception as exc:  # network errors must not kill the lane's thread
                 outcomes = [SendOutcome(False, f"{type(exc).__name__}: {exc}", 0.0)] * len(rows)
         for row, outcome in zip(rows, outcomes):

@@ -144,7 +144,7 @@ def render_metrics(catalog: Catalog, data_dir: Path, refusals: RefusalCounter | 
     for stage, values in stage_durations(catalog).items():
         ex.histogram("dicom_node_stage_seconds", values, stage=stage)
 
-    ex.family("dicom_node_dispatch_attempts_total", "counter", "C-STORE attempts to destinations, by outcome")
+    ex.family("dicom_node_dispatch_attempts_total", "counter", "C-STORE/STOW-RS attempts to destinations, by outcome")
     for r in catalog.query("SELECT d.destination, a.ok, COUNT(*) FROM dispatch_attempts a JOIN dispatches d "
                            "ON d.id=a.dispatch_id GROUP BY d.destination, a.ok ORDER BY 1, 2"):
         ex.sample("dicom_node_dispatch_attempts_total", r[2], destination=r[0], outcome="ok" if r[1] else "error")

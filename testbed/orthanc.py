@@ -5,9 +5,15 @@ DICOM and HTTP on free loopback ports, no remote access. No plugins, unless `dic
 loads Debian's DICOMweb plugin (package orthanc-dicomweb: QIDO-RS, WADO-RS, STOW-RS under
 ``/dicom-web/``), which viewers and DICOMweb destinations need. Its REST API tells what arrived
 (`/series`, `/instances/{id}/file`).
+
+For DICOMweb destination tests it can also ask for HTTP basic auth (`users`: Orthanc's
+RegisteredUsers); its own REST helpers then authenticate as the first user. (HTTPS: Debian's
+Orthanc 1.10.1 dies with SIGSEGV on its first connection with SslEnabled, RSA or EC key alike;
+tests put testbed.tls_front in front of it instead, as nginx or stunnel would be in a hospital.)
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -48,12 +54,13 @@ class LocalOrthanc:
     """Start/stop one Orthanc with its state under `workdir`."""
 
     def __init__(self, workdir: Path, ae_title: str = "ORTHANC", dicom_port: int | None = None,
-                 http_port: int | None = None, dicomweb: bool = False) -> None:
+                 http_port: int | None = None, dicomweb: bool = False, users: dict[str, str] | None = None) -> None:
         self.workdir = Path(workdir)
         self.ae_title = ae_title
         self.dicom_port = dicom_port or free_port()
         self.http_port = http_port or free_port()
         self.dicomweb = dicomweb
+        self.users = dict(users or {})
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -75,7 +82,7 @@ class LocalOrthanc:
             "DicomPort": self.dicom_port,
             "DicomAet": self.ae_title,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
             "DicomServerEnabled": True,
             "DicomAlwaysAllowStore": True,
             "DicomCheckCalledAet": True,
@@ -84,6 +91,8 @@ class LocalOrthanc:
             "StableAge": 2,
             "HttpTimeout": 30,
         }
+        if self.users:
+            cfg["RegisteredUsers"] = self.users
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(cfg, indent=2))
         return path
@@ -123,14 +132,21 @@ class LocalOrthanc:
         self.stop()
 
     # ---- REST -----------------------------------------------------------------------------
+    def _open(self, path: str, timeout: float) -> bytes:
+        """GET, as the first registered user when Orthanc asks for credentials."""
+        request = urllib.request.Request(self.url + path)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return bytes(resp.read())
+
     def get(self, path: str) -> Any:
-        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
-            body = resp.read()
+        body = self._open(path, 30)
         return json.loads(body) if body[:1] in (b"{", b"[") else body
 
     def get_bytes(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=60) as resp:
-            return resp.read()
+        return self._open(path, 60)
 
     def series_by_modality(self) -> dict[str, list[dict[str, Any]]]:
         """Orthanc series grouped by Modality (MR, SEG, SR, ...)."""
