@@ -103,10 +103,11 @@ def _geometry(nodes: list[_Node], input_name: str, path: str) -> tuple[tuple[int
     shape = first.config.get("batch_input_shape")
     if first.class_name != "InputLayer" or not isinstance(shape, list) or len(shape) not in (4, 5):
         raise KerasModelError(f"{path}: input layer {input_name!r} has no 4D/5D batch_input_shape ({shape!r})")
-    formats = {n.config["data_format"] for n in nodes if "data_format" in n.config}
-    if len(formats) != 1:
-        raise KerasModelError(f"{path}: layers disagree on data_format ({sorted(formats)}); one layout is required")
-    return tuple(None if s is None else int(s) for s in shape), len(shape) - 2, formats.pop()
+    # the first layer that states a layout sets the model's; build_layer names any layer that disagrees
+    formats = [str(n.config["data_format"]) for n in nodes if "data_format" in n.config]
+    if not formats:
+        raise KerasModelError(f"{path}: no layer states a data_format; the tensor layout is unknown")
+    return tuple(None if s is None else int(s) for s in shape), len(shape) - 2, formats[0]
 
 
 class KerasGraph(nn.Module):
