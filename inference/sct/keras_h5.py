@@ -167,6 +167,7 @@ def _build(path: Path | str) -> KerasGraph:
     types = tuple(dict.fromkeys(n.class_name for n in nodes))
     info = KerasModelInfo(path_str, Path(path).stem, keras_version, dims, data_format, input_shape, (), types)
     graph = KerasGraph(info, nodes, layers, input_name, output_name)
+    graph.requires_grad_(False)  # inference only: a caller that forgets no_grad() builds no autograd graph
     graph.info = _with_output_shape(graph)
     return graph.eval()
 

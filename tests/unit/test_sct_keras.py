@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 # Keras picks its backend once, at first import; the torch backend is the only one installed (test extra).
@@ -24,7 +26,7 @@ import torch  # noqa: E402
 
 from inference.sct.keras_h5 import KerasModelError, load_keras_h5, read_model_info  # noqa: E402
 from inference.sct.keras_layers import KerasLayerError, LayerContext, build_layer, same_padding  # noqa: E402
-from tests.helpers.env import require_shared  # noqa: E402
+from tests.helpers.env import REPO, require_shared  # noqa: E402
 
 MODELS = ("t2_ax_lesion", "t2s_lesion", "t2_ctr", "t2s_ctr")
 TOLERANCE = 1e-5  # issue 18: outputs equal within 1e-5
@@ -183,3 +185,17 @@ def test_strided_same_convolution_matches_keras(kernel: tuple, strides: tuple, s
     with torch.no_grad():
         have = torch.movedim(ours(torch.movedim(torch.from_numpy(x), -1, 1)), 1, -1).numpy()
     np.testing.assert_allclose(have, want, atol=1e-5)
+
+
+def test_the_reader_needs_neither_keras_nor_tensorflow() -> None:
+    """Issue 18: no TensorFlow or Keras at run time; a fresh interpreter shows what loading a model imports."""
+    code = ("import sys, torch\n"
+            "from inference.sct.keras_h5 import load_keras_h5\n"
+            f"m = load_keras_h5({str(model_file('t2s_ctr'))!r})\n"
+            "assert m(torch.zeros(1, 80, 80, 1)).shape == (1, 80, 80, 1)\n"
+            "assert not any(p.requires_grad for p in m.parameters())\n"
+            "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('keras', 'tensorflow', 'tf_keras'))\n"
+            "assert not bad, bad\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
