@@ -82,7 +82,16 @@ def _read_graph(f: h5py.File, path: str) -> tuple[list[_Node], str, str]:
     if len(body["input_layers"]) != 1 or len(body["output_layers"]) != 1:
         raise KerasModelError(f"{path}: {len(body['input_layers'])} inputs and {len(body['output_layers'])} "
                               "outputs; only single-input, single-output models are read")
-    return nodes, str(body["input_layers"][0][0]), str(body["output_layers"][0][0])
+    seen: set[str] = set()
+    for node in nodes:  # the graph is run in stored order, so each layer's inputs must come before it
+        late = [name for name in node.inputs if name not in seen]
+        if late:
+            raise KerasModelError(f"{path}: layer {node.name!r} reads {late} before they are defined")
+        seen.add(node.name)
+    output = str(body["output_layers"][0][0])
+    if output not in seen:
+        raise KerasModelError(f"{path}: output layer {output!r} is not among the layers")
+    return nodes, str(body["input_layers"][0][0]), output
 
 
 def _layer_weights(f: h5py.File, name: str) -> dict[str, np.ndarray]:
@@ -136,7 +145,7 @@ class KerasGraph(nn.Module):
         last_use = {src: name for name, inputs in self._nodes for src in inputs}
         for name, inputs in self._nodes:
             values[name] = self.layers[name](*(values[i] for i in inputs))
-            if not keep_all:  # free what no later layer reads: halves peak memory on a 48^3 patch
+            if not keep_all:  # drop each output after its last reader: a 48^3 patch keeps a few maps, not all
                 for src in inputs:
                     if last_use.get(src) == name and src != self._output:
                         del values[src]

@@ -159,6 +159,14 @@ def test_missing_file_and_non_model_files(tmp_path: Path) -> None:
         load_keras_h5(tmp_path / "weights_only.h5")
 
 
+def test_a_layer_stored_before_its_input_is_refused(tmp_path: Path) -> None:
+    def swap(layers: list[dict]) -> None:
+        layers[1], layers[2] = layers[2], layers[1]  # batch_normalization_1 before conv2d_1
+
+    with pytest.raises(KerasModelError, match=r"'batch_normalization_1' reads \['conv2d_1'\] before"):
+        load_keras_h5(edited_copy(model_file("t2_ctr"), tmp_path / "order.h5", swap))
+
+
 @pytest.mark.parametrize(("size", "kernel", "stride", "dilation", "pads"), [
     (80, 3, 1, 1, (1, 1)), (80, 3, 1, 2, (2, 2)), (80, 3, 1, 4, (4, 4)),  # the centerline models' convolutions
     (48, 3, 1, 1, (1, 1)),
