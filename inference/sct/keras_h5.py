@@ -6,7 +6,11 @@ rebuilt here from torch layers (`keras_layers`) and the weights are read with h5
 
 The module takes and returns tensors in the layout the Keras model did, the one its `data_format` says: the 3D
 lesion models are channels_first (N, 1, D, H, W); the 2D centerline models are channels_last (N, H, W, 1).
-`read_model_info` says which, without running anything.
+`read_model_info` says which, and the shapes (propagated on torch's meta device, no arithmetic).
+
+    model = load_keras_h5(sct_dir / "t2_ax_lesion.h5")       # eval mode, float32, CPU, no autograd
+    with torch.no_grad():
+        probabilities = model(patches)                       # (N, 1, 48, 48, 48) -> (N, 1, 48, 48, 48)
 """
 
 from __future__ import annotations
@@ -141,7 +145,7 @@ class KerasGraph(nn.Module):
         if x.dim() != self.info.dims + 2:
             raise ValueError(f"{self.info.name}: expected a {self.info.dims + 2}D tensor in {self.info.data_format} "
                              f"layout like {self.info.input_shape}, got shape {tuple(x.shape)}")
-        values = {self._input: self._to_inner(x)}
+        values = {self._input: self._to_inner(x.to(torch.float32))}  # the weights are float32
         last_use = {src: name for name, inputs in self._nodes for src in inputs}
         for name, inputs in self._nodes:
             values[name] = self.layers[name](*(values[i] for i in inputs))

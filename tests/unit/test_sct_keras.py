@@ -15,11 +15,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Keras picks its backend once, at first import; the torch backend is the only one installed (test extra).
+# Keras picks its backend once, at its first import; the torch backend is the only one installed (test extra).
+# The variable is restored at once so that no other test or subprocess sees it.
+_BACKEND = os.environ.get("KERAS_BACKEND")
 os.environ["KERAS_BACKEND"] = "torch"
+import keras  # noqa: E402
+
+if _BACKEND is None:
+    del os.environ["KERAS_BACKEND"]
+else:
+    os.environ["KERAS_BACKEND"] = _BACKEND
 
 import h5py  # noqa: E402
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -200,7 +207,7 @@ def test_the_reader_needs_neither_keras_nor_tensorflow() -> None:
     code = ("import sys, torch\n"
             "from inference.sct.keras_h5 import load_keras_h5\n"
             f"m = load_keras_h5({str(model_file('t2s_ctr'))!r})\n"
-            "assert m(torch.zeros(1, 80, 80, 1)).shape == (1, 80, 80, 1)\n"
+            "assert m(torch.zeros(1, 80, 80, 1, dtype=torch.float64)).dtype == torch.float32\n"
             "assert not any(p.requires_grad for p in m.parameters())\n"
             "bad = sorted(n for n in sys.modules if n.split('.')[0] in ('keras', 'tensorflow', 'tf_keras'))\n"
             "assert not bad, bad\n")
