@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from inference.model_identity import ModelIdentity
 from inference.models.spec import ModelError
-from inference.pipeline import ModelIdentity
 from inference.sct.params import CONTRASTS, Contrast
 from inference.sct.patches import Network
 

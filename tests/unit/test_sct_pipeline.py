@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from inference.model_identity import ModelIdentity
 from inference.models.spec import ModelError
-from inference.pipeline import ModelIdentity
 from inference.sct import models
 from inference.sct.models import SctLesionModel, find_file, model_files
 from inference.sct.params import CONTRASTS
