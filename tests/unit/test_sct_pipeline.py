@@ -121,3 +121,30 @@ def test_identity_names_the_files_version_and_training_set() -> None:
     ident = models.identity("sct:t2_ax_lesion", folder / "t2_ax_lesion.h5", folder / "t2_ctr.h5")
     assert ident.name == "sct:t2_ax_lesion" and ident.version.startswith("sha256:") and len(ident.version) == 19
     assert "211 axial T2w" in ident.description and "t2_ctr.h5" in ident.description
+
+
+def test_analyze_measures_scts_lesions_inside_our_cord_and_names_scts_model(tmp_path: Path) -> None:
+    import dataclasses
+
+    from inference import pipeline
+    from testbed.tiny_model import pass_through_model
+    from tests.unit.test_engine import PSR, _phantom, _ras_spacing, _z_threshold
+
+    shape = (56, 70, 14)
+    img, _ = _phantom(PSR, shape)
+    spacing = _ras_spacing(PSR)
+    cord_z = 1.0 / (1.0 + np.exp(-_z_threshold(img, PSR, spacing, 30.0)))
+    model = pass_through_model(tmp_path, spacing=spacing)
+    model = dataclasses.replace(model, meta=dataclasses.replace(model.meta, thresholds=(float(cord_z), 1.0)))
+    volume = Volume(img, PSR)
+    result = pipeline.analyze(volume, model, lesion_model=_model(), sct_centerline="cord")
+    cord = result.cord_mask.astype(bool)
+    assert cord.any() and result.lesion_mask.any()
+    assert not (result.lesion_mask.astype(bool) & ~cord).any()  # measured inside our cord only
+    raw = segment_lesions(volume, _model(), cord_mask=result.cord_mask)
+    np.testing.assert_array_equal(result.lesion_mask, raw & result.cord_mask)
+    assert result.lesion_model is not None and result.lesion_model.name == "sct:t2_ax_lesion"
+    assert result.model.name != "sct:t2_ax_lesion" and "sct lesions" in result.timings
+    assert result.metrics.lesion_count >= 1
+    with pytest.raises(ValueError, match="cnn or cord"):
+        pipeline.analyze(volume, model, lesion_model=_model(), sct_centerline="optic")
