@@ -6,7 +6,11 @@ rebuilt here from torch layers (`keras_layers`) and the weights are read with h5
 
 The module takes and returns tensors in the layout the Keras model did, the one its `data_format` says: the 3D
 lesion models are channels_first (N, 1, D, H, W); the 2D centerline models are channels_last (N, H, W, 1).
-`read_model_info` says which, without running anything.
+`read_model_info` says which, and the shapes (propagated on torch's meta device, no arithmetic).
+
+    model = load_keras_h5(sct_dir / "t2_ax_lesion.h5")       # eval mode, float32, CPU, no autograd
+    with torch.no_grad():
+        probabilities = model(patches)                       # (N, 1, 48, 48, 48) -> (N, 1, 48, 48, 48)
 """
 
 from __future__ import annotations
@@ -82,7 +86,16 @@ def _read_graph(f: h5py.File, path: str) -> tuple[list[_Node], str, str]:
     if len(body["input_layers"]) != 1 or len(body["output_layers"]) != 1:
         raise KerasModelError(f"{path}: {len(body['input_layers'])} inputs and {len(body['output_layers'])} "
                               "outputs; only single-input, single-output models are read")
-    return nodes, str(body["input_layers"][0][0]), str(body["output_layers"][0][0])
+    seen: set[str] = set()
+    for node in nodes:  # the graph is run in stored order, so each layer's inputs must come before it
+        late = [name for name in node.inputs if name not in seen]
+        if late:
+            raise KerasModelError(f"{path}: layer {node.name!r} reads {late} before they are defined")
+        seen.add(node.name)
+    output = str(body["output_layers"][0][0])
+    if output not in seen:
+        raise KerasModelError(f"{path}: output layer {output!r} is not among the layers")
+    return nodes, str(body["input_layers"][0][0]), output
 
 
 def _layer_weights(f: h5py.File, name: str) -> dict[str, np.ndarray]:
@@ -103,10 +116,11 @@ def _geometry(nodes: list[_Node], input_name: str, path: str) -> tuple[tuple[int
     shape = first.config.get("batch_input_shape")
     if first.class_name != "InputLayer" or not isinstance(shape, list) or len(shape) not in (4, 5):
         raise KerasModelError(f"{path}: input layer {input_name!r} has no 4D/5D batch_input_shape ({shape!r})")
-    formats = {n.config["data_format"] for n in nodes if "data_format" in n.config}
-    if len(formats) != 1:
-        raise KerasModelError(f"{path}: layers disagree on data_format ({sorted(formats)}); one layout is required")
-    return tuple(None if s is None else int(s) for s in shape), len(shape) - 2, formats.pop()
+    # the first layer that states a layout sets the model's; build_layer names any layer that disagrees
+    formats = [str(n.config["data_format"]) for n in nodes if "data_format" in n.config]
+    if not formats:
+        raise KerasModelError(f"{path}: no layer states a data_format; the tensor layout is unknown")
+    return tuple(None if s is None else int(s) for s in shape), len(shape) - 2, formats[0]
 
 
 class KerasGraph(nn.Module):
@@ -131,11 +145,11 @@ class KerasGraph(nn.Module):
         if x.dim() != self.info.dims + 2:
             raise ValueError(f"{self.info.name}: expected a {self.info.dims + 2}D tensor in {self.info.data_format} "
                              f"layout like {self.info.input_shape}, got shape {tuple(x.shape)}")
-        values = {self._input: self._to_inner(x)}
+        values = {self._input: self._to_inner(x.to(torch.float32))}  # the weights are float32
         last_use = {src: name for name, inputs in self._nodes for src in inputs}
         for name, inputs in self._nodes:
             values[name] = self.layers[name](*(values[i] for i in inputs))
-            if not keep_all:  # free what no later layer reads: halves peak memory on a 48^3 patch
+            if not keep_all:  # drop each output after its last reader: a 48^3 patch keeps a few maps, not all
                 for src in inputs:
                     if last_use.get(src) == name and src != self._output:
                         del values[src]
@@ -166,6 +180,7 @@ def _build(path: Path | str) -> KerasGraph:
     types = tuple(dict.fromkeys(n.class_name for n in nodes))
     info = KerasModelInfo(path_str, Path(path).stem, keras_version, dims, data_format, input_shape, (), types)
     graph = KerasGraph(info, nodes, layers, input_name, output_name)
+    graph.requires_grad_(False)  # inference only: a caller that forgets no_grad() builds no autograd graph
     graph.info = _with_output_shape(graph)
     return graph.eval()
 
