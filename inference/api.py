@@ -121,5 +121,7 @@ OFFLINE_COMMANDS: dict[str, tuple[str, str, str, str]] = {
                 "segment cord and lesions in a NIfTI file or DICOM folder"),
     "analyze-lesion": ("inference.cli", "add_analyze_lesion_arguments", "run_analyze_lesion",
                        "lesion metrics from lesion and cord masks"),
+    "compare-lesions": ("inference.cli", "add_compare_lesions_arguments", "run_compare_lesions",
+                        "lesion-wise agreement, Dice and volume differences of two lesion masks"),
     "evaluate": ("inference.train.evaluate", "add_arguments", "run", "evaluate a model on the validation subjects"),
 }

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from nibabel.spatialimages import SpatialImage
 
     from inference.engine import Progress
+    from inference.lesion_agreement import LesionAgreement
     from inference.pipeline import Analysis
     from inference.volume import Volume
 
@@ -27,8 +28,19 @@ def add_segment_arguments(p: argparse.ArgumentParser) -> None:
                         "inputs are a cohort: the model is loaded once, each case gets DIR/NAME/, and "
                         "DIR/cohort.csv and DIR/lesions.csv gather the numbers")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--model", default="builtin:spinecord-t2", metavar="builtin:NAME|FOLDER",
-                   help="model to use (default: the shipped builtin:spinecord-t2)")
+    p.add_argument("--model", default="builtin:spinecord-t2", metavar="builtin:NAME|FOLDER|sct:NAME",
+                   help="model to use (default: the shipped builtin:spinecord-t2); sct:t2_ax_lesion or "
+                        "sct:t2s_lesion: Spinal Cord Toolbox's MS lesion model draws the lesions, inside the cord "
+                        "of --cord-model")
+    p.add_argument("--cord-model", default="builtin:spinecord-t2", metavar="builtin:NAME|FOLDER",
+                   help="with --model sct:NAME: the model whose cord the lesions are measured in")
+    p.add_argument("--sct-data-dir", action="append", metavar="DIR",
+                   help="with --model sct:NAME: a folder holding SCT's model files (t2_ax_lesion.h5, t2_ctr.h5, ...), "
+                        "or SCT's data folder with deepseg_lesion_models/ and deepseg_sc_models/; may be repeated "
+                        "(default: $SCT_DIR/data)")
+    p.add_argument("--sct-centerline", choices=("cnn", "cord"), default="cnn",
+                   help="with --model sct:NAME: where SCT's crop goes: cnn = SCT's centerline network (default), "
+                        "cord = the centre of --cord-model's cord in each slice (SCT's -centerline file)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     p.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for torch (0 = torch default)")
     p.add_argument("--qc-png", action="store_true", help="also write qc.png (sagittal + axial overlays)")
@@ -49,6 +61,7 @@ def run_segment(args: argparse.Namespace) -> int:
     from inference.case_files import write_case
     from inference.lesion_filter import check_min_volume
     from inference.pipeline import analyze, resolve_model, set_cpu_threads
+    from inference.sct.models import is_sct_spec, load_sct_model
     from inference.volume import load_volume
 
     start = time.perf_counter()
@@ -63,15 +76,22 @@ def run_segment(args: argparse.Namespace) -> int:
             from inference.cohort import case_names
 
             cases = case_names(args.inputs)  # refuse clashing names before the model loads
+        lesion_model, cord_spec = None, args.model
+        if is_sct_spec(args.model):
+            if len(args.inputs) > 1:
+                raise ValueError(f"--model {args.model} segments one input at a time; run it once per input")
+            progress("loading SCT model", 0, 1)
+            lesion_model, cord_spec = load_sct_model(args.model, args.sct_data_dir), args.cord_model
         progress("loading model", 0, 1)
-        model = resolve_model(args.model, device=args.device)  # refuse early, before reading the input
+        model = resolve_model(cord_spec, device=args.device)  # refuse early, before reading the input
         if len(args.inputs) > 1:
             from inference.cohort import run_cohort
 
             return run_cohort(cases, model, out, qc_png=args.qc_png, min_lesion_volume_mm3=args.min_lesion_volume)
         progress("reading input", 0, 1)
         volume = load_volume(args.inputs[0])
-        analysis = analyze(volume, model, progress=progress, min_lesion_volume_mm3=args.min_lesion_volume)
+        analysis = analyze(volume, model, progress=progress, min_lesion_volume_mm3=args.min_lesion_volume,
+                           lesion_model=lesion_model, sct_centerline=args.sct_centerline)
         progress("writing", 0, 1)
         written = write_case(analysis, volume, out, qc_png=args.qc_png, name=Path(args.inputs[0]).name)
     except (ValueError, OSError, RuntimeError) as exc:  # ModelError, VolumeError, metrics errors are ValueErrors
@@ -115,8 +135,12 @@ def _segment_summary(analysis: "Analysis", volume: "Volume", device: str, out: "
     applied = m.lesion_filter
     dropped_text = (f" ({applied.lesions_below_minimum} smaller than {applied.min_lesion_volume_mm3:g} mm3 dropped)"
                     if applied is not None and applied.lesions_below_minimum else "")
+    lesions_by = ([] if analysis.lesion_model is None else
+                  [f"lesions by {analysis.lesion_model.name} {analysis.lesion_model.version} (CPU): "
+                   f"{analysis.lesion_model.description}"])
     return "\n".join([
         f"model {analysis.model.name} {analysis.model.version} on {device}",
+        *lesions_by,
         f"input {shape} voxels of {spacing} mm",
         f"cord: {int(analysis.cord_mask.sum())} voxels, {m.cord.cord_volume_mm3:.1f} mm3, mean CSA {csa_text}",
         f"lesions: {m.lesion_count}{dropped_text}, total volume {m.total_volume_mm3:.1f} mm3, "
@@ -207,4 +231,81 @@ def _lesion_summary(result: dict, json_path: str) -> str:
             f"width {les['width_mm']:.2f} mm, damage ratio {les['max_axial_damage_ratio']:.3f}, "
             f"dorsal/ventral bridges {bridges}")
     lines.append(f"written to {json_path}")
+    return "\n".join(lines)
+
+
+def add_compare_lesions_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `dicom-node compare-lesions` (two lesion masks of one image, lesion by lesion)."""
+    p.add_argument("a", metavar="A.nii.gz", help="reference lesion mask (e.g. our model's lesion.nii.gz)")
+    p.add_argument("b", metavar="B.nii.gz", help="other lesion mask on the same grid (e.g. an SCT model's)")
+    p.add_argument("--names", default="A,B", metavar="NAME_A,NAME_B", help="what to call the two masks")
+    p.add_argument("--json", metavar="OUT.json", help="also write the agreement as JSON")
+    p.add_argument("--png", metavar="OUT.png", help="also draw the axial slices with lesions, plain and with both "
+                   "masks outlined (needs --image)")
+    p.add_argument("--image", metavar="IMAGE.nii.gz", help="the image both masks were drawn on (for --png)")
+
+
+def run_compare_lesions(args: argparse.Namespace) -> int:
+    """Lesion-wise agreement, Dice and volume differences; bad input -> one line on stderr and exit 1."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from inference.biomarkers import MetricsError
+    from inference.lesion_agreement import compare_lesions
+
+    names = [n.strip() for n in str(args.names).split(",")]
+    try:
+        if len(names) != 2 or not all(names):
+            raise ValueError(f"--names takes two names separated by a comma, got {args.names!r}")
+        a, affine = _load_mask(Path(args.a), names[0])
+        b, b_affine = _load_mask(Path(args.b), names[1])
+        if a.shape != b.shape or not _same_geometry(affine, b_affine):
+            raise ValueError(f"{args.a} and {args.b} are not on the same grid ({a.shape} and {b.shape}); "
+                             "compare masks of the same image")
+        if args.png and not args.image:
+            raise ValueError("--png needs --image, the image the masks were drawn on")
+        agreement = compare_lesions(a, b, affine)
+        if args.png:
+            _comparison_png(Path(args.image), a, b, affine, (names[0], names[1]), Path(args.png))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"a": str(args.a), "b": str(args.b), "names": names,
+                                                   **agreement.to_json()}, indent=2) + "\n")
+    except (MetricsError, ValueError, OSError) as exc:
+        print(f"compare-lesions: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(agreement_summary(agreement, names[0], names[1]))
+    return 0
+
+
+def _comparison_png(image_path: "Path", a, b, affine, names: tuple[str, str], out: "Path") -> None:
+    from inference.qc import render_comparison
+    from inference.volume import load_volume
+
+    volume = load_volume(image_path)
+    if volume.array.shape != a.shape or not _same_geometry(volume.affine, affine):
+        raise ValueError(f"--image {image_path} is not on the masks' grid ({volume.array.shape} and {a.shape})")
+    render_comparison(volume.array, a, b, affine, names).save(out)
+
+
+def agreement_summary(agreement: "LesionAgreement", name_a: str, name_b: str) -> str:
+    """Counts, volumes, matched groups and the rates, a line each."""
+    def rate(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.2f}"
+
+    lines = [
+        f"{name_a}: {agreement.a_count} lesion(s), {sum(agreement.a_volumes_mm3):.1f} mm3 "
+        f"({', '.join(f'{v:.1f}' for v in agreement.a_volumes_mm3) or '-'})",
+        f"{name_b}: {agreement.b_count} lesion(s), {sum(agreement.b_volumes_mm3):.1f} mm3 "
+        f"({', '.join(f'{v:.1f}' for v in agreement.b_volumes_mm3) or '-'})",
+        f"lesion-wise: {name_a} found by {name_b} {rate(agreement.recall)}, {name_b} found by {name_a} "
+        f"{rate(agreement.precision)}, F1 {rate(agreement.f1)}; voxel Dice {rate(agreement.dice)}",
+    ]
+    for g in agreement.groups:
+        lines.append(f"  matched {name_a} {list(g.a_labels)} {g.a_volume_mm3:.1f} mm3 ~ {name_b} {list(g.b_labels)} "
+                     f"{g.b_volume_mm3:.1f} mm3: difference {g.volume_difference_mm3:+.1f} mm3, Dice {g.dice:.2f}")
+    if agreement.a_only:
+        lines.append(f"  only {name_a}: {list(agreement.a_only)}")
+    if agreement.b_only:
+        lines.append(f"  only {name_b}: {list(agreement.b_only)}")
     return "\n".join(lines)

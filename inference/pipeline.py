@@ -14,23 +14,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inference.measurements import CordMeasurements, CsaPerSlice, JsonDict, LesionFilter, Measurements, finite_or_none
+from inference.model_identity import ModelIdentity
 from inference.volume import Volume
 
 if TYPE_CHECKING:  # torch is imported only when a model is actually loaded
     from inference.engine import Progress
     from inference.models.registry import LoadedModel, ModelMeta
+    from inference.sct.models import SctLesionModel
 
 DEFAULT_MODEL = "builtin:spinecord-t2"
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ModelIdentity:
-    """Which model produced a result: shown in SEG/SR and logs."""
-
-    name: str
-    version: str
-    description: str = ""
 
 
 @dataclass
@@ -45,6 +38,7 @@ class Analysis:
     metrics: Measurements  # typed numbers; .measurements is their JSON form
     model: ModelIdentity
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    lesion_model: ModelIdentity | None = None  # who drew the lesions when not ``model`` (an SCT model)
 
     @property
     def measurements(self) -> JsonDict:
@@ -136,22 +130,32 @@ def set_cpu_threads(n: int) -> None:
 
 def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: str = "auto",
             require_trained: bool = True, progress: "Progress | None" = None,
-            min_lesion_volume_mm3: float = 0.0) -> Analysis:
+            min_lesion_volume_mm3: float = 0.0, lesion_model: "SctLesionModel | None" = None,
+            sct_centerline: str = "cnn") -> Analysis:
     """Segment cord and lesions and measure them; everything comes back in the input grid.
 
     `min_lesion_volume_mm3` > 0 drops smaller lesion components (inference.lesion_filter)
     before anything is measured or encoded; measurements record the minimum and how many
     components it dropped, so a reader of the numbers knows.
+
+    With `lesion_model` (one of SCT's, inference.sct) the lesions are that model's, inside the
+    cord of `model`; `sct_centerline` "cnn" finds the cord for SCT's crop with SCT's centerline
+    network, "cord" takes the centres of `model`'s cord mask (SCT's ``-centerline file``).
     """
     from inference.engine import segment
     from inference.lesion_filter import drop_small_lesions
 
+    if sct_centerline not in ("cnn", "cord"):
+        raise ValueError(f"sct_centerline must be cnn or cord, got {sct_centerline!r}")
     loaded = resolve_model(model, device=device, require_trained=require_trained)
     seg = segment(volume, loaded, progress=progress)
+    lesion = seg.lesion_mask
+    if lesion_model is not None:
+        lesion = _sct_lesions(volume, lesion_model, seg.cord_mask, sct_centerline, seg.timings, progress)
     t0 = time.perf_counter()
     if progress:
         progress("metrics", 0, 1)
-    lesion_mask, dropped = drop_small_lesions(seg.lesion_mask, volume.affine, min_lesion_volume_mm3)
+    lesion_mask, dropped = drop_small_lesions(lesion, volume.affine, min_lesion_volume_mm3)
     measured, labels = measure(seg.cord_mask, lesion_mask, volume.affine)
     measured = measured.with_filter(LesionFilter(float(min_lesion_volume_mm3), dropped))
     t1 = time.perf_counter()
@@ -161,4 +165,23 @@ def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: 
         cord_mask=seg.cord_mask, lesion_mask=lesion_mask, lesion_labels=labels,
         cord_prob=seg.cord_prob, affine=np.asarray(volume.affine, dtype=np.float64).copy(),
         metrics=measured, model=model_identity(loaded.meta), timings=timings,
+        lesion_model=None if lesion_model is None else lesion_model.identity,
     )
+
+
+def _sct_lesions(volume: Volume, lesion_model: "SctLesionModel", cord: np.ndarray, centerline: str,
+                 timings: dict[str, float], progress: "Progress | None") -> np.ndarray:
+    """SCT's lesion mask inside ``cord`` (lesions are measured in the cord); logs what lay outside it."""
+    from inference.sct.pipeline import segment_lesions
+
+    if progress:
+        progress("SCT lesions", 0, 1)
+    t0 = time.perf_counter()
+    raw = segment_lesions(volume, lesion_model, cord_mask=cord if centerline == "cord" else None)
+    timings["sct lesions"] = time.perf_counter() - t0
+    inside = (raw > 0) & (cord > 0)
+    outside = int(np.count_nonzero(raw)) - int(np.count_nonzero(inside))
+    if outside:
+        log.info("%s: %d of %d lesion voxels lie outside the cord and are not measured", lesion_model.identity.name,
+                 outside, int(np.count_nonzero(raw)))
+    return inside.astype(np.uint8)

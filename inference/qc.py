@@ -128,3 +128,57 @@ def render_overlay(image: np.ndarray, cord: np.ndarray, lesion: np.ndarray, affi
     if title:
         ImageDraw.Draw(canvas).text((4, 2), title, fill=(255, 255, 255))
     return canvas
+
+
+A_RGB = np.array([255, 170, 0], np.float32)  # first mask of a comparison: orange outline
+B_RGB = np.array([0, 200, 255], np.float32)  # second: cyan outline
+
+
+def render_comparison(image: np.ndarray, a: np.ndarray, b: np.ndarray, affine: np.ndarray, names: tuple[str, str],
+                      max_slices: int = 6) -> Image.Image:
+    """Axial slices holding lesions of either mask, each shown plain and with both masks outlined.
+
+    Why plain beside outlined: on real data there is no truth to show, so the reader judges the
+    hyperintensity itself. Zoomed AX_FOV_MM around the lesions of the slice; display as render_overlay."""
+    if not (image.shape == a.shape == b.shape) or image.ndim != 3:
+        raise ValueError(f"image {image.shape} and masks {a.shape}, {b.shape} must be 3D arrays of one shape")
+    reo = reorient_to_ras(affine, image.shape)
+    img = reo.forward(np.asarray(image, np.float32))
+    ma, mb = reo.forward(np.asarray(a) > 0), reo.forward(np.asarray(b) > 0)
+    sx, sy, _ = voxel_sizes(reo.affine_ras)
+    lo, hi = _window(img)
+    gray = (np.clip((img - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    union = ma | mb
+    zs = [int(z) for z in np.nonzero(union.any(axis=(0, 1)))[0]]
+    if len(zs) > max_slices:
+        zs = sorted(sorted(zs, key=lambda z: -int(union[:, :, z].sum()))[:max_slices])
+    rows = []
+    for z in sorted(zs, reverse=True):  # superior first
+        cx, cy = np.argwhere(union[:, :, z]).mean(0)
+        hx, hy = AX_FOV_MM / 2 / sx, AX_FOV_MM / 2 / sy
+        xs = slice(max(0, int(cx - hx)), min(img.shape[0], int(cx + hx) + 1))
+        ys = slice(max(0, int(cy - hy)), min(img.shape[1], int(cy + hy) + 1))
+        g, pa, pb = (m[xs, ys, z].T[::-1, ::-1] for m in (gray, ma, mb))  # rows = A->P, cols = R->L
+        w_mm, h_mm = (xs.stop - xs.start) * sx, (ys.stop - ys.start) * sy
+        s = AX_SIZE / max(w_mm, h_mm)
+        size = (int(round(w_mm * s)), int(round(h_mm * s)))
+        plain = Image.fromarray(g).resize(size, Image.Resampling.BILINEAR).convert("RGB")
+        rgb = np.asarray(plain, np.float32).copy()
+        for mask, colour in ((pa, A_RGB), (pb, B_RGB)):
+            big = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.Resampling.NEAREST)) > 0
+            rgb[_outline(big)] = colour
+        outlined = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB")
+        ImageDraw.Draw(plain).text((4, 2), f"axial {z}", fill=TEXT_RGB)
+        rows.append((plain, outlined))
+    header = 16
+    width = 2 * AX_SIZE + 4
+    canvas = Image.new("RGB", (width, header + max(1, len(rows)) * (AX_SIZE + 4)), (0, 0, 0))
+    for i, (plain, outlined) in enumerate(rows):
+        canvas.paste(plain, (0, header + i * (AX_SIZE + 4)))
+        canvas.paste(outlined, (AX_SIZE + 4, header + i * (AX_SIZE + 4)))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), names[0], fill=tuple(int(v) for v in A_RGB))
+    draw.text((4 + 8 * (len(names[0]) + 2), 2), names[1], fill=tuple(int(v) for v in B_RGB))
+    if not rows:
+        draw.text((4, header + 4), "no lesion in either mask", fill=TEXT_RGB)
+    return canvas
