@@ -17,7 +17,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -29,13 +29,19 @@ from dicom_node.security import PeerSettings as PeerSettings
 from inference.api import (
     DEFAULT_MIN_LESION_VOLUME_MM3,
     NNUNET_OPTIONS,
+    SCT_MODEL_NAMES,
+    SCT_PREFIX,
     AnalysisRequest,
     AnalysisSettings,
+    LesionModelSpec,
     ModelSpec,
     SettingError,
     check_min_volume,
     check_nnunet_settings,
 )
+
+if TYPE_CHECKING:
+    from dicom_node.routing import Rule
 
 CONFIG_ENV = "DICOM_NODE_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
@@ -98,12 +104,17 @@ class ModelSettings:
     cord_labels: list[int | str] = field(default_factory=list)  # labels (numbers or names) that are cord
     lesion_labels: list[int | str] = field(default_factory=list)  # labels that are lesion (also cord)
     fast_cpu: bool = False  # CPU: faster kernels, same labels, probabilities not bit-identical to nnU-Net
+    # only for sct:NAME models (Spinal Cord Toolbox's lesion models, a site's own SCT copy): the
+    # folder(s) holding their .h5 files; "" = $SCT_DIR/data, and the pipelines using it are off when
+    # the files are not there
+    sct_data_dir: str | list[str] = ""
 
 
 @dataclass
 class PipelineSettings:
     model: str = "default"  # key in `models`
     min_lesion_volume_mm3: float = DEFAULT_MIN_LESION_VOLUME_MM3  # smaller lesion components are dropped (0 = keep all)
+    lesion_model: str = ""  # key in `models` of an sct:NAME model that draws the lesions ("" = `model`'s own)
 
 
 @dataclass
@@ -156,14 +167,29 @@ class RetentionSettings:
     interval_s: float = 600.0  # how often the node looks
 
 
+def default_models() -> dict[str, ModelSettings]:
+    """Our model, and Spinal Cord Toolbox's two MS lesion models (found only where a site has SCT)."""
+    return {"default": ModelSettings(),
+            "sct_t2_ax_lesion": ModelSettings(path=f"{SCT_PREFIX}t2_ax_lesion"),
+            "sct_t2s_lesion": ModelSettings(path=f"{SCT_PREFIX}t2s_lesion")}
+
+
+def default_pipelines() -> dict[str, PipelineSettings]:
+    """Cord and lesions by our model; and for axial T2w / T2*w, lesions by SCT's model of that contrast
+    inside our cord (off, with a log line, where SCT's files are not found)."""
+    return {"spinal_cord": PipelineSettings(),
+            "ms_axial_t2": PipelineSettings(lesion_model="sct_t2_ax_lesion"),
+            "ms_axial_t2s": PipelineSettings(lesion_model="sct_t2s_lesion")}
+
+
 @dataclass
 class Config:
     node: NodeSettings = field(default_factory=NodeSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     completion: CompletionSettings = field(default_factory=CompletionSettings)
     worker: WorkerSettings = field(default_factory=WorkerSettings)
-    models: dict[str, ModelSettings] = field(default_factory=lambda: {"default": ModelSettings()})
-    pipelines: dict[str, PipelineSettings] = field(default_factory=lambda: {"spinal_cord": PipelineSettings()})
+    models: dict[str, ModelSettings] = field(default_factory=lambda: default_models())
+    pipelines: dict[str, PipelineSettings] = field(default_factory=lambda: default_pipelines())
     destinations: dict[str, DestinationSettings] = field(default_factory=dict)
     dispatch: DispatchSettings = field(default_factory=DispatchSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
@@ -203,15 +229,57 @@ class Config:
         """``model_spec``'s text form: FOLDER?key=value&... (for logs, /health and the model cache)."""
         return str(self.model_spec(key))
 
+    def lesion_model_spec(self, key: str) -> LesionModelSpec:
+        """The SCT lesion model of a `models` entry (path sct:NAME), its folders resolved."""
+        return LesionModelSpec(self.models[key].path, tuple(str(self.path(d)) for d in _folders(self.models[key])))
+
     def analysis_request(self, pipeline: str) -> AnalysisRequest:
-        """What inference runs for a job of `pipeline`: its model, the worker's device, its settings."""
+        """What inference runs for a job of `pipeline`: its model (and SCT's lesion model, if it
+        names one), the worker's device, its settings."""
         p = self.pipelines[pipeline]
         return AnalysisRequest(model=self.model_spec(p.model), device=self.worker.device,
-                               settings=AnalysisSettings(min_lesion_volume_mm3=p.min_lesion_volume_mm3))
+                               settings=AnalysisSettings(min_lesion_volume_mm3=p.min_lesion_volume_mm3),
+                               lesion_model=self.lesion_model_spec(p.lesion_model) if p.lesion_model else None)
+
+    def pipelines_off(self) -> dict[str, str]:
+        """Pipelines that cannot run here, with why: their SCT lesion model's files are not found
+        and no sct_data_dir was set (where one is set, a missing file stops the config instead)."""
+        off: dict[str, str] = {}
+        for name, p in self.pipelines.items():
+            if p.lesion_model and p.lesion_model not in self.models:
+                off[name] = f"its lesion_model {p.lesion_model!r} is not a key of models"
+            elif p.lesion_model:
+                try:
+                    self.lesion_model_spec(p.lesion_model).files()
+                except ValueError as exc:
+                    off[name] = (f"{exc} (set models.{p.lesion_model}.sct_data_dir to the folder holding "
+                                 "Spinal Cord Toolbox's model files, or SCT_DIR)")
+        return off
+
+    def routing_rules(self) -> list[Rule]:
+        """The rules in force: a rule whose pipeline is off (pipelines_off) is left out, so its series
+        go to the next rule that matches."""
+        from dicom_node.routing import parse_rules
+
+        off = self.pipelines_off()
+        return [rule for rule in parse_rules(self.routing) if rule.pipeline not in off]
 
     def pipeline_model_paths(self) -> list[str]:
-        """The model specs the pipelines use, each once (what the node loads at start)."""
-        return sorted({self.model_path(p.model) for p in self.pipelines.values()})
+        """The model specs the pipelines that are on use, each once (what the node loads at start)."""
+        off = self.pipelines_off()
+        return sorted({self.model_path(p.model) for name, p in self.pipelines.items() if name not in off})
+
+    def pipeline_lesion_models(self) -> dict[str, LesionModelSpec]:
+        """The SCT lesion models of the pipelines that are on, by models key."""
+        off = self.pipelines_off()
+        return {p.lesion_model: self.lesion_model_spec(p.lesion_model)
+                for name, p in self.pipelines.items() if p.lesion_model and name not in off}
+
+
+def _folders(m: ModelSettings) -> list[str]:
+    """A models entry's sct_data_dir as a list (one folder or several; [] when unset)."""
+    value = m.sct_data_dir
+    return [value] if isinstance(value, str) and value else list(value) if isinstance(value, list) else []
 
 
 def _nnunet_options(m: ModelSettings) -> dict[str, Any]:
@@ -289,6 +357,18 @@ def _validate(cfg: Config) -> None:
     for name, p in cfg.pipelines.items():
         if p.model not in cfg.models:
             raise ConfigError(f"pipelines.{name}.model: {p.model!r} is not a key of models ({', '.join(cfg.models)})")
+        if cfg.models[p.model].path.startswith(SCT_PREFIX):
+            raise ConfigError(f"pipelines.{name}.model: {p.model!r} is one of SCT's lesion models, which draw lesions "
+                              "only: name it as lesion_model, and a cord model (e.g. default) as model")
+        if p.lesion_model and p.lesion_model not in cfg.models and default_pipelines().get(name) == p:
+            pass  # a shipped SCT pipeline under a file whose own `models` leaves SCT out: off (pipelines_off)
+        elif p.lesion_model:
+            if p.lesion_model not in cfg.models:
+                raise ConfigError(f"pipelines.{name}.lesion_model: {p.lesion_model!r} is not a key of models "
+                                  f"({', '.join(cfg.models)})")
+            if not cfg.models[p.lesion_model].path.startswith(SCT_PREFIX):
+                raise ConfigError(f"pipelines.{name}.lesion_model: {p.lesion_model!r} must be an SCT lesion model "
+                                  f"(path: {SCT_PREFIX}NAME, one of {', '.join(SCT_MODEL_NAMES)})")
         try:
             check_min_volume(p.min_lesion_volume_mm3, f"pipelines.{name}.min_lesion_volume_mm3")
         except ValueError as exc:
@@ -345,6 +425,12 @@ def _validate_model(cfg: Config, name: str, m: ModelSettings) -> None:
     """An nnU-Net entry is checked against its folder now (folds, checkpoint, configuration,
     labels: JSON and file names, nothing unpickled), so a wrong setting stops the node at start
     with the key named, not the first job."""
+    if m.path.startswith(SCT_PREFIX):
+        _validate_sct_model(cfg, name, m)
+        return
+    if m.sct_data_dir:
+        raise ConfigError(f"models.{name}.sct_data_dir: only SCT lesion models ({SCT_PREFIX}NAME) take it; "
+                          f"{m.path} is not one (remove the setting)")
     options = _nnunet_options(m)
     for key in ("folds", "cord_labels", "lesion_labels"):
         for i, v in enumerate(getattr(m, key)):
@@ -377,6 +463,25 @@ def _validate_model(cfg: Config, name: str, m: ModelSettings) -> None:
         raise ConfigError(f"models.{name}.{exc.key}: {exc}") from None
     except ValueError as exc:  # ModelError: the folder itself is broken (bad JSON, unsupported plans)
         raise ConfigError(f"models.{name}.path: {exc}") from None
+
+
+def _validate_sct_model(cfg: Config, name: str, m: ModelSettings) -> None:
+    """An sct:NAME entry: a known name, no nnU-Net keys, and its files in sct_data_dir when one is set
+    (unset, the pipelines using it are off where $SCT_DIR/data lacks them: Config.pipelines_off)."""
+    if m.path not in SCT_MODEL_NAMES:
+        raise ConfigError(f"models.{name}.path: unknown SCT model {m.path!r} (known: {', '.join(SCT_MODEL_NAMES)})")
+    options = _nnunet_options(m)
+    if options:
+        raise ConfigError(f"models.{name}.{next(iter(options))}: only nnU-Net v2 folders take it; {m.path} is one "
+                          "of SCT's lesion models (remove the setting)")
+    value = m.sct_data_dir
+    if not (isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) and v for v in value))):
+        raise ConfigError(f"models.{name}.sct_data_dir: a folder or a list of folders, got {value!r}")
+    if _folders(m):
+        try:
+            cfg.lesion_model_spec(name).files()
+        except ValueError as exc:
+            raise ConfigError(f"models.{name}.sct_data_dir: {exc}") from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:

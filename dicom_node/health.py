@@ -18,7 +18,7 @@ from typing import Any, Callable
 from dicom_node.catalog import Catalog
 from dicom_node.config import Config
 from dicom_node.security import DiskThreshold
-from inference.api import ModelState, check_model
+from inference.api import ModelState, check_model, sct_model_state
 
 
 @dataclass(frozen=True)
@@ -71,12 +71,18 @@ class HealthChecker:
         with self._lock:
             if self._models is None or time.monotonic() - self._models[0] > self.model_ttl_s:
                 checks = []
-                for key in sorted({p.model for p in self.config.pipelines.values()}):
+                off = self.config.pipelines_off()
+                for key in sorted({p.model for name, p in self.config.pipelines.items() if name not in off}):
                     try:
                         ok, loaded, detail = model_state(self.config.model_path(key))
                     except Exception as exc:  # a broken inference install is a readiness failure, not a crash
                         ok, loaded, detail = False, False, f"{type(exc).__name__}: {exc}"
                     checks.append(Check(f"model:{key}", ok, detail + (" (loaded)" if loaded else "")))
+                for key, spec in sorted(self.config.pipeline_lesion_models().items()):
+                    ok, loaded, detail = sct_model_state(spec)
+                    checks.append(Check(f"model:{key}", ok, detail + (" (loaded)" if loaded else "")))
+                for name, why in sorted(off.items()):  # off by configuration, not a failure
+                    checks.append(Check(f"pipeline:{name}", True, f"off: {why}"))
                 self._models = (time.monotonic(), checks)
             return self._models[1]
 

@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import ConfigError, load_config
-from dicom_node.routing import parse_rules, route
+from dicom_node.routing import route
 
 
 def add_rules_arguments(p: argparse.ArgumentParser) -> None:
@@ -41,10 +41,13 @@ def run_rules(args: argparse.Namespace) -> int:
         print(f"rules test: {args.path} does not exist", file=sys.stderr)
         return 2
     try:
-        rules = parse_rules(load_config(args.config).routing)
+        config = load_config(args.config)
+        rules = config.routing_rules()
     except ConfigError as exc:
         print(f"rules test: {exc}", file=sys.stderr)
         return 2
+    for name, why in config.pipelines_off().items():
+        print(f"pipeline {name} is off (its rules are skipped): {why}")
     series: dict[str, tuple[Path, Dataset, int]] = {}
     for f, ds in _dicom_files(args.path):
         uid = str(ds.get("SeriesInstanceUID", "")) or f"(no SeriesInstanceUID: {f})"

@@ -118,8 +118,18 @@ class Node:
         """Load every pipeline's model in the background after the listener is up, so the first
         case after a (re)start does not wait for it and a broken model is in the log at once.
         Loading is cached and locked per model: a job that comes first simply waits for it."""
-        from inference.api import preload
+        from inference.api import preload, preload_lesion_model
 
+        for name, why in self.config.pipelines_off().items():
+            log.warning("pipeline %s is off, its routing rules are skipped: %s", name, why)
+        for key, lesion_spec in self.config.pipeline_lesion_models().items():
+            t0 = time.monotonic()
+            try:
+                identity = preload_lesion_model(lesion_spec)
+            except Exception as exc:  # its jobs fail with the same reason; /health shows it
+                log.error("lesion model %s (%s) not loaded at start: %s", key, lesion_spec.name, exc)
+                continue
+            log.info("lesion model %s %s loaded in %.1f s", identity.name, identity.version, time.monotonic() - t0)
         for spec in self.config.pipeline_model_paths():
             t0 = time.monotonic()
             try:

@@ -20,7 +20,6 @@ from dicom_node.logsetup import log_context
 from dicom_node.results import THUMB_NAME
 from dicom_node.results.build import ResultRejected, build_results, new_result_uids, write_thumbnail
 from dicom_node.router import Router
-from dicom_node.routing import parse_rules
 from dicom_node.store import uid_problem
 from inference.api import Analysis, AnalysisRequest, Volume, VolumeError, analyze, set_cpu_threads, volume_from_datasets
 
@@ -60,7 +59,7 @@ class Worker:
         self.catalog = catalog
         self.jobs = Jobs(catalog)
         self.analyzer = analyzer or in_process_analyzer(config.worker.torch_threads)
-        self.router = Router(catalog, parse_rules(config.routing), config.data_dir)
+        self.router = Router(catalog, config.routing_rules(), config.data_dir)
 
     def recover(self) -> int:
         """On start: a job left running by a crash goes back to the queue. Returns how many."""

@@ -11,6 +11,7 @@ The contract:
   analyze(volume, AnalysisRequest) -> Analysis     (masks in the input grid + typed Measurements)
   check_model(spec) -> ModelState                  (loadable? loaded? without loading it)
   preload(spec, device) -> (ModelIdentity, device) (load now, so the first job does not wait)
+  SCT's lesion models (LesionModelSpec): sct_model_state(spec) without loading, preload_lesion_model(spec)
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ from inference.models.nnunet_folder import SettingError, resolve_options
 from inference.models.spec import NNUNET_OPTIONS, ModelError, ModelSpec
 from inference.models.state import ModelState, check_model
 from inference.pipeline import DEFAULT_MODEL, Analysis, ModelIdentity
+from inference.sct.models import NAMES as SCT_MODEL_NAMES
+from inference.sct.models import PREFIX as SCT_PREFIX
 from inference.version import package_version
 from inference.volume import FrameRef, Volume, VolumeError, orientation_label, volume_from_datasets
 
@@ -46,7 +49,8 @@ __all__ = [
     "DEFAULT_MIN_LESION_VOLUME_MM3", "DEFAULT_MODEL", "NNUNET_OPTIONS", "OFFLINE_COMMANDS", "Analysis",
     "AnalysisRequest", "AnalysisSettings", "CordMeasurements", "CsaPerSlice", "FrameRef", "LesionFilter",
     "LesionMetrics", "LevelCsa", "LevelMeasurements", "Measurements", "ModelError", "ModelIdentity", "ModelSpec",
-    "ModelState", "SettingError",
+    "ModelState", "SettingError", "LesionModelSpec", "SCT_MODEL_NAMES", "SCT_PREFIX", "sct_model_state",
+    "preload_lesion_model",
     "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model",
     "check_nnunet_settings", "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version",
     "preload", "render_overlay", "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
@@ -67,6 +71,24 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class LesionModelSpec:
+    """One of Spinal Cord Toolbox's lesion models (inference.sct), which draws the lesions inside
+    the cord of a pipeline's own model: its name (``sct:t2_ax_lesion``) and the folders holding
+    its .h5 files (``()``: ``$SCT_DIR/data``). The files are a site's own SCT copy, never ours."""
+
+    name: str
+    folders: tuple[str, ...] = ()
+    centerline: str = "cnn"  # SCT's centerline network ("cnn"), or the centres of our cord ("cord")
+
+    def files(self) -> tuple[str, str]:
+        """(lesion .h5, centerline .h5), or ModelError naming the missing file and where it looked."""
+        from inference.sct.models import default_data_dirs, model_files
+
+        lesion, ctr = model_files(self.name, self.folders or default_data_dirs())
+        return str(lesion), str(ctr)
+
+
+@dataclass(frozen=True)
 class AnalysisRequest:
     """What to run on a volume: which model, on which device, with which settings. Picklable
     (it travels to Ray actors as is)."""
@@ -74,14 +96,44 @@ class AnalysisRequest:
     model: ModelSpec
     device: str = "auto"
     settings: AnalysisSettings = field(default_factory=AnalysisSettings)
+    lesion_model: LesionModelSpec | None = None  # lesions from SCT's model instead of ``model``'s
 
 
 def analyze(volume: Volume, request: AnalysisRequest) -> Analysis:
-    """Segment and measure ``volume`` as ``request`` says (loads the model once per process)."""
+    """Segment and measure ``volume`` as ``request`` says (loads the models once per process)."""
     from inference import pipeline
 
+    lesion_model = None
+    if request.lesion_model is not None:
+        from inference.sct.models import load_sct_model
+
+        lesion_model = load_sct_model(request.lesion_model.name, request.lesion_model.folders or None)
     return pipeline.analyze(volume, model=str(request.model), device=request.device,
-                            min_lesion_volume_mm3=request.settings.min_lesion_volume_mm3)
+                            min_lesion_volume_mm3=request.settings.min_lesion_volume_mm3,
+                            lesion_model=lesion_model,
+                            sct_centerline=request.lesion_model.centerline if request.lesion_model else "cnn")
+
+
+def sct_model_state(spec: LesionModelSpec) -> ModelState:
+    """(loadable, loaded, detail) of an SCT lesion model: its files found, and whether this process
+    holds it, without loading it (/health asks every 30 s)."""
+    import sys
+
+    try:
+        lesion, ctr = spec.files()
+    except ModelError as exc:
+        return ModelState(False, False, str(exc))
+    models = sys.modules.get("inference.sct.models")
+    cache = getattr(models, "_CACHE", {}) or {}
+    loaded = any(key[0] == spec.name for key in cache)
+    return ModelState(True, loaded, f"{spec.name} ({lesion}, {ctr})")
+
+
+def preload_lesion_model(spec: LesionModelSpec) -> ModelIdentity:
+    """Load an SCT lesion model now (both networks), so the first job does not wait; who it is."""
+    from inference.sct.models import load_sct_model
+
+    return load_sct_model(spec.name, spec.folders or None).identity
 
 
 def preload(spec: ModelSpec | str, device: str = "auto") -> tuple[ModelIdentity, str]:

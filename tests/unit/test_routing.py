@@ -40,7 +40,17 @@ def header(**kw: object) -> Dataset:
 
 @pytest.fixture(scope="module")
 def default_rules():
+    """Every default rule, as on a node that finds SCT's model files (the SCT pipelines are on)."""
     return parse_rules(load_config().routing)
+
+
+@pytest.fixture
+def rules_without_sct(monkeypatch):
+    """The default rules in force where SCT's files are not found: the ms-* rules are skipped."""
+    monkeypatch.delenv("SCT_DIR", raising=False)
+    cfg = load_config()
+    assert set(cfg.pipelines_off()) == {"ms_axial_t2", "ms_axial_t2s"}
+    return cfg.routing_rules()
 
 
 def rule_name(rules, ds, ae: str = "MODALITY") -> str | None:
@@ -53,7 +63,18 @@ CASES = {
                           ImageOrientationPatient=SAG, EchoTime=93, RepetitionTime=3500), "spine-t2"),
     "t2 axial cervical": (dict(SeriesDescription="T2 TSE AX C-SPINE", ProtocolName="t2_tse_tra_C-spine",
                                BodyPartExamined="CSPINE", ImageOrientationPatient=AX, EchoTime=102,
-                               RepetitionTime=4200), "spine-t2"),
+                               RepetitionTime=4200), "ms-axial-t2"),
+    "medic axial": (dict(SeriesDescription="MEDIC ax C-spine", ProtocolName="medic_tra", BodyPartExamined="CSPINE",
+                         ImageOrientationPatient=AX, ScanningSequence=["GR"], EchoTime=17, RepetitionTime=650),
+                    "ms-axial-t2star"),
+    "t2star axial": (dict(SeriesDescription="T2* TRA cervical cord", ImageOrientationPatient=AX,
+                          ScanningSequence=["GR"], EchoTime=20, RepetitionTime=700), "ms-axial-t2star"),
+    "merge axial": (dict(SeriesDescription="AX MERGE C-SPINE", BodyPartExamined="CSPINE", ImageOrientationPatient=AX,
+                         Manufacturer="GE MEDICAL SYSTEMS", ScanningSequence=["GR"], EchoTime=14,
+                         RepetitionTime=600), "ms-axial-t2star"),
+    "medic sagittal": (dict(SeriesDescription="MEDIC sag C-spine", BodyPartExamined="CSPINE",
+                            ImageOrientationPatient=SAG, ScanningSequence=["GR"], EchoTime=17, RepetitionTime=650),
+                       "store-only"),
     "t2 sag thoracic levels": (dict(SeriesDescription="T2 SAG T1-T12", BodyPartExamined="TSPINE",
                                     ImageOrientationPatient=SAG, EchoTime=100, RepetitionTime=3000), "spine-t2"),
     "t2 by physics only": (dict(SeriesDescription="sag spine", ImageOrientationPatient=SAG,
@@ -89,7 +110,20 @@ def test_default_rules_on_realistic_headers(default_rules, case: str) -> None:
     decision = route(default_rules, header(**attrs), "MODALITY")
     assert decision.matched and decision.rule is not None
     assert decision.rule.name == expected, "\n".join(decision.explanation)
-    assert decision.explanation[0].startswith("rule 'spine-t2'")
+    assert decision.explanation[0].startswith("rule 'ms-axial-t2star'")  # rules are tried in order
+
+
+WITHOUT_SCT = {"t2 axial cervical": "spine-t2", "medic axial": "store-only", "t2star axial": "spine-t2",
+               "merge axial": "store-only", "t2 sag spine": "spine-t2", "stir sag": "store-only"}
+
+
+@pytest.mark.parametrize("case", list(WITHOUT_SCT))
+def test_without_sct_files_axial_series_fall_through_to_our_model(rules_without_sct, case: str) -> None:
+    """A T2*-named axial series then goes to our model like any T2 (good on axial T2*); MEDIC and MERGE,
+    which do not say T2, are stored only, as before the SCT pipelines existed."""
+    attrs, _ = CASES[case]
+    decision = route(rules_without_sct, header(**attrs), "MODALITY")
+    assert decision.rule is not None and decision.rule.name == WITHOUT_SCT[case], "\n".join(decision.explanation)
 
 
 def test_default_rules_real_siemens_brain_t1_is_not_processed(default_rules) -> None:
