@@ -8,11 +8,12 @@ Content tree (the shape of the dcmqi and highdicom examples):
     Area the lesion's outline on its key image encloses, INFERRED FROM that outline (SCOORD
     POLYLINE, closed, on the source image; key_images.py says which image);
   - a TID 1410 planar group, tracking id "Lesion n": the same outline as its Image Region;
-  - a TID 1411 volumetric group, tracking id "Lesion n": finding category/type Lesion, finding site Spinal cord,
-    ReferencedSegment n + 1, and its NUM measurements (CODES.md says which code is which);
+  - a TID 1411 volumetric group, tracking id "Lesion n": finding category/type Lesion, finding
+    site Spinal cord, ReferencedSegment n + 1, and its NUM measurements (CODES.md says which
+    code is which);
   then the cord, the same way: a TID 1410 group (its outline on its key image, no number; the
-    border of the middle image when no cord was found) and a
-    TID 1411 group (segment 1): mean CSA and cord volume; when the vertebral levels are known,
+    border of the middle image when no cord was found) and a TID 1411 group (segment 1): mean
+    CSA and cord volume; when the vertebral levels are known,
     the CSA of each level, then the C2-C3 CSA, each with its z-score and percentile among healthy
     adults (Finding Site = the vertebra(e), which tells them apart), and the compression ratio
     (raw and normalised) at the narrowest level; lesion groups add the vertebrae of their level
