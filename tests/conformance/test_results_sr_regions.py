@@ -183,3 +183,33 @@ def test_dsrdump_shows_outlines_on_mr_images(written):
     inferred = len(C.TOTAL_METRICS) + 2  # each total, each lesion's Area
     assert dump.count('inferred from SCOORD:(,,"Source")=(POLYLINE') == inferred
     assert dump.count('selected from IMAGE:(,,"Source")=(MR image') == 3 + inferred
+
+
+def test_multiframe_source_outlines_name_their_frame(tmp_path):
+    """One enhanced multi-frame source stored in reverse: each outline names (instance, frame number)."""
+    import io
+
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    from inference.volume import volume_from_datasets
+
+    require_tool("dciodvfy")
+    shared = require_shared("lesion-example")
+    case = make_case(shared.parent, tmp_path / "src", "axial")
+    multi = LegacyConvertedEnhancedMRImage(
+        [pydicom.dcmread(p) for p in case.paths][::-1], series_instance_uid=generate_uid(), series_number=98,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    buf = io.BytesIO()
+    multi.save_as(buf, enforce_file_format=True)
+    multi = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    volume = volume_from_datasets([multi])
+    mf_case = Case(source=[multi] * len(volume.frames), frames=list(volume.frames), image=volume.array,
+                   analysis=case.analysis, paths=[])
+    path = _write(mf_case, tmp_path)
+    check_result(path)
+    for group in sr_image_regions(path):
+        assert group.region.sop_instance_uid == str(multi.SOPInstanceUID)
+        assert group.region.frame_number is not None
+        _slice_of(mf_case, group)  # (instance, frame) is one slice of the volume
+    first = sr_image_regions(path)[0]
+    assert _slice_of(mf_case, first) == case.analysis.metrics.lesions[0].max_axial_area_slice
