@@ -92,7 +92,7 @@ def lesion_key_image(analysis: Analysis, lesion: LesionMetrics, frames: Sequence
     """The lesion's key image and outline (None when its label is not in the label map)."""
     mask = np.asarray(analysis.lesion_labels) == lesion.label
     k = lesion.max_axial_area_slice if is_axial_series(analysis) else None
-    if k is None or not mask[:, :, k].any():
+    if k is None or not 0 <= k < mask.shape[2] or not mask[:, :, k].any():  # stale or absent: fall back
         k = _largest_section(mask)
     return None if k is None else _key_image(mask, k, analysis, frames, source)
 
