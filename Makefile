@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 # CPU build by default (an unpinned torch pulls several GB of CUDA packages); override for GPU hosts.
 TORCH_SPEC ?= torch==2.13.0
-PEERS := dcmtk orthanc orthanc-dicomweb dicom3tools chromium chromium-driver systemd
+PEERS := dcmtk orthanc orthanc-dicomweb dicom3tools chromium chromium-driver systemd npm
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint peers venv bench clean
+.PHONY: demo test lint peers venv bench clean ohif
 
 venv: $(STAMP)
 
@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 # The real peers from Debian: dcmtk storescu/echoscu/dsrdump, Orthanc and its DICOMweb plugin, dciodvfy, and headless
-# Chromium + ChromeDriver for the status-page browser test, systemd-analyze for the unit file.
+# Chromium + ChromeDriver for the browser tests (status page, OHIF), systemd-analyze for the unit file, npm to fetch
+# the OHIF viewer.
 peers:
 	@missing=""; \
-	for t in storescu:dcmtk Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb dciodvfy:dicom3tools chromium:chromium chromedriver:chromium-driver systemd-analyze:systemd; do \
+	for t in storescu:dcmtk Orthanc:orthanc /usr/share/orthanc/plugins/libOrthancDicomWeb.so:orthanc-dicomweb dciodvfy:dicom3tools chromium:chromium chromedriver:chromium-driver systemd-analyze:systemd npm:npm; do \
 	  command -v $${t%%:*} >/dev/null 2>&1 || [ -x /usr/sbin/$${t%%:*} ] || [ -e $${t%%:*} ] || missing="$$missing $${t##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -33,7 +34,12 @@ peers:
 	  fi; \
 	fi
 
-demo: $(STAMP) peers
+# The OHIF Viewer (npm @ohif/app, pinned with its integrity hash in testbed/ohif.py) unpacked into the git-ignored
+# .cache/ohif/VERSION/dist; a no-op once fetched. The demo serves it, the viewer test drives it.
+ohif: $(STAMP) peers
+	$(VENV)/bin/python -m testbed.ohif fetch >/dev/null
+
+demo: $(STAMP) peers ohif
 	$(VENV)/bin/dicom-node demo
 
 # ruff and mypy, configured in pyproject.toml; `make test` (what .ci/run calls) runs them first
@@ -41,7 +47,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-test: $(STAMP) peers lint
+test: $(STAMP) peers ohif lint
 	$(VENV)/bin/python -m pytest -q
 
 bench: $(STAMP) peers
@@ -51,4 +57,4 @@ bench: $(STAMP) peers
 	$(VENV)/bin/python bench/ray_throughput.py
 
 clean:
-	rm -rf $(VENV) var build *.egg-info
+	rm -rf $(VENV) var build *.egg-info .cache/ohif
