@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 
-from inference.api import Analysis, FrameRef, package_version
+from inference.api import Analysis, FrameRef, ModelIdentity, package_version
 
 CORD_SEGMENT = 1
 SEG_SERIES_NUMBER = 9901
@@ -171,12 +171,28 @@ def algorithm_parameters(analysis: Analysis) -> dict[str, str]:
     return {"min_lesion_volume_mm3": f"{minimum:g}"} if minimum > 0 else {}
 
 
-def _algorithm(analysis: Analysis) -> hd.AlgorithmIdentificationSequence:
+def lesion_algorithm_parameters(analysis: Analysis) -> dict[str, str]:
+    """algorithm_parameters of the lesion segments and numbers: when another model drew the lesions
+    (one of SCT's), also what it is and trained on, and which model drew the cord they lie in."""
+    params = algorithm_parameters(analysis)
+    if analysis.lesion_model is not None:
+        params = {**params, "model": analysis.lesion_model.description,
+                  "cord_model": f"{analysis.model.name} {analysis.model.version}"}
+    return params
+
+
+def lesion_model(analysis: Analysis) -> ModelIdentity:
+    """Who drew the lesions: an SCT model when the pipeline names one, else the analysis's model."""
+    return analysis.lesion_model or analysis.model
+
+
+def _algorithm(analysis: Analysis, lesions: bool = False) -> hd.AlgorithmIdentificationSequence:
+    model = lesion_model(analysis) if lesions else analysis.model
     return hd.AlgorithmIdentificationSequence(
-        name=analysis.model.name,
+        name=model.name,
         family=codes.cid7162.ArtificialIntelligence,
-        version=analysis.model.version,
-        parameters=algorithm_parameters(analysis) or None,
+        version=model.version,
+        parameters=(lesion_algorithm_parameters(analysis) if lesions else algorithm_parameters(analysis)) or None,
     )
 
 
@@ -189,7 +205,7 @@ def segment_descriptions(
     analysis: Analysis, study_uid: str, source_series_uid: str
 ) -> list[hd.seg.SegmentDescription]:
     """Cord first, then one segment per lesion, each with the tracking UID the SR repeats."""
-    algo = _algorithm(analysis)
+    algo, lesion_algo = _algorithm(analysis), _algorithm(analysis, lesions=True)
     descs = [
         hd.seg.SegmentDescription(
             segment_number=CORD_SEGMENT,
@@ -212,7 +228,7 @@ def segment_descriptions(
                 segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
                 segmented_property_type=codes.SCT.Lesion,
                 algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-                algorithm_identification=algo,
+                algorithm_identification=lesion_algo,
                 anatomic_regions=[codes.SCT.SpinalCord],
                 tracking_id=lesion_tracking_id(label),
                 tracking_uid=tracking_uid(study_uid, source_series_uid, f"lesion-{label}"),
@@ -297,7 +313,9 @@ def build_seg(
         device_serial_number=device_serial_number,
         fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
         content_label="SPINECORD",
-        content_description=f"Spinal cord and intramedullary lesions by {analysis.model.name}"[:64],
+        content_description=(f"Spinal cord by {analysis.model.name}, lesions by {analysis.lesion_model.name}"
+                             if analysis.lesion_model else
+                             f"Spinal cord and intramedullary lesions by {analysis.model.name}")[:64],
         omit_empty_frames=bool(omit_empty_frames and any_content),
     )
     seg.SeriesDescription = series_description(analysis, "FRACTIONAL SEG" if fractional else "SEG")

@@ -61,6 +61,8 @@ from dicom_node.results.seg import (
     ResultBuildError,
     algorithm_parameters,
     cord_tracking_id,
+    lesion_algorithm_parameters,
+    lesion_model,
     lesion_numbers,
     lesion_tracking_id,
     segment_number_for_lesion,
@@ -242,6 +244,10 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
     model = analysis.model
     params = [f"{k}={v}" for k, v in algorithm_parameters(analysis).items()]
     algo = hd.sr.AlgorithmIdentification(name=model.name, version=model.version, parameters=params or None)
+    drew = lesion_model(analysis)  # the lesions' own model: one of SCT's when the pipeline names one
+    lesion_algo = hd.sr.AlgorithmIdentification(
+        name=drew.name, version=drew.version,
+        parameters=[f"{k}={v}" for k, v in lesion_algorithm_parameters(analysis).items()] or None)
     site = [hd.sr.FindingSite(anatomic_location=C.SPINAL_CORD)]
 
     def segment_ref(number: int) -> hd.sr.ReferencedSegment:
@@ -265,7 +271,7 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
             finding_category=C.ABNORMAL_STRUCTURE,
             finding_type=C.LESION,
             finding_sites=_lesion_sites(lesion),
-            algorithm_id=algo,
+            algorithm_id=lesion_algo,
             measurements=[hd.sr.Measurement(name=C.AREA, value=key.area_mm2, unit=C.MM2,
                                             referenced_coordinates=[_coordinates(key)])],
         ))
@@ -275,7 +281,7 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
             finding_category=C.ABNORMAL_STRUCTURE,
             finding_type=C.LESION,
             finding_sites=_lesion_sites(lesion),
-            algorithm_id=algo,
+            algorithm_id=lesion_algo,
         ))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=lesion_tracking_id(label)),
@@ -283,7 +289,7 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
             finding_category=C.ABNORMAL_STRUCTURE,
             finding_type=C.LESION,
             finding_sites=_lesion_sites(by_label.get(label)),
-            algorithm_id=algo,
+            algorithm_id=lesion_algo,
             measurements=_measurements(by_label.get(label), C.LESION_METRICS),
         ))
 
@@ -318,7 +324,7 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
         finding_category=C.ABNORMAL_STRUCTURE,
         finding_type=C.LESION,
         finding_sites=site,
-        algorithm_id=algo,
+        algorithm_id=lesion_algo,
         measurements=_measurements(meas, C.TOTAL_METRICS, {"lesion_count": len(labels)}, inferred_from=cord_key),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=C.LESION, value=C.PRESENT if labels else C.ABSENT
