@@ -86,7 +86,7 @@ class OhifUI:
                 return entry
         raise AssertionError(f"no {modality} in the study browser; it shows {self.thumbnails()}")
 
-    def open_series(self, modality: str, timeout: float = 60.0) -> None:
+    def open_series(self, modality: str) -> None:
         """Double-click the (first) `modality` entry of the study browser, as a user does to view it."""
         from selenium.webdriver.common.action_chains import ActionChains
 
@@ -107,11 +107,6 @@ class OhifUI:
         self.accept_prompt(timeout, "open the segmentation")
         return list(self.browser.wait_for(lambda d: d.execute_script(_SEGMENT_LABELS) or False, timeout,
                                           "the SEG's segments loaded into the viewer"))
-
-    def load_sr(self, timeout: float = 90.0) -> None:
-        """Open the SR and continue tracking its measurements (OHIF's "Yes" on the SR viewport)."""
-        self.open_series("SR")
-        self.accept_prompt(timeout, "track the SR's measurements")
 
     # ---- panels -------------------------------------------------------------------------------
     def panel_text(self, button_css: str, expect: str, timeout: float = 30.0) -> str:

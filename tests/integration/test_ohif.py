@@ -15,6 +15,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -223,20 +224,28 @@ def shown_numbers(text: str) -> list[float]:
 def test_sr_measurements_shown_without_error(study: tuple[Study, LocalOrthanc], ohif: OhifUI) -> None:
     s = study[0]
     lesions = [label for label in segment_labels(s.seg).values() if label.lower().startswith("lesion")]
-    rois = planar_rois(s.sr)
     assert lesions, "the lesion sample must give at least one lesion"
+    ohif.browser.log()
+    ohif.open_study(s.uid)
+    ohif.open_series("SR")
+    ohif.settle()
+    time.sleep(2.0)  # what a user sees a moment after the double-click
+    ohif.shot("sr-opened")
+    assert ohif.browser.driver.execute_script(_ANY_CANVAS_DRAWN), (
+        f"the viewport is blank after opening our SR (see {ARTEFACTS}); console: {console_errors(ohif)}")
+    rois = planar_rois(s.sr)
     for lesion in lesions:
         assert any(lesion in r.tracking_id for r in rois), (
             f"our SR has no image-region measurement (TID 1410 planar ROI) for {lesion}: nothing OHIF can show")
-    ohif.browser.log()
-    ohif.open_study(s.uid)
-    ohif.load_sr()
+    ohif.accept_prompt(60.0, "track the SR's measurements")
+    ohif.settle()
     ohif.shot("sr-loaded")
-    assert ohif.browser.driver.execute_script(_ANY_CANVAS_DRAWN), f"the viewport is blank after loading the SR " \
-        f"(see {ARTEFACTS})"
-    panel = ohif.panel_text(MEASUREMENTS_PANEL, "Measurements")
+    panel = ohif.panel_text(MEASUREMENTS_PANEL, lesions[0])
     ohif.shot("sr-measurements")
+    (ARTEFACTS / "sr-measurements-panel.txt").write_text(panel)
     numbers = shown_numbers(panel)
+    for lesion in lesions:
+        assert lesion in panel, f"{lesion} not in OHIF's measurements panel: {panel!r}"
     for roi in rois:
         for concept, value, unit in roi.values:
             assert any(abs(n - value) <= max(0.051, 0.01 * abs(value)) for n in numbers), (
