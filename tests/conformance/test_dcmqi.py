@@ -73,6 +73,25 @@ def _items(group_numbers: dict, site_numbers: dict) -> Counter[tuple[str, float]
 
 @pytest.mark.parametrize("variant", ["binary", "ohif"])
 def test_tid1500reader_reads_every_measurement_with_its_segment(case, tmp_path, variant):
+    _check_tid1500reader(case, tmp_path, variant)
+
+
+def test_tid1500reader_reads_the_per_level_numbers_too(tmp_path):
+    """With vertebral levels: per-level CSA, z-score and percentile, compression ratios, lesion spans.
+
+    dcmqi 1.5.7 keeps every number but drops what a NUM's own modifiers say (its Finding Site: the
+    level; its Measurement Method): it warns "interpreted only at the MeasurementGroup level".
+    """
+    from tests.conformance.test_results_sr_levels import _levels, _with_levels
+
+    case = _with_levels(make_case(require_shared("lesion-example").parent, tmp_path / "src", "sagittal"),
+                        _levels(), {1: "C4-C5", 2: "C6"})
+    levels = case.analysis.metrics.levels
+    assert levels is not None and len(levels.cord_csa_mm2_per_level) == 5
+    _check_tid1500reader(case, tmp_path, "binary")
+
+
+def _check_tid1500reader(case: Case, tmp_path: Path, variant: str) -> None:
     seg, seg_path = _written(case, tmp_path, variant)
     sr = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid())
     sr_path = write_result(sr, tmp_path / "sr.dcm")
