@@ -49,7 +49,7 @@ __all__ = [
     "ModelState", "SettingError",
     "Volume", "VolumeError", "analyze", "atomic_write", "check_min_volume", "fsync_dir", "check_model",
     "check_nnunet_settings", "configure_heap", "heap_child_env", "json_keys", "orientation_label", "package_version",
-    "preload", "render_overlay", "replaced_atomically", "set_cpu_threads", "volume_from_datasets",
+    "preload", "render_overlay", "replaced_atomically", "set_cpu_threads", "superior_axis", "volume_from_datasets",
 ]
 
 
@@ -103,6 +103,14 @@ def check_nnunet_settings(spec: ModelSpec) -> None:
     """Raise SettingError (naming the setting) or ModelError when an nnU-Net folder's settings do not
     fit its files; JSON and file names only, so a config can be checked when it loads."""
     resolve_options(spec.location, dict(spec.options))
+
+
+def superior_axis(affine: np.ndarray, shape: tuple[int, ...]) -> int:
+    """The input axis that the metrics take as inferior-superior (their RPI z): the axis along which
+    ``LesionMetrics.max_axial_area_slice`` counts. The slice axis (2) for an axial series."""
+    from inference.rpi import RpiFrame
+
+    return RpiFrame.from_affine(affine, shape).source_axis[2]
 
 
 def render_overlay(image: np.ndarray, cord: np.ndarray, lesion: np.ndarray, affine: np.ndarray,

@@ -125,7 +125,8 @@ def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) ->
     cos_3d, cos_sag = np.cos(angles.theta_3d), np.cos(angles.theta_sag)
     length_rows = pz / cos_3d[rows.z]
     width = np.maximum.reduceat(rows.ap_extent * py * cos_sag[rows.z], rows.first_row)
-    area = np.maximum.reduceat(rows.voxels * cos_3d[rows.z] * px * py, rows.first_row)
+    area_rows = rows.voxels * cos_3d[rows.z] * px * py
+    area = np.maximum.reduceat(area_rows, rows.first_row)
     damage = np.maximum.reduceat((rows.voxels * px * py) / (cord_per_slice[rows.z] * px * py), rows.first_row)
     mid = _midsagittal_per_lesion(labels_rpi, boxes, rows, x_star, cord_rpi, angles, frame.spacing)
 
@@ -135,6 +136,8 @@ def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) ->
     lesions = []
     for i, (start, end) in enumerate(zip(rows.first_row.tolist(), ends.tolist())):
         centroid = affine64 @ np.array([*centroids[i], 1.0])
+        # the slice of the maximal area (the first on ties, as argmax), where the equivalent diameter is taken
+        key_z = int(rows.z[start + int(np.argmax(area_rows[start:end]))])
         lesions.append(LesionMetrics(
             label=i + 1,
             volume_mm3=float(rows.lesion_voxels[i]) * px * py * pz,
@@ -143,6 +146,7 @@ def analyze_lesions(lesion: np.ndarray, cord: np.ndarray, affine: np.ndarray) ->
             max_equivalent_diameter_mm=2.0 * math.sqrt(float(area[i]) / math.pi),
             max_axial_damage_ratio=float(damage[i]),
             centroid_ras_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+            max_axial_area_slice=int(frame.rpi_index_to_input(2, key_z)),
             **mid[i],  # type: ignore[arg-type]  # the midsagittal floats only, never level_span
         ))
     return LesionReport(

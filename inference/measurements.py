@@ -43,6 +43,9 @@ class LesionMetrics:
     ventral_bridge_ratio_pct: float | None
     centroid_ras_mm: tuple[float, float, float]
     level_span: str | None = None  # vertebral levels the lesion spans ("C4-C5", "C4"); None when unknown
+    # The axial slice of max_equivalent_diameter_mm (largest angle-corrected area), as an index along the
+    # input axis that runs closest to inferior-superior: the key image of an axial series (dicom_node SR).
+    max_axial_area_slice: int | None = None
 
     def to_json(self) -> JsonDict:
         out: JsonDict = {"label": int(self.label)}
@@ -51,6 +54,7 @@ class LesionMetrics:
                 out[f.name] = finite_or_none(getattr(self, f.name))
         out["centroid_ras_mm"] = [float(v) for v in self.centroid_ras_mm]
         out["level_span"] = self.level_span
+        out["max_axial_area_slice"] = self.max_axial_area_slice
         return out
 
     @classmethod
@@ -59,13 +63,15 @@ class LesionMetrics:
         values: dict[str, Any] = {f.name: data.get(f.name) for f in fields(cls) if f.name not in LESION_NON_METRICS}
         x, y, z = data.get("centroid_ras_mm") or (math.nan, math.nan, math.nan)
         span = data.get("level_span")
+        key = data.get("max_axial_area_slice")
         return cls(label=int(data["label"]), centroid_ras_mm=(float(x), float(y), float(z)),
-                   level_span=None if span is None else str(span), **values)
+                   level_span=None if span is None else str(span),
+                   max_axial_area_slice=None if key is None else int(key), **values)
 
 
 # Fields of a lesion that are identity or position, not measurements written as SR numbers
-# (the level span is written as the lesion's finding sites, not as a number).
-LESION_NON_METRICS = ("label", "centroid_ras_mm", "level_span")
+# (the level span is written as the lesion's finding sites, the key slice as its outline's image).
+LESION_NON_METRICS = ("label", "centroid_ras_mm", "level_span", "max_axial_area_slice")
 
 
 @dataclass(frozen=True)

@@ -149,8 +149,8 @@ def _seg_sr_pair(source: Sequence[pydicom.Dataset], volume: Volume, analysis: An
         # (a job of an older release may lack this variant: then it sent no SR of it to supersede)
         old = variant_uids(previous_uids, variant)
         previous = {"series_uid": old["sr_series"], "sop_instance_uid": old["sr_sop"]}
-    sr = build_sr(source, analysis, seg, series_uid=ids["sr_series"], sop_instance_uid=ids["sr_sop"],
-                  previous_sr=previous)
+    sr = build_sr(source, analysis, seg, frames=volume.frames, series_uid=ids["sr_series"],
+                  sop_instance_uid=ids["sr_sop"], previous_sr=previous)
     return [ResultFile("seg", _gated(seg, out_dir / f"seg{suffix}.dcm"), ids["seg_sop"]),
             ResultFile("sr", _gated(sr, out_dir / f"sr{suffix}.dcm"), ids["sr_sop"])]
 

@@ -3,7 +3,8 @@
 ``seg_masks_on_source`` decodes a SEG onto the source grid by walking each frame's own
 references (ReferencedSOPInstanceUID / ReferencedFrameNumber / ReferencedSegmentNumber),
 not by trusting positions: it is the independent check of the SEG builder's geometry.
-``sr_measurements`` walks the SR content tree and returns every group's numbers.
+``sr_measurements`` walks the SR content tree and returns every group's numbers;
+``sr_image_regions`` the TID 1410 groups: each finding's outline on its key image.
 """
 from __future__ import annotations
 
@@ -90,6 +91,28 @@ def seg_masks_on_source(
     return out
 
 
+@dataclass(frozen=True)
+class ImageRegionRef:
+    """A SCOORD as read back: its points (column, row) and the one image they are on."""
+
+    graphic_type: str
+    points: np.ndarray  # (n, 2) float
+    sop_instance_uid: str
+    frame_number: int | None
+
+
+def _scoord(item: Any) -> ImageRegionRef:
+    children = list(getattr(item, "ContentSequence", []))
+    if len(children) != 1 or "ReferencedSOPSequence" not in children[0]:
+        raise ResultValidationError("a SCOORD must name exactly one source image (one SELECTED FROM IMAGE)")
+    ref = children[0].ReferencedSOPSequence[0]
+    frames = getattr(ref, "ReferencedFrameNumber", None)
+    frame = None if frames is None else int(frames[0] if isinstance(frames, (list, pydicom.multival.MultiValue))
+                                            else frames)
+    points = np.asarray([float(v) for v in item.GraphicData], dtype=np.float64).reshape(-1, 2)
+    return ImageRegionRef(str(item.GraphicType), points, str(ref.ReferencedSOPInstanceUID), frame)
+
+
 @dataclass
 class SRGroup:
     """One measurement group as read back: identity, references and numbers."""
@@ -105,6 +128,8 @@ class SRGroup:
     finding_sites: list[str] = field(default_factory=list)  # the group's sites, 'value^scheme'
     # NUMs that carry their own Finding Site (per vertebral level): (sites joined by '|', *metric_key)
     site_numbers: dict[tuple[str, str, str, str], float] = field(default_factory=dict)
+    region: ImageRegionRef | None = None  # TID 1410: the group's Image Region (111030 DCM)
+    inferred_from: list[ImageRegionRef] = field(default_factory=list)  # SCOORDs its NUMs are INFERRED FROM
 
 
 def _code(item: Any) -> str:
@@ -131,6 +156,8 @@ def _walk_group(group: pydicom.Dataset) -> SRGroup:
             out.referenced_seg_uid = str(ref.ReferencedSOPInstanceUID)
         elif name == FINDING_SITE and vtype == "CODE":
             out.finding_sites.append(_code(item.ConceptCodeSequence[0]))
+        elif vtype == "SCOORD" and name == "111030^DCM":
+            out.region = _scoord(item)
         elif vtype == "NUM":
             method = derivation = ""
             sites: list[str] = []
@@ -142,6 +169,8 @@ def _walk_group(group: pydicom.Dataset) -> SRGroup:
                     derivation = _code(mod.ConceptCodeSequence[0])
                 elif mod_name == FINDING_SITE:
                     sites.append(_code(mod.ConceptCodeSequence[0]))
+                elif mod.ValueType == "SCOORD":
+                    out.inferred_from.append(_scoord(mod))
             mv = item.MeasuredValueSequence[0]
             value = float(mv.FloatingPointValue) if "FloatingPointValue" in mv else float(mv.NumericValue)
             key = (name, method, derivation)
@@ -161,8 +190,8 @@ def _walk_group(group: pydicom.Dataset) -> SRGroup:
     return out
 
 
-def sr_measurements(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
-    """All measurement groups under "Imaging Measurements" (126010 DCM), in document order."""
+def _all_groups(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
+    """Every measurement group under "Imaging Measurements" (126010 DCM), in document order."""
     ds = _dataset(sr)
     groups: list[SRGroup] = []
     for container in ds.ContentSequence:
@@ -172,6 +201,17 @@ def sr_measurements(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
             if _code(group.ConceptNameCodeSequence[0]) == "125007^DCM":
                 groups.append(_walk_group(group))
     return groups
+
+
+def sr_measurements(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
+    """The groups that hold the analysis' numbers (TID 1411 per segment, TID 1501 totals), in
+    document order; the TID 1410 outlines that share their tracking ids are in ``sr_image_regions``."""
+    return [g for g in _all_groups(sr) if g.region is None]
+
+
+def sr_image_regions(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
+    """The TID 1410 groups: one per finding, its outline on its key image (``region``), in document order."""
+    return [g for g in _all_groups(sr) if g.region is not None]
 
 
 def measurements_from_sr(sr: pydicom.Dataset | str | Path) -> dict[str, Any]:

@@ -2,18 +2,32 @@
 
 Content tree (the shape of the dcmqi and highdicom examples):
 - "Imaging Measurement Report", observer = this device (name, manufacturer, model+version, UID)
-- "Imaging Measurements" with
-  - one TID 1411 volumetric group per lesion: tracking id "Lesion n" + the SEG segment's
-    tracking UID, finding category/type Lesion, finding site Spinal cord, ReferencedSegment
-    n + 1, and its NUM measurements (CODES.md says which code is which);
-  - one TID 1411 group for the cord (segment 1): mean CSA and cord volume; when the vertebral
-    levels are known, the CSA of each level, then the C2-C3 CSA, each with its z-score and
-    percentile among healthy adults (Finding Site = the vertebra(e), which tells them apart), and
-    the compression ratio (raw and normalised) at the narrowest level; lesion groups add the
-    vertebrae of their level span to their finding sites;
+- "Imaging Measurements" with, per lesion n, two groups with the same tracking id "Lesion n" and
+  the same tracking UID (the SEG segment's):
+  - a TID 1410 planar group: the lesion's outline on its key image (SCOORD POLYLINE, closed, on
+    the source image; key_images.py says which image) and the Area it encloses;
+  - a TID 1411 volumetric group: finding category/type Lesion, finding site Spinal cord,
+    ReferencedSegment n + 1, and its NUM measurements (CODES.md says which code is which);
+  then the cord, the same way: a TID 1410 group (its outline on its key image, no number; the
+    border of the middle image when no cord was found) and a
+    TID 1411 group (segment 1): mean CSA and cord volume; when the vertebral levels are known,
+    the CSA of each level, then the C2-C3 CSA, each with its z-score and percentile among healthy
+    adults (Finding Site = the vertebra(e), which tells them apart), and the compression ratio
+    (raw and normalised) at the narrowest level; lesion groups add the vertebrae of their level
+    span to their finding sites;
   - one TID 1501 group "All intramedullary lesions": totals, lesion count, and the explicit
-    qualitative evaluation Lesion = Present / Absent (so "no lesion found" is stated, not implied).
+    qualitative evaluation Lesion = Present / Absent (so "no lesion found" is stated, not implied);
+    each of its NUMs is INFERRED FROM (TID 300 -> TID 320) the cord's outline, the region searched.
 A value that is undefined (None/NaN in measurements) is left out rather than written as 0.
+
+Why every tracking UID has image coordinates (OHIF 3.13.2, extensions/cornerstone-dicom-sr,
+getSopClassHandlerModule): the loader merges the groups of "Imaging Measurements" by Tracking
+Unique Identifier, makes one measurement of each, and then reads ``coords[0].ReferencedSOPSequence``
+of every measurement; a measurement whose groups carry no SCOORD/SCOORD3D (neither at group level
+nor INFERRED FROM under a NUM) has no coords[0], the TypeError of issue 20 (OHIF issue 3390),
+and the viewport stays blank. Sharing the tracking UID between a lesion's TID 1410 and TID 1411
+groups is what DICOM means by it (one tracked finding) and makes OHIF draw one annotation per
+lesion whose labels are the Area, then the volumetric numbers. ``viewer_rules`` checks this.
 """
 from __future__ import annotations
 
@@ -29,6 +43,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import Comprehensive3DSRStorage
 
 from dicom_node.results import codes as C
+from dicom_node.results.key_images import KeyImage, cord_key_image, lesion_key_image
 from dicom_node.results.seg import (
     CORD_SEGMENT,
     DEFAULT_MANUFACTURER,
@@ -42,7 +57,7 @@ from dicom_node.results.seg import (
     tracking_uid,
     unique_source,
 )
-from inference.api import Analysis, LesionMetrics, LevelMeasurements
+from inference.api import Analysis, FrameRef, LesionMetrics, LevelMeasurements
 
 SR_SERIES_NUMBER = 9902
 TOTALS_TRACKING_ID = "All intramedullary lesions"
@@ -101,10 +116,18 @@ def _value(source: object, key: str, overrides: Mapping[str, Any]) -> float | in
 
 
 def _measurements(source: object | None, specs: Sequence[C.MetricCode],
-                  overrides: Mapping[str, Any] | None = None) -> list[hd.sr.Measurement]:
-    """TID 300 NUMs of ``source``'s attributes named by ``specs`` (none when there is no source)."""
+                  overrides: Mapping[str, Any] | None = None,
+                  inferred_from: KeyImage | None = None) -> list[hd.sr.Measurement]:
+    """TID 300 NUMs of ``source``'s attributes named by ``specs`` (none when there is no source),
+    each INFERRED FROM ``inferred_from``'s outline when given."""
     if source is None:
         return []
+    coordinates = None
+    if inferred_from is not None:
+        coordinates = [hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=inferred_from.outline,
+            source_image=_source_image(inferred_from),
+        )]
     out = []
     for spec in specs:
         value = _value(source, spec.key, overrides or {})
@@ -112,9 +135,20 @@ def _measurements(source: object | None, specs: Sequence[C.MetricCode],
             continue
         out.append(hd.sr.Measurement(
             name=spec.name, value=value, unit=spec.unit, method=spec.method,
-            derivation=spec.derivation,
+            derivation=spec.derivation, referenced_coordinates=coordinates,
         ))
     return out
+
+
+def _source_image(key: KeyImage) -> hd.sr.SourceImageForRegion:
+    frames = [key.frame_number] if key.frame_number is not None else None
+    return hd.sr.SourceImageForRegion(key.sop_class_uid, key.sop_instance_uid, referenced_frame_numbers=frames)
+
+
+def _region(key: KeyImage) -> hd.sr.ImageRegion:
+    """The outline as TID 1410's Image Region: a closed POLYLINE on the key image."""
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=key.outline,
+                             source_image=_source_image(key))
 
 
 def _site(level: int) -> hd.sr.FindingSite:
@@ -180,9 +214,11 @@ def _check_seg(seg: pydicom.Dataset, source: Sequence[pydicom.Dataset], labels: 
 
 
 def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[int], study_uid: str,
-                        source_series: str) -> list[Any]:
-    """TID 1411 groups: one per lesion and one for the cord, each referencing its SEG segment, then
-    the study totals (TID 1501) with lesion present/absent."""
+                        source_series: str, frames: Sequence[FrameRef],
+                        source: Sequence[pydicom.Dataset]) -> list[Any]:
+    """Per lesion, then for the cord: a TID 1410 group (outline on the key image) and a TID 1411
+    group (referencing its SEG segment) with one tracking UID; then the study totals (TID 1501)
+    with lesion present/absent, their numbers inferred from the cord's outline."""
     meas = analysis.metrics
     by_label = {lesion.label: lesion for lesion in meas.lesions}
     model = analysis.model
@@ -201,6 +237,20 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
     for label in labels:
         number = segment_number_for_lesion(label)
         uid = _segment_tracking_uid(seg, number, tracking_uid(study_uid, source_series, f"lesion-{label}"))
+        lesion = by_label.get(label)
+        key = lesion_key_image(analysis, lesion, frames, source) if lesion is not None else None
+        if key is None:
+            raise ResultBuildError(f"lesion {label} has no measurements or no voxels in the label map: "
+                                   "build the SR from the analysis that made the SEG")
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=lesion_tracking_id(label)),
+            referenced_region=_region(key),
+            finding_category=C.ABNORMAL_STRUCTURE,
+            finding_type=C.LESION,
+            finding_sites=_lesion_sites(lesion),
+            algorithm_id=algo,
+            measurements=[hd.sr.Measurement(name=C.AREA, value=key.area_mm2, unit=C.MM2)],
+        ))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=lesion_tracking_id(label)),
             referenced_segment=segment_ref(number),
@@ -218,6 +268,14 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
         reference = f"csa_reference=PAM50-normalized-metrics {meas.levels.csa_reference_group}"
         cord_algo = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
                                                   parameters=[*params, reference])
+    cord_key = cord_key_image(analysis, frames, source)
+    groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=cord_uid, identifier=cord_tracking_id()),
+        referenced_region=_region(cord_key),
+        finding_category=C.ANATOMICAL_STRUCTURE,
+        finding_type=C.SPINAL_CORD,
+        algorithm_id=algo,
+    ))
     groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=cord_uid, identifier=cord_tracking_id()),
         referenced_segment=segment_ref(CORD_SEGMENT),
@@ -235,7 +293,7 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
         finding_type=C.LESION,
         finding_sites=site,
         algorithm_id=algo,
-        measurements=_measurements(meas, C.TOTAL_METRICS, {"lesion_count": len(labels)}),
+        measurements=_measurements(meas, C.TOTAL_METRICS, {"lesion_count": len(labels)}, inferred_from=cord_key),
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(
             name=C.LESION, value=C.PRESENT if labels else C.ABSENT
         )],
@@ -248,6 +306,7 @@ def build_sr(
     analysis: Analysis,
     seg: pydicom.Dataset,
     *,
+    frames: Sequence[FrameRef],
     series_uid: str,
     sop_instance_uid: str,
     series_number: int = SR_SERIES_NUMBER,
@@ -261,6 +320,8 @@ def build_sr(
 ) -> pydicom.Dataset:
     """Build the TID 1500 SR of ``analysis``; every lesion group references its ``seg`` segment.
 
+    ``frames``: the source image of each slice (``Volume.frames``), where the outlines are drawn.
+
     ``image_library``: list the source images in TID 1600 (as dcmqi does); turn it off for very
     long series if SR size matters (about 1.5 kB per image).
     """
@@ -271,7 +332,7 @@ def build_sr(
     study_uid, source_series = str(first.StudyInstanceUID), str(first.SeriesInstanceUID)
     labels = lesion_numbers(analysis)
     _check_seg(seg, source, labels)
-    groups = _measurement_groups(analysis, seg, labels, study_uid, source_series)
+    groups = _measurement_groups(analysis, seg, labels, study_uid, source_series, frames, source)
     model = analysis.model
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,

@@ -19,6 +19,7 @@ from dicom_node.results.readback import (  # noqa: F401  (re-exported: the worke
     readback_seg,
     readback_sr,
 )
+from dicom_node.results.viewer_rules import ohif_sr_problems
 from inference.api import atomic_write
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -84,7 +85,8 @@ def validate_dicom(ds_or_path: pydicom.Dataset | str | Path, *, timeout_s: float
 
 
 def check_result(path: str | Path) -> ValidationReport:
-    """The full gate for one written SEG or SR: dciodvfy without errors, then highdicom read-back.
+    """The full gate for one written SEG or SR: dciodvfy without errors, then highdicom read-back
+    (and for an SR, what OHIF's loader needs: ``viewer_rules``).
 
     Raises ResultValidationError naming the first errors; returns the report (warnings) if fine.
     """
@@ -99,6 +101,9 @@ def check_result(path: str | Path) -> ValidationReport:
         readback_seg(path)
     elif sop_class == COMPREHENSIVE_3D_SR_STORAGE:
         readback_sr(path)
+        problems = ohif_sr_problems(path)
+        if problems:  # OHIF would blank the radiologist's viewport (issue 20): not sent
+            raise ResultValidationError(f"{path.name}: viewers cannot show this SR: " + "; ".join(problems[:5]))
     elif sop_class == SECONDARY_CAPTURE_STORAGE:
         try:  # the burned-in overlay must decode
             _ = pydicom.dcmread(str(path)).pixel_array

@@ -30,7 +30,8 @@ def written(request, tmp_path_factory) -> tuple[Case, pydicom.Dataset, pydicom.D
     case = make_case(shared.parent, tmp / "src", request.param)
     seg = build_seg(case.source, case.frames, case.analysis, series_uid=generate_uid(),
                     sop_instance_uid=generate_uid())
-    sr = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid())
+    sr = build_sr(case.source, case.analysis, seg, frames=case.frames,
+                  series_uid=generate_uid(), sop_instance_uid=generate_uid())
     write_result(seg, tmp / "seg.dcm")
     return case, seg, sr, write_result(sr, tmp / "sr.dcm")
 
@@ -200,7 +201,8 @@ def no_lesion(tmp_path_factory) -> tuple[Case, pydicom.Dataset]:
 def test_no_lesion_is_stated_explicitly(no_lesion, tmp_path):
     require_tool("dciodvfy")
     case, seg = no_lesion
-    sr = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    sr = build_sr(case.source, case.analysis, seg, frames=case.frames,
+                  series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)  # the library is tested above; skipping it keeps this fast
     path = write_result(sr, tmp_path / "sr.dcm")
     assert validate_dicom(path).errors == []
@@ -221,7 +223,8 @@ def test_undefined_values_are_left_out(written, tmp_path):
     meas["lesions"][0]["midsagittal_length_mm"] = None
     meas["cord_csa_mm2_mean"] = float("nan")
     analysis = type(case.analysis)(**{**case.analysis.__dict__, "metrics": Measurements.from_json(meas)})
-    sr = build_sr(case.source, analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    sr = build_sr(case.source, analysis, seg, frames=case.frames,
+                  series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)
     groups = _groups(write_result(sr, tmp_path / "sr.dcm"))
     mid = next(s for s in C.LESION_METRICS if s.key == "midsagittal_length_mm")
@@ -233,14 +236,16 @@ def test_undefined_values_are_left_out(written, tmp_path):
 def test_superseding_sr_references_its_predecessor(no_lesion, tmp_path, form):
     require_tool("dciodvfy")
     case, seg = no_lesion
-    first = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    first = build_sr(case.source, case.analysis, seg, frames=case.frames,
+                     series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                      image_library=False)
     prev = {
         "dataclass": PreviousSR(series_uid=first.SeriesInstanceUID, sop_instance_uid=first.SOPInstanceUID),
         "mapping": {"series_uid": first.SeriesInstanceUID, "sop_instance_uid": first.SOPInstanceUID},
         "dataset": first,
     }[form]
-    second = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    second = build_sr(case.source, case.analysis, seg, frames=case.frames,
+                      series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                       previous_sr=prev, image_library=False)
     path = write_result(second, tmp_path / "sr2.dcm")
     assert validate_dicom(path).errors == []
@@ -261,5 +266,5 @@ def test_sr_refuses_a_seg_of_another_analysis(no_lesion, written):
     case, _, _, _ = written
     _, seg_without_lesions = no_lesion
     with pytest.raises(ResultBuildError, match="do not match the analysis|another study"):
-        build_sr(case.source, case.analysis, seg_without_lesions, series_uid=generate_uid(),
+        build_sr(case.source, case.analysis, seg_without_lesions, frames=case.frames, series_uid=generate_uid(),
                  sop_instance_uid=generate_uid(), image_library=False)

@@ -55,7 +55,8 @@ def written(tmp_path_factory) -> tuple[Case, pydicom.Dataset, Path]:
     case = _with_levels(make_case(shared.parent, tmp / "src", "sagittal"), _levels(), {1: "C4-C5", 2: "C6"})
     seg = build_seg(case.source, case.frames, case.analysis, series_uid=generate_uid(),
                     sop_instance_uid=generate_uid())
-    sr = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    sr = build_sr(case.source, case.analysis, seg, frames=case.frames,
+                  series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)
     write_result(seg, tmp / "seg.dcm")
     return case, sr, write_result(sr, tmp / "sr.dcm")
@@ -117,7 +118,8 @@ def test_unknown_levels_add_nothing(tmp_path):
     case = _with_levels(case, LevelMeasurements("unknown", "slices 5.0 mm apart along the cord"), {})
     seg = build_seg(case.source, case.frames, case.analysis, series_uid=generate_uid(),
                     sop_instance_uid=generate_uid())
-    sr = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    sr = build_sr(case.source, case.analysis, seg, frames=case.frames,
+                  series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)
     groups = sr_measurements(write_result(sr, tmp_path / "sr.dcm"))
     assert all(not g.site_numbers for g in groups)

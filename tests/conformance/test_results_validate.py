@@ -37,7 +37,8 @@ def results(tmp_path_factory) -> tuple[Path, Path]:
     case = make_case(shared.parent, tmp / "src", "sagittal", lesions=1)
     seg = build_seg(case.source, case.frames, case.analysis, series_uid=generate_uid(),
                     sop_instance_uid=generate_uid(), omit_empty_frames=True)
-    sr = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    sr = build_sr(case.source, case.analysis, seg, frames=case.frames,
+                  series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)
     return V.write_result(seg, tmp / "seg.dcm"), V.write_result(sr, tmp / "sr.dcm")
 

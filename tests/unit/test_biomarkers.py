@@ -29,7 +29,8 @@ REFERENCE_X_STAR = 13.120445250646725
 LESION_KEYS = {"label", "volume_mm3", "length_mm", "width_mm", "max_equivalent_diameter_mm",
                "max_axial_damage_ratio", "midsagittal_length_mm", "midsagittal_width_mm",
                "dorsal_bridge_mm", "ventral_bridge_mm", "total_bridge_mm", "dorsal_bridge_ratio_pct",
-               "ventral_bridge_ratio_pct", "centroid_ras_mm", "level_span"}  # level_span: null until levels run
+               "ventral_bridge_ratio_pct", "centroid_ras_mm", "level_span",  # level_span: null until levels run
+               "max_axial_area_slice"}
 TOP_KEYS = {"lesions", "interpolated_midsagittal_slice", "total_volume_mm3", "total_length_mm",
             "max_axial_damage_ratio"}
 LAS_1MM = np.diag([-1.0, 1.0, 1.0, 1.0])  # already RPI (x right->left), 1 mm
@@ -171,6 +172,23 @@ def test_straight_cord_closed_form_metrics():
     assert les.total_bridge_mm == pytest.approx(8 * 0.7, rel=1e-12)
     assert les.dorsal_bridge_ratio_pct == pytest.approx(37.5, rel=1e-12)
     assert les.ventral_bridge_ratio_pct == pytest.approx(62.5, rel=1e-12)
+
+
+def test_max_axial_area_slice_is_the_slice_of_the_equivalent_diameter():
+    cord = cylinder_cord()
+    lesion = np.zeros_like(cord)
+    lesion[9:12, 9:12, 10:16] = 1  # 3x3 on z 10..15
+    lesion[8:13, 8:13, 13] = 1  # 5x5 on z 13: the largest axial area
+    affine = np.diag([-0.5, 0.7, 2.0, 1.0])
+    (les,) = analyze_lesions(lesion, cord, affine).lesions
+    assert les.max_axial_area_slice == 13
+    assert les.max_equivalent_diameter_mm == pytest.approx(2 * math.sqrt(25 * 0.5 * 0.7 / math.pi), rel=1e-12)
+    # an input whose S-I axis runs the other way (and comes first) names the same slice in its own indices
+    flipped, flipped_affine = reorient(lesion, affine, (2, 0, 1), (0,))
+    flipped_cord, _ = reorient(cord, affine, (2, 0, 1), (0,))
+    (again,) = analyze_lesions(flipped, flipped_cord, flipped_affine).lesions
+    assert again.max_axial_area_slice == cord.shape[2] - 1 - 13
+    assert flipped[again.max_axial_area_slice].sum() == 25
 
 
 def test_fractional_midsagittal_slice_interpolates_lesion_and_bridges():

@@ -111,7 +111,8 @@ def test_seg_and_sr_name_the_minimum_as_an_algorithm_parameter(tmp_path) -> None
     meas = dict(case.analysis.measurements, min_lesion_volume_mm3=5.0, lesions_below_minimum=2)
     analysis = dataclasses.replace(case.analysis, metrics=Measurements.from_json(meas))
     seg = build_seg(case.source, case.frames, analysis, series_uid=generate_uid(), sop_instance_uid=generate_uid())
-    sr = build_sr(case.source, analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid(),
+    sr = build_sr(case.source, analysis, seg, frames=case.frames,
+                  series_uid=generate_uid(), sop_instance_uid=generate_uid(),
                   image_library=False)
     seg_path, sr_path = write_result(seg, tmp_path / "seg.dcm"), write_result(sr, tmp_path / "sr.dcm")
     assert validate_dicom(seg_path).errors == [] and validate_dicom(sr_path).errors == []
