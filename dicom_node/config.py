@@ -117,6 +117,14 @@ class PipelineSettings:
     lesion_model: str = ""  # key in `models` of an sct:NAME model that draws the lesions ("" = `model`'s own)
 
 
+# The viewer a destination's users read our SEG with; it picks the SEG encoding (results/build.py,
+# seg_variant). generic: BINARY (bit-packed), what PACS, highdicom, dcmqi/3D Slicer and dcmtk read
+# right. ohif: OHIF 3.x misreads bit-packed frames whose Rows x Columns is not a multiple of 8 (and
+# refuses odd-length pixel data: not a multiple of 16 with an odd frame count), so it gets byte
+# frames (8-bit FRACTIONAL OCCUPANCY, 0/255, RLE Lossless), read right at any size.
+VIEWERS = ("generic", "ohif")
+
+
 @dataclass
 class DestinationSettings:
     ae_title: str = "ORTHANC"
@@ -124,6 +132,7 @@ class DestinationSettings:
     port: int = 4242
     send_seg: bool = True
     send_sr: bool = True
+    viewer: str = "generic"  # one of VIEWERS
     seg_omit_empty_frames: bool = False
     seg_fractional: bool = False
     secondary_capture: bool = False
@@ -377,6 +386,11 @@ def _validate(cfg: Config) -> None:
         if not 1 <= len(d.ae_title) <= 16:
             raise ConfigError(f"destinations.{name}.ae_title: 1 to 16 characters")
         check_settings(d.dicomweb, d.tls, cfg.path, key=f"destinations.{name}")
+        if d.viewer not in VIEWERS:
+            raise ConfigError(f"destinations.{name}.viewer: {d.viewer!r} is not one of {', '.join(VIEWERS)}")
+        if d.viewer == "ohif" and d.seg_fractional:
+            raise ConfigError(f"destinations.{name}.seg_fractional: OHIF does not show a soft (fractional) SEG; "
+                              "set it to false for viewer: ohif, or send the soft cord to a generic destination")
     if cfg.dispatch.max_attempts < 1:
         raise ConfigError("dispatch.max_attempts: must be at least 1")
     if cfg.completion.idle_seconds <= 0:

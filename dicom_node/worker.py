@@ -18,7 +18,13 @@ from dicom_node.config import Config
 from dicom_node.jobs import Job, Jobs
 from dicom_node.logsetup import log_context
 from dicom_node.results import THUMB_NAME
-from dicom_node.results.build import ResultRejected, build_results, new_result_uids, write_thumbnail
+from dicom_node.results.build import (
+    ResultRejected,
+    build_results,
+    complete_result_uids,
+    new_result_uids,
+    write_thumbnail,
+)
 from dicom_node.router import Router
 from dicom_node.store import uid_problem
 from inference.api import Analysis, AnalysisRequest, Volume, VolumeError, analyze, set_cpu_threads, volume_from_datasets
@@ -115,9 +121,8 @@ class Worker:
         t2 = time.monotonic()
         by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
         source = [by_uid[f.sop_instance_uid] for f in dict.fromkeys(volume.frames)]
-        uids = job.result_uids
-        if uids is None:
-            uids = new_result_uids()
+        uids = new_result_uids() if job.result_uids is None else complete_result_uids(job.result_uids)
+        if uids != job.result_uids:  # new, or kept by an older release that lacked a SEG variant
             self.jobs.keep_result_uids(job.id, uids)
         deliveries = build_results(
             source, volume, analysis, {key: self.config.destinations[key] for key in job.destinations},

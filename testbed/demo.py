@@ -2,13 +2,17 @@
 
 Starts Orthanc on loopback as the PACS, starts the node (`dicom-node serve`) in a child
 process, writes the bundled sample volumes as DICOM MR series, sends them with dcmtk's
-`storescu` like a modality would, waits for the SEG and SR to arrive in Orthanc, prints
-the measurements read back from the SR, and stops everything.
+`storescu` like a modality would (to the node, and to the PACS as the modality also does),
+waits for the SEG and SR to arrive in Orthanc, prints the measurements read back from the SR
+and, last, the OHIF Viewer's link to each study (served on loopback, reading Orthanc through
+its DICOMweb plugin); then stops everything, or with --keep leaves Orthanc and the viewer
+running until Ctrl-C.
 """
 from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default="var/demo", help="scratch folder (emptied first)")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for results")
     p.add_argument("--device", default="auto", help="inference device: auto, cpu, cuda")
+    p.add_argument("--keep", action="store_true",
+                   help="leave Orthanc and the OHIF viewer running after the demo, until Ctrl-C")
+    p.add_argument("--viewer-port", type=int, default=0, help="the OHIF viewer's port (default: a free one)")
 
 
 def wait_for_results(pacs: LocalOrthanc, study_uids: set[str], timeout: float) -> dict[str, dict[str, Any]]:
@@ -101,8 +108,9 @@ def run(args: argparse.Namespace) -> int:
         series_dirs.append(out)
         print(f"[demo]   {name}: {len(files)} instances, '{desc}'")
 
-    with LocalOrthanc(workdir / "orthanc") as pacs:
-        print(f"[demo] Orthanc (the PACS) up: DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}, REST {pacs.url}")
+    with LocalOrthanc(workdir / "orthanc", dicomweb=True) as pacs:
+        print(f"[demo] Orthanc (the PACS) up: DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}, REST {pacs.url}, "
+              f"DICOMweb {pacs.dicomweb_url}")
         config = node_config(workdir, pacs, args.device)
         node, port = start_node(config, workdir / "node.log")
         try:
@@ -113,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=300)
             print(f"[demo] storescu sent {len(series_dirs)} series in {time.monotonic() - t0:.1f} s; "
                   "waiting for SEG + SR")
+            for d in series_dirs:  # the modality also sends its images to the PACS, where the viewer reads them
+                cmd = [storescu, "-aet", "DEMO_MR", "-aec", pacs.ae_title, "+sd", "+r", "127.0.0.1",
+                       str(pacs.dicom_port), str(d)]
+                subprocess.run(cmd, check=True, capture_output=True, timeout=300)
             results = wait_for_results(pacs, set(studies), args.timeout)
             print(f"[demo] SEG and SR stored in Orthanc {time.monotonic() - t0:.1f} s after the first C-STORE\n")
             for study_uid, name in studies.items():
@@ -120,9 +132,50 @@ def run(args: argparse.Namespace) -> int:
         finally:
             node.terminate()
             node.wait(timeout=60)
-    print(f"[demo] done. Results also on disk under {workdir / 'node' / 'results'}; "
-          f"`dicom-node status --config {config}` lists the jobs.")
+        print(f"[demo] done. Results also on disk under {workdir / 'node' / 'results'}; "
+              f"`dicom-node status --config {config}` lists the jobs.")
+        show_in_viewer(pacs, studies, args, workdir)
     return 0
+
+
+def show_in_viewer(pacs: LocalOrthanc, studies: dict[str, str], args: argparse.Namespace, workdir: Path) -> None:
+    """The OHIF viewer on this Orthanc: print each study's link; with --keep, serve until Ctrl-C."""
+    from testbed.ohif import OhifMissing
+    from testbed.viewer import ViewerServer
+
+    viewer = ViewerServer(pacs, port=args.viewer_port or None, access_log=workdir / "viewer-access.log")
+    try:
+        viewer.start()
+    except OhifMissing as exc:
+        print(f"[demo] viewer: {exc}")
+        return
+    try:
+        print(f"[demo] OHIF viewer (DICOMweb root {pacs.dicomweb_url}, proxied as {viewer.url}/dicom-web):")
+        for study_uid, name in studies.items():
+            print(f"[demo]   {name}: {viewer.study_url(study_uid)}")
+        if not args.keep:
+            print("[demo] (`dicom-node demo --keep` leaves Orthanc and the viewer running to open these links)")
+            return
+        print("[demo] Orthanc and the viewer keep running; Ctrl-C stops them")
+        wait_for_interrupt()
+        print("\n[demo] stopping Orthanc and the viewer")
+    finally:
+        viewer.stop()
+
+
+def wait_for_interrupt() -> None:
+    """Sleep until Ctrl-C (SIGINT) or SIGTERM: `kill` stops a backgrounded --keep as cleanly as Ctrl-C."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def level_lines(m: dict[str, Any]) -> list[str]:

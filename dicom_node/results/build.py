@@ -4,9 +4,9 @@ Why one call: which SEG variant a destination gets, which UIDs a re-run must reu
 points at the SR it replaces and at its own SEG, and the gate before anything is queued belong
 together; the worker only asks for them (``build_results``) and hands the deliveries to the jobs.
 
-Per SEG variant a destination asks for (binary or fractional, all frames or only non-empty ones)
-one SEG + SR pair is written, the SR referencing its own SEG; Secondary Captures once if any
-destination wants them. Every file passes dciodvfy and a highdicom read-back first.
+Per SEG variant a destination asks for (binary, fractional or the OHIF profile's byte frames; all
+frames or only non-empty ones) one SEG + SR pair is written, the SR referencing its own SEG;
+Secondary Captures once if any destination wants them. Every file passes dciodvfy and a highdicom read-back first.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pydicom
 from pydicom.uid import generate_uid
@@ -31,7 +31,9 @@ from inference.api import Analysis, Volume, atomic_write
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIANT = "binary"
-VARIANTS = ("binary", "binary-sparse", "fractional", "fractional-sparse")
+# "ohif": the destination's viewer is OHIF (viewer: ohif), which misreads bit-packed frames of odd
+# size; its SEG has byte frames (seg.build_seg(byte_frames=True)), read right for any Rows x Columns
+VARIANTS = ("binary", "binary-sparse", "fractional", "fractional-sparse", "ohif", "ohif-sparse")
 PAIR_KEYS = ("seg_series", "seg_sop", "sr_series", "sr_sop")
 SC_IMAGES = 3  # key slices burned into Secondary Captures, for PACS that cannot show SEG
 THUMB_SIZE = (480, 320)
@@ -42,9 +44,26 @@ class ResultRejected(ValueError):
 
 
 def seg_variant(dest: DestinationSettings) -> str:
-    """Which SEG a destination gets: binary or fractional, all frames or only non-empty ones."""
-    kind = "fractional" if dest.seg_fractional else "binary"
+    """Which SEG a destination gets: its viewer's encoding (OHIF: byte frames; generic: binary or
+    fractional), all frames or only non-empty ones."""
+    if dest.viewer == "ohif":
+        kind = "ohif"
+    else:
+        kind = "fractional" if dest.seg_fractional else "binary"
     return f"{kind}-sparse" if dest.seg_omit_empty_frames else kind
+
+
+class SegOptions(TypedDict):
+    omit_empty_frames: bool
+    fractional: bool
+    byte_frames: bool
+
+
+def seg_options(variant: str) -> SegOptions:
+    """build_seg's keyword options for one variant name."""
+    kind = variant.removesuffix("-sparse")
+    return {"omit_empty_frames": variant.endswith("-sparse"), "fractional": kind == "fractional",
+            "byte_frames": kind == "ohif"}
 
 
 def _uid_prefix(variant: str) -> str:
@@ -64,6 +83,13 @@ def new_result_uids() -> dict[str, Any]:
     uids["sc_series"] = generate_uid()
     uids["sc_sops"] = [generate_uid() for _ in range(SC_IMAGES)]
     return uids
+
+
+def complete_result_uids(uids: Mapping[str, Any]) -> dict[str, Any]:
+    """Kept UIDs plus new ones for variants they lack: a job kept by an older release (before the
+    "ohif" variant) must still build every variant; the caller keeps the result when it grew."""
+    fresh = new_result_uids()
+    return {**fresh, **uids}
 
 
 @dataclass(frozen=True)
@@ -117,9 +143,10 @@ def _seg_sr_pair(source: Sequence[pydicom.Dataset], volume: Volume, analysis: An
     ids = variant_uids(uids, variant)
     suffix = "" if variant == DEFAULT_VARIANT else f"-{variant}"
     seg = build_seg(source, volume.frames, analysis, series_uid=ids["seg_series"], sop_instance_uid=ids["seg_sop"],
-                    omit_empty_frames="sparse" in variant, fractional="fractional" in variant)
+                    **seg_options(variant))
     previous = None  # the superseded SR of the same variant, for the predecessor reference
-    if previous_uids is not None:
+    if previous_uids is not None and all(_uid_prefix(variant) + k in previous_uids for k in PAIR_KEYS):
+        # (a job of an older release may lack this variant: then it sent no SR of it to supersede)
         old = variant_uids(previous_uids, variant)
         previous = {"series_uid": old["sr_series"], "sop_instance_uid": old["sr_sop"]}
     sr = build_sr(source, analysis, seg, frames=volume.frames, series_uid=ids["sr_series"],

@@ -9,6 +9,15 @@ FRACTIONAL (``fractional=True``) is the same single object with segmentation typ
 the lesion segments carry their binary masks (0 or 1). One object keeps the segment numbers
 stable and lets a viewer show the soft cord with the lesions on top.
 
+Byte frames (``byte_frames=True``) carry the same binary masks as BINARY, but as FRACTIONAL
+OCCUPANCY with 8-bit frames holding 0 or 255, RLE Lossless (one fragment per frame). Why: BINARY
+packs frames bit after bit, so when Rows x Columns is not a multiple of 8 a frame starts inside a
+byte, and 8-bit frames of odd size make the pixel data odd, padded to even. OHIF 3.13's reader
+(dcmjs AsyncDicomReader) unpacks such 1-bit frames in the wrong bit order and rejects padded
+pixel data ("Invalid frame length"); a frame in its own fragment starts on byte 0 and needs no
+padding arithmetic, and OHIF shows a FRACTIONAL SEG only when it holds nothing but 0 and the
+maximum. RLE also keeps the 8-bit frames about as small as the bit-packed ones.
+
 Geometry: ``Volume.array`` is ``[i (column), j (row), k (slice)]`` and slice k came from
 ``frames[k]``; a DICOM frame is (Rows, Columns) = ``array[:, :, k].T``. Each mask slice is
 written against the very source instance/frame it came from, so orientation never matters.
@@ -24,6 +33,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
+from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 from inference.api import Analysis, FrameRef, ModelIdentity, package_version
 
@@ -267,16 +277,23 @@ def build_seg(
     instance_number: int = 1,
     omit_empty_frames: bool = False,
     fractional: bool = False,
+    byte_frames: bool = False,
     manufacturer: str = DEFAULT_MANUFACTURER,
     software_version: str = DEFAULT_SOFTWARE_VERSION,
     device_serial_number: str = "1",
 ) -> pydicom.Dataset:
     """Build the SEG (cord + one segment per lesion) referencing the source frame by frame.
 
+    BINARY by default; ``fractional`` puts the soft cord probability in 8-bit FRACTIONAL frames;
+    ``byte_frames`` the binary masks in 8-bit RLE frames that OHIF reads at any size (module doc).
+
     With ``omit_empty_frames`` and nothing segmented at all, one empty frame is kept:
     a SEG needs at least one frame, and "the model found no cord" is still a result.
     """
     _check_masks(analysis)
+    if fractional and byte_frames:
+        raise ResultBuildError("byte_frames carries binary masks (0 or 255); it cannot also carry the soft "
+                               "cord probability (fractional): ask for one of them")
     ordered, slice_of_frame = order_source(source, frames, analysis.cord_mask.shape)
     labels = lesion_numbers(analysis)
 
@@ -288,8 +305,8 @@ def build_seg(
         (analysis.lesion_labels == label).astype(cord.dtype) for label in labels
     ]
     pixels = np.stack([_to_frames(p, slice_of_frame) for p in planes], axis=-1)
-    if fractional:
-        pixels = pixels.astype(np.float32)
+    if fractional or byte_frames:
+        pixels = pixels.astype(np.float32)  # FRACTIONAL input is 0..1, highdicom scales it to 0..255
 
     any_content = bool(np.any(pixels))
     seg = hd.seg.Segmentation(
@@ -297,7 +314,7 @@ def build_seg(
         pixel_array=pixels,
         segmentation_type=(
             hd.seg.SegmentationTypeValues.FRACTIONAL
-            if fractional
+            if fractional or byte_frames
             else hd.seg.SegmentationTypeValues.BINARY
         ),
         segment_descriptions=segment_descriptions(
@@ -311,7 +328,12 @@ def build_seg(
         manufacturer_model_name=analysis.model.name,
         software_versions=software_version,
         device_serial_number=device_serial_number,
-        fractional_type=hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional else None,
+        fractional_type=(
+            hd.seg.SegmentationFractionalTypeValues.PROBABILITY if fractional
+            else hd.seg.SegmentationFractionalTypeValues.OCCUPANCY if byte_frames
+            else None
+        ),
+        transfer_syntax_uid=RLELossless if byte_frames else ExplicitVRLittleEndian,
         content_label="SPINECORD",
         content_description=(f"Spinal cord by {analysis.model.name}, lesions by {analysis.lesion_model.name}"
                              if analysis.lesion_model else

@@ -141,6 +141,53 @@ def test_fractional_cord_probability_round_trip(case, tmp_path):
         assert np.array_equal(decoded[label + 1], (case.analysis.lesion_labels == label).astype(np.float32))
 
 
+@pytest.mark.parametrize("omit", [False, True])
+def test_byte_frames_round_trip_exact_at_odd_size(case, tmp_path, omit):
+    """The OHIF profile's SEG: binary masks in 8-bit frames (0/255), one RLE fragment per frame.
+
+    The sagittal case is 99 x 99 (9,801 pixels, not a multiple of 8) with 29 slices: bit-packed
+    frames start inside a byte there, and 8-bit frames would make the pixel data odd. Read back by
+    our reader and by highdicom it must be the masks voxel for voxel; every fragment must decode on
+    its own to exactly Rows x Columns bytes of 0 or 255 (what OHIF hands to its per-frame decoder).
+    """
+    from pydicom.encaps import generate_fragmented_frames
+    from pydicom.pixels.decoders.rle import _rle_decode_frame
+
+    require_tool("dciodvfy")
+    seg, path = _write_seg(case, tmp_path, byte_frames=True, omit_empty_frames=omit)
+    assert (seg.SegmentationType, seg.SegmentationFractionalType) == ("FRACTIONAL", "OCCUPANCY")
+    assert int(seg.BitsAllocated) == 8 and int(seg.MaximumFractionalValue) == 255
+    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    assert seg.SeriesDescription == "SC+lesion SEG (spinecord-t2 v0.1.0)"  # binary content, like BINARY
+    assert validate_dicom(path).errors == []
+    check_result(path)
+    _assert_exact(case, {n: m.astype(np.uint8) for n, m in
+                         seg_masks_on_source(path, case.frames, case.analysis.cord_mask.shape).items()})
+
+    written = pydicom.dcmread(path)
+    rows, cols = int(written.Rows), int(written.Columns)
+    fragments = [b"".join(f) for f in generate_fragmented_frames(written.PixelData,
+                                                                 number_of_frames=int(written.NumberOfFrames))]
+    assert len(fragments) == int(written.NumberOfFrames)
+    for fragment in fragments:
+        frame = np.frombuffer(bytes(_rle_decode_frame(fragment, rows, cols, 1, 8)), np.uint8)
+        assert frame.size == rows * cols and set(np.unique(frame)) <= {0, 255}
+
+    hd_seg = hd.seg.segread(str(path))
+    uids = [f.sop_instance_uid for f in case.frames]
+    px = hd_seg.get_pixels_by_source_instance(uids, segment_numbers=[1, 2, 3])  # (k, rows, cols, seg), 0..1
+    vol = np.transpose(px, (2, 1, 0, 3))
+    assert np.array_equal(vol[..., 0], case.analysis.cord_mask)
+    assert np.array_equal(vol[..., 1], case.analysis.lesion_labels == 1)
+    assert np.array_equal(vol[..., 2], case.analysis.lesion_labels == 2)
+
+
+def test_byte_frames_cannot_also_carry_the_soft_cord(case):
+    with pytest.raises(ResultBuildError, match="byte_frames"):
+        build_seg(case.source, case.frames, case.analysis, series_uid=generate_uid(),
+                  sop_instance_uid=generate_uid(), byte_frames=True, fractional=True)
+
+
 @pytest.fixture(scope="module")
 def sagittal_no_lesion(tmp_path_factory) -> Case:
     shared = require_shared("lesion-example")

@@ -204,6 +204,34 @@ def test_destination_options_pick_seg_variant_and_secondary_capture(setup, tmp_p
     assert uid == full.ReferencedSeriesSequence[0].SeriesInstanceUID
 
 
+def test_ohif_viewer_gets_byte_frames_and_an_older_jobs_uids_are_completed(setup, tmp_path: Path) -> None:
+    """viewer: ohif -> the "ohif" SEG variant (8-bit FRACTIONAL OCCUPANCY, RLE) with its own SR. A job
+    whose UIDs were kept by a release without that variant gets new UIDs for it, the kept ones stay."""
+    from dicom_node.results.build import new_result_uids
+
+    cfg, cat, store = setup
+    cfg.destinations["ohif"] = DestinationSettings(port=3, viewer="ohif")
+    cfg.routing[0]["destinations"] = ["pacs", "ohif"]
+    ingest(store, small_series(tmp_path, "T2 SAG SPINE"))
+    completed(CompletionTracker(cat, 30))
+    worker = Worker(cfg, cat)
+    (job_id,) = worker.route_complete_series()
+    older = {k: v for k, v in new_result_uids().items() if not k.startswith("ohif")}
+    worker.jobs.keep_result_uids(job_id, older)
+    worker.run_next()
+    job = cat.query("SELECT state, reason FROM jobs WHERE id=?", (job_id,))[0]
+    assert job["state"] == "dispatching", job["reason"]
+    kept = worker.jobs.result_uids(job_id)
+    assert kept is not None and {k: kept[k] for k in older} == older and "ohif.seg_sop" in kept
+    rows = {(r["destination"], r["kind"]): r for r in cat.query("SELECT * FROM dispatches WHERE job_id=?", (job_id,))}
+    assert rows["ohif", "seg"]["path"].endswith("seg-ohif.dcm") and rows["ohif", "sr"]["path"].endswith("sr-ohif.dcm")
+    seg = pydicom.dcmread(cfg.data_dir / rows["ohif", "seg"]["path"])
+    assert (seg.SegmentationType, seg.SegmentationFractionalType, int(seg.BitsAllocated)) == ("FRACTIONAL",
+                                                                                              "OCCUPANCY", 8)
+    assert seg.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless and seg.SOPInstanceUID == kept["ohif.seg_sop"]
+    assert pydicom.dcmread(cfg.data_dir / rows["pacs", "seg"]["path"]).SOPInstanceUID == older["seg_sop"]
+
+
 def test_pipeline_minimum_lesion_volume_reaches_measurements_and_results(setup, tmp_path: Path) -> None:
     cfg, cat, store = setup
     # lesion threshold 0: the whole cord is one lesion component, which the minimum then drops

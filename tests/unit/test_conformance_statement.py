@@ -43,7 +43,9 @@ def test_accepted_transfer_syntaxes_are_the_listeners() -> None:
 
 def test_sent_sop_classes_are_what_the_node_creates() -> None:
     assert _uids("### 2.4") == {SEG_STORAGE, COMPREHENSIVE_3D_SR_STORAGE, SECONDARY_CAPTURE_STORAGE}
-    assert _uids("### 2.4", column=2) == {"1.2.840.10008.1.2.1"}  # results are written Explicit VR Little Endian
+    # results are written Explicit VR Little Endian; the SEG of `viewer: ohif` destinations RLE Lossless
+    # (dicom_node/results/seg.py, byte_frames)
+    assert _uids("### 2.4", column=2) == {"1.2.840.10008.1.2.1", "1.2.840.10008.1.2.5"}
 
 
 def test_the_numbers_in_the_text_are_the_defaults() -> None:
