@@ -17,7 +17,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_node.results.build import VARIANTS, seg_options
-from dicom_node.results.readback import sr_image_regions, sr_measurements
+from dicom_node.results.readback import sr_image_regions, sr_measurements, sr_outline_areas
 from dicom_node.results.seg import build_seg, lesion_tracking_id
 from dicom_node.results.sr import build_sr
 from dicom_node.results.validate import validate_dicom, write_result
@@ -99,14 +99,16 @@ def _check_tid1500reader(case: Case, tmp_path: Path, variant: str) -> None:
     report, _warnings = tid1500_json(sr_path, tmp_path / "dcmqi")
 
     assert report["compositeContext"] == [str(seg.SOPInstanceUID)]
-    # a finding's volumetric group (TID 1411, its SEG segment) and its key-image outline (TID 1410) share
-    # the tracking UID: a group is known by that UID and the segment it references, if any
-    theirs = {(m["TrackingUniqueIdentifier"], m.get("ReferencedSegment")): m for m in report["Measurements"]}
-    ours = sr_measurements(sr_path) + sr_image_regions(sr_path)
+    # a finding's volumetric group (TID 1411, its SEG segment), its key-image outline (TID 1410) and, for a
+    # lesion, its Area in OHIF's tool form (TID 1501) share the tracking UID: a group is known by that UID,
+    # the segment it references, if any, and its tracking identifier
+    theirs = {(m["TrackingUniqueIdentifier"], m.get("ReferencedSegment"), m["TrackingIdentifier"]): m
+              for m in report["Measurements"]}
+    ours = sr_measurements(sr_path) + sr_image_regions(sr_path) + sr_outline_areas(sr_path)
     assert len(theirs) == len(report["Measurements"]) == len(ours)
     referenced = set()
     for group in ours:
-        m = theirs[(group.tracking_uid, group.referenced_segment)]
+        m = theirs[(group.tracking_uid, group.referenced_segment, group.tracking_id)]
         assert m["TrackingIdentifier"] == group.tracking_id
         if group.referenced_segment is not None:
             assert m["segmentationSOPInstanceUID"] == str(seg.SOPInstanceUID)
