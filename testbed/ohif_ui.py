@@ -35,9 +35,10 @@ class CanvasMap:
     dv: np.ndarray
 
     def image_index_of_screen(self, xy: np.ndarray) -> np.ndarray:
-        """(col, row) of the image pixel under each screen point (N x 2), as the nearest pixel centre."""
+        """(col, row) of the image pixel under each screen point (N x 2). Cornerstone's image coordinates
+        start at the top-left corner of the first pixel (not its centre): pixel i spans [i, i + 1)."""
         m = np.stack([self.du, self.dv], axis=1)
-        return np.rint(np.linalg.solve(m, (xy - self.origin).T).T).astype(int)
+        return np.floor(np.linalg.solve(m, (xy - self.origin).T).T).astype(int)
 
 
 class OhifUI:
@@ -107,6 +108,19 @@ class OhifUI:
         self.accept_prompt(timeout, "open the segmentation")
         return list(self.browser.wait_for(lambda d: d.execute_script(_SEGMENT_LABELS) or False, timeout,
                                           "the SEG's segments loaded into the viewer"))
+
+    def load_button(self) -> Any:
+        """The viewport's LOAD button (a SEG or SR OHIF can load into its panels), or None when it offers none."""
+        from selenium.webdriver.common.by import By
+
+        found = [e for e in self.driver.find_elements(By.XPATH, "//*[normalize-space(text())='LOAD']")
+                 if e.is_displayed()]
+        return found[0] if found else None
+
+    def annotation_text(self) -> str:
+        """The text drawn over the image (cornerstone's SVG layer: measurement labels and values)."""
+        return str(self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('svg text')).map(t => t.textContent).join('\\n');"))
 
     # ---- panels -------------------------------------------------------------------------------
     def panel_text(self, button_css: str, expect: str, timeout: float = 30.0) -> str:

@@ -171,6 +171,34 @@ class ViewerServer:
         self.stop()
 
 
+def for_ohif(config: Path, destination: str = "pacs") -> Path:
+    """A node config whose `destination` is read with OHIF: the SEG profile OHIF reads right
+    (destinations.X.viewer: ohif, byte frames at any image size). Rewrites the file; returns it."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["destinations"][destination]["viewer"] = "ohif"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
+
+
+def wait_for_interrupt() -> None:
+    """Sleep until Ctrl-C (SIGINT) or SIGTERM: `kill` stops a backgrounded server as cleanly as Ctrl-C."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def upload(orthanc: LocalOrthanc, paths: list[Path]) -> set[str]:
     """POST every DICOM file under `paths` to Orthanc's REST API; returns the study UIDs stored."""
     import json
@@ -204,11 +232,8 @@ def main(argv: list[str] | None = None) -> int:
             print(viewer.study_url(uid), flush=True)
         if args.screenshot is None:
             print("viewer and Orthanc running; Ctrl-C stops them", file=sys.stderr)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                return 0
+            wait_for_interrupt()
+            return 0
         from testbed.browser import Chromium
 
         with Chromium(Path(tmp) / "chrome") as browser:
