@@ -93,13 +93,22 @@ class OhifUI:
 
         ActionChains(self.driver).double_click(self._thumbnail(modality)).perform()
 
-    def accept_prompt(self, timeout: float, what: str) -> None:
-        """Wait for the viewport's "Do you want to ...?" prompt and answer Yes."""
+    def prompt(self, timeout: float) -> Any:
+        """The Yes button of the viewport's "Do you want to ...?" prompt once shown, or None after `timeout`."""
         from selenium.webdriver.common.by import By
 
-        button = self.browser.wait_for(
-            lambda d: next((b for b in d.find_elements(By.XPATH, PROMPT_YES) if b.is_displayed()), False),
-            timeout, f"the viewer's prompt to {what}")
+        try:
+            return self.browser.wait_for(
+                lambda d: next((b for b in d.find_elements(By.XPATH, PROMPT_YES) if b.is_displayed()), False),
+                timeout, "a prompt")
+        except TimeoutError:
+            return None
+
+    def accept_prompt(self, timeout: float, what: str) -> None:
+        """Wait for the viewport's "Do you want to ...?" prompt and answer Yes."""
+        button = self.prompt(timeout)
+        if button is None:
+            raise TimeoutError(f"the viewer's prompt to {what}: not within {timeout:.0f} s")
         button.click()
 
     def load_seg(self, timeout: float = 90.0) -> list[str]:
