@@ -128,12 +128,14 @@ class _Server(ThreadingHTTPServer):
 class ViewerServer:
     """OHIF on http://127.0.0.1:PORT/ reading `orthanc` (started with dicomweb=True) through /dicom-web/."""
 
-    def __init__(self, orthanc: LocalOrthanc, port: int | None = None, access_log: Path | None = None) -> None:
+    def __init__(self, orthanc: LocalOrthanc, port: int | None = None, access_log: Path | None = None,
+                 dist: Path | None = None) -> None:
         if not orthanc.dicomweb:
             raise ValueError("the viewer reads Orthanc through DICOMweb: use LocalOrthanc(..., dicomweb=True)")
         self.orthanc = orthanc
         self.port = port or free_port()
         self.access_log_path = access_log
+        self.dist = dist  # the viewer's dist/ (default: the fetched OHIF)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -147,7 +149,7 @@ class ViewerServer:
 
     def start(self) -> None:
         server = _Server(("127.0.0.1", self.port), _Handler)
-        server.dist = dist_dir().resolve()
+        server.dist = (self.dist or dist_dir()).resolve()
         server.app_config = app_config().encode()
         server.orthanc_port = self.orthanc.http_port
         server.access_log = open(self.access_log_path, "a", buffering=1) if self.access_log_path else None
