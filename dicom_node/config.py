@@ -106,8 +106,9 @@ class PipelineSettings:
 
 # The viewer a destination's users read our SEG with; it picks the SEG encoding (results/build.py,
 # seg_variant). generic: BINARY (bit-packed), what PACS, highdicom, dcmqi/3D Slicer and dcmtk read
-# right. ohif: OHIF 3.x misreads bit-packed frames whose Rows x Columns is not a multiple of 8,
-# so it gets byte frames (8-bit FRACTIONAL OCCUPANCY, 0/255, RLE Lossless), read right at any size.
+# right. ohif: OHIF 3.x misreads bit-packed frames whose Rows x Columns is not a multiple of 8 (and
+# refuses odd-length pixel data: not a multiple of 16 with an odd frame count), so it gets byte
+# frames (8-bit FRACTIONAL OCCUPANCY, 0/255, RLE Lossless), read right at any size.
 VIEWERS = ("generic", "ohif")
 
 

@@ -17,7 +17,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from dicom_node.results.build import VARIANTS, seg_options
-from dicom_node.results.readback import sr_measurements
+from dicom_node.results.readback import sr_image_regions, sr_measurements
 from dicom_node.results.seg import build_seg, lesion_tracking_id
 from dicom_node.results.sr import build_sr
 from dicom_node.results.validate import validate_dicom, write_result
@@ -93,22 +93,22 @@ def test_tid1500reader_reads_the_per_level_numbers_too(tmp_path):
 
 def _check_tid1500reader(case: Case, tmp_path: Path, variant: str) -> None:
     seg, seg_path = _written(case, tmp_path, variant)
-    sr = build_sr(case.source, case.analysis, seg, series_uid=generate_uid(), sop_instance_uid=generate_uid())
+    sr = build_sr(case.source, case.analysis, seg, frames=case.frames, series_uid=generate_uid(),
+                  sop_instance_uid=generate_uid())
     sr_path = write_result(sr, tmp_path / "sr.dcm")
     report, _warnings = tid1500_json(sr_path, tmp_path / "dcmqi")
 
     assert report["compositeContext"] == [str(seg.SOPInstanceUID)]
-    theirs = {m["TrackingUniqueIdentifier"]: m for m in report["Measurements"]}
-    ours = sr_measurements(sr_path)
+    # a finding's volumetric group (TID 1411, its SEG segment) and its key-image outline (TID 1410) share
+    # the tracking UID: a group is known by that UID and the segment it references, if any
+    theirs = {(m["TrackingUniqueIdentifier"], m.get("ReferencedSegment")): m for m in report["Measurements"]}
+    ours = sr_measurements(sr_path) + sr_image_regions(sr_path)
     assert len(theirs) == len(report["Measurements"]) == len(ours)
     referenced = set()
     for group in ours:
-        m = theirs[group.tracking_uid]
+        m = theirs[(group.tracking_uid, group.referenced_segment)]
         assert m["TrackingIdentifier"] == group.tracking_id
-        if group.referenced_segment is None:  # the totals group is about all lesions, no one segment
-            assert "ReferencedSegment" not in m
-        else:
-            assert int(m["ReferencedSegment"]) == group.referenced_segment
+        if group.referenced_segment is not None:
             assert m["segmentationSOPInstanceUID"] == str(seg.SOPInstanceUID)
             referenced.add(group.referenced_segment)
         got = Counter((f"{i['quantity']['CodeValue']}^{i['quantity']['CodingSchemeDesignator']}",
