@@ -62,7 +62,7 @@ def _key_image(mask: np.ndarray, k: int, analysis: Analysis, frames: Sequence[Fr
     if ds is None:
         raise ResultBuildError(f"slice {k} comes from {ref.sop_instance_uid}, which is not in the source series")
     plane = np.ones(mask.shape[1::-1], dtype=bool) if whole_image else mask[:, :, k].T
-    outline = trace_outline(plane)  # a DICOM frame is (Rows, Columns) = [:, :, k].T
+    outline = _not_four_corners(trace_outline(plane))  # a DICOM frame is (Rows, Columns) = [:, :, k].T
     col_mm, row_mm = (float(v) for v in np.linalg.norm(np.asarray(analysis.affine)[:3, :2], axis=0))
     multiframe = int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
     return KeyImage(
@@ -73,6 +73,18 @@ def _key_image(mask: np.ndarray, k: int, analysis: Analysis, frames: Sequence[Fr
         outline=outline,
         area_mm2=polygon_area(outline) * col_mm * row_mm,
     )
+
+
+def _not_four_corners(outline: np.ndarray) -> np.ndarray:
+    """A rectangle's outline with the middle of its first edge as a fifth corner.
+
+    Why: OHIF takes any 4- or 5-point POLYLINE for its rectangle tool (@cornerstonejs/adapters
+    RectangleROI.isValidMeasurement) and, when the user accepts tracking, lists the lesion twice.
+    The extra vertex lies on the edge: the outline and its area are unchanged."""
+    if len(outline) != 5:
+        return outline
+    middle = (outline[0] + outline[1]) / 2.0
+    return np.vstack([outline[:1], middle[np.newaxis], outline[1:]])
 
 
 def lesion_key_image(analysis: Analysis, lesion: LesionMetrics, frames: Sequence[FrameRef],

@@ -16,6 +16,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 
+from dicom_node.results.viewer_rules import OHIF_FREEHAND_TAG
 from inference.api import FrameRef
 
 FINDING_SITE = "363698007^SCT"
@@ -203,15 +204,25 @@ def _all_groups(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
     return groups
 
 
+def _for_viewer(group: SRGroup) -> bool:
+    return group.tracking_id.startswith(OHIF_FREEHAND_TAG)
+
+
 def sr_measurements(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
     """The groups that hold the analysis' numbers (TID 1411 per segment, TID 1501 totals), in
-    document order; the TID 1410 outlines that share their tracking ids are in ``sr_image_regions``."""
-    return [g for g in _all_groups(sr) if g.region is None]
+    document order; the outlines that share their tracking UIDs are in ``sr_image_regions`` and
+    ``sr_outline_areas``."""
+    return [g for g in _all_groups(sr) if g.region is None and not _for_viewer(g)]
 
 
 def sr_image_regions(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
     """The TID 1410 groups: one per finding, its outline on its key image (``region``), in document order."""
     return [g for g in _all_groups(sr) if g.region is not None]
+
+
+def sr_outline_areas(sr: pydicom.Dataset | str | Path) -> list[SRGroup]:
+    """The lesions' Area groups in OHIF's tool form: the Area INFERRED FROM the outline (``inferred_from``)."""
+    return [g for g in _all_groups(sr) if _for_viewer(g)]
 
 
 def measurements_from_sr(sr: pydicom.Dataset | str | Path) -> dict[str, Any]:

@@ -2,15 +2,18 @@
 
 Content tree (the shape of the dcmqi and highdicom examples):
 - "Imaging Measurement Report", observer = this device (name, manufacturer, model+version, UID)
-- "Imaging Measurements" with, per lesion n, two groups with the same tracking id "Lesion n" and
-  the same tracking UID (the SEG segment's):
-  - a TID 1410 planar group: the lesion's outline on its key image (SCOORD POLYLINE, closed, on
-    the source image; key_images.py says which image) and the Area it encloses;
-  - a TID 1411 volumetric group: finding category/type Lesion, finding site Spinal cord,
-    ReferencedSegment n + 1, and its NUM measurements (CODES.md says which code is which);
+- "Imaging Measurements" with, per lesion n, three groups with the same tracking UID (the SEG
+  segment's):
+  - a TID 1501 group, tracking id "Cornerstone3DTools@^0.1.0:PlanarFreehandROI:Lesion n": the
+    Area the lesion's outline on its key image encloses, INFERRED FROM that outline (SCOORD
+    POLYLINE, closed, on the source image; key_images.py says which image);
+  - a TID 1410 planar group, tracking id "Lesion n": the same outline as its Image Region;
+  - a TID 1411 volumetric group, tracking id "Lesion n": finding category/type Lesion, finding
+    site Spinal cord, ReferencedSegment n + 1, and its NUM measurements (CODES.md says which
+    code is which);
   then the cord, the same way: a TID 1410 group (its outline on its key image, no number; the
-    border of the middle image when no cord was found) and a
-    TID 1411 group (segment 1): mean CSA and cord volume; when the vertebral levels are known,
+    border of the middle image when no cord was found) and a TID 1411 group (segment 1): mean
+    CSA and cord volume; when the vertebral levels are known,
     the CSA of each level, then the C2-C3 CSA, each with its z-score and percentile among healthy
     adults (Finding Site = the vertebra(e), which tells them apart), and the compression ratio
     (raw and normalised) at the narrowest level; lesion groups add the vertebrae of their level
@@ -27,7 +30,15 @@ of every measurement; a measurement whose groups carry no SCOORD/SCOORD3D (neith
 nor INFERRED FROM under a NUM) has no coords[0], the TypeError of issue 20 (OHIF issue 3390),
 and the viewport stays blank. Sharing the tracking UID between a lesion's TID 1410 and TID 1411
 groups is what DICOM means by it (one tracked finding) and makes OHIF draw one annotation per
-lesion whose labels are the Area, then the volumetric numbers. ``viewer_rules`` checks this.
+lesion, the outline of the group-level SCOORD (TID 1410), labelled with the NUMs of all three:
+the Area, then the volumetric numbers. ``viewer_rules`` checks this.
+Why the TID 1501 Area group: OHIF's measurements panel lists only what it can turn into its own
+editable tools ("hydrate", @cornerstonejs/adapters MeasurementReport.generateToolState, group by
+group): that needs a Tracking Identifier starting with the tool's tag (PlanarFreehandROI:
+BaseAdapter3D.isValidCornerstoneTrackingIdentifier) and a NUM INFERRED FROM the outline, which
+TID 1410 does not allow (its NUMs are TID 1419, without coordinates; highdicom refuses them).
+The identifier is free text (TID 4108); the tracking UID says which finding a group belongs to,
+and "Lesion n" stays the identifier of the groups a person reads.
 """
 from __future__ import annotations
 
@@ -57,10 +68,16 @@ from dicom_node.results.seg import (
     tracking_uid,
     unique_source,
 )
+from dicom_node.results.viewer_rules import OHIF_FREEHAND_TAG
 from inference.api import Analysis, FrameRef, LesionMetrics, LevelMeasurements
 
 SR_SERIES_NUMBER = 9902
 TOTALS_TRACKING_ID = "All intramedullary lesions"
+
+
+def outline_tracking_id(label: int) -> str:
+    """The Tracking Identifier of lesion ``label``'s Area group: OHIF's freehand tag, then the lesion's id."""
+    return f"{OHIF_FREEHAND_TAG}:{lesion_tracking_id(label)}"
 
 
 @dataclass(frozen=True)
@@ -122,12 +139,7 @@ def _measurements(source: object | None, specs: Sequence[C.MetricCode],
     each INFERRED FROM ``inferred_from``'s outline when given."""
     if source is None:
         return []
-    coordinates = None
-    if inferred_from is not None:
-        coordinates = [hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=inferred_from.outline,
-            source_image=_source_image(inferred_from),
-        )]
+    coordinates = None if inferred_from is None else [_coordinates(inferred_from)]
     out = []
     for spec in specs:
         value = _value(source, spec.key, overrides or {})
@@ -143,6 +155,12 @@ def _measurements(source: object | None, specs: Sequence[C.MetricCode],
 def _source_image(key: KeyImage) -> hd.sr.SourceImageForRegion:
     frames = [key.frame_number] if key.frame_number is not None else None
     return hd.sr.SourceImageForRegion(key.sop_class_uid, key.sop_instance_uid, referenced_frame_numbers=frames)
+
+
+def _coordinates(key: KeyImage) -> hd.sr.CoordinatesForMeasurement:
+    """The outline as a NUM's INFERRED FROM (TID 300 -> TID 320)."""
+    return hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                           graphic_data=key.outline, source_image=_source_image(key))
 
 
 def _region(key: KeyImage) -> hd.sr.ImageRegion:
@@ -242,6 +260,15 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
         if key is None:
             raise ResultBuildError(f"lesion {label} has no measurements or no voxels in the label map: "
                                    "build the SR from the analysis that made the SEG")
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=outline_tracking_id(label)),
+            finding_category=C.ABNORMAL_STRUCTURE,
+            finding_type=C.LESION,
+            finding_sites=_lesion_sites(lesion),
+            algorithm_id=algo,
+            measurements=[hd.sr.Measurement(name=C.AREA, value=key.area_mm2, unit=C.MM2,
+                                            referenced_coordinates=[_coordinates(key)])],
+        ))
         groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=lesion_tracking_id(label)),
             referenced_region=_region(key),
@@ -249,7 +276,6 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
             finding_type=C.LESION,
             finding_sites=_lesion_sites(lesion),
             algorithm_id=algo,
-            measurements=[hd.sr.Measurement(name=C.AREA, value=key.area_mm2, unit=C.MM2)],
         ))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=lesion_tracking_id(label)),

@@ -26,6 +26,11 @@ from typing import Any
 
 import pydicom
 
+# OHIF turns a measurement group into its editable freehand tool (listed in its measurements panel)
+# only when the group's Tracking Identifier starts with this tag and a NUM is INFERRED FROM a
+# closed POLYLINE (@cornerstonejs/adapters: BaseAdapter3D.isValidCornerstoneTrackingIdentifier,
+# MeasurementReport.getSetupMeasurementData, PlanarFreehandROI.getMeasurementData).
+OHIF_FREEHAND_TAG = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
 IMAGING_MEASUREMENTS = "126010"
 MEASUREMENT_GROUP = "125007"
 TRACKING_ID = "112039"

@@ -15,9 +15,15 @@ from pydicom.uid import generate_uid
 from dicom_node.results import codes as C
 from dicom_node.results.key_images import is_axial_series
 from dicom_node.results.outline import largest_region, polygon_area
-from dicom_node.results.readback import ResultValidationError, SRGroup, sr_image_regions, sr_measurements
+from dicom_node.results.readback import (
+    ResultValidationError,
+    SRGroup,
+    sr_image_regions,
+    sr_measurements,
+    sr_outline_areas,
+)
 from dicom_node.results.seg import build_seg
-from dicom_node.results.sr import build_sr
+from dicom_node.results.sr import build_sr, outline_tracking_id
 from dicom_node.results.validate import check_result, validate_dicom, write_result
 from dicom_node.results.viewer_rules import ohif_sr_problems
 from tests.helpers.env import require_shared, require_tool
@@ -79,15 +85,23 @@ def test_each_finding_has_one_outline_with_its_volumetric_tracking_uid(written):
     for group in regions:
         assert group.tracking_uid == volumetric[group.tracking_id].tracking_uid
         assert group.finding == volumetric[group.tracking_id].finding
-        assert group.referenced_segment is None
+        assert group.referenced_segment is None and group.numbers == {}
+    areas = sr_outline_areas(path)  # the Area in the form OHIF loads into its freehand tool
+    assert [g.tracking_id for g in areas] == [outline_tracking_id(1), outline_tracking_id(2)]
+    for area, region in zip(areas, regions):
+        assert area.tracking_uid == region.tracking_uid and area.finding == region.finding
+        (ref,) = area.inferred_from
+        assert ref.sop_instance_uid == region.region.sop_instance_uid
+        np.testing.assert_array_equal(ref.points, region.region.points)
+        assert list(area.numbers) == [AREA]
 
 
 def test_lesion_outline_is_the_lesion_on_its_key_image(written):
     case, path = written
     analysis = case.analysis
     by_label = {les.label: les for les in analysis.metrics.lesions}
-    for group in sr_image_regions(path)[:2]:
-        label = int(group.tracking_id.split()[-1])
+    for group, area in zip(sr_image_regions(path)[:2], sr_outline_areas(path)):
+        label = int(group.tracking_id.rsplit(" ", 1)[-1])
         k = _slice_of(case, group)
         lesion = np.asarray(analysis.lesion_labels) == label
         if is_axial_series(analysis):  # the slice of the maximal axial area, as the metrics define it
@@ -106,8 +120,8 @@ def test_lesion_outline_is_the_lesion_on_its_key_image(written):
         assert polygon_area(points) == region.sum()
         assert abs(polygon_area(points) - plane.sum()) <= tolerance
         assert tolerance <= 0.1 * plane.sum()  # these lesions are one solid piece on their key image
-        assert group.numbers[AREA] == pytest.approx(polygon_area(points) * _pixel_area_mm2(case), rel=1e-9)
-        assert group.units[AREA] == "mm2"
+        assert area.numbers[AREA] == pytest.approx(polygon_area(points) * _pixel_area_mm2(case), rel=1e-9)
+        assert area.units[AREA] == "mm2"
 
 
 def test_cord_outline_and_totals_inferred_from_it(written):
@@ -158,12 +172,44 @@ def test_no_cord_outlines_the_searched_image(tmp_path):
     k = _slice_of(case, cord)
     n_i, n_j, n_k = case.analysis.cord_mask.shape
     assert k == n_k // 2
-    assert cord.region.points.tolist() == [[0, 0], [n_i, 0], [n_i, n_j], [0, n_j], [0, 0]]
+    # the border, with the middle of the top edge as an extra vertex (OHIF reads 5 points as its rectangle)
+    assert cord.region.points.tolist() == [[0, 0], [n_i / 2, 0], [n_i, 0], [n_i, n_j], [0, n_j], [0, 0]]
 
 
 def test_dsrdump_shows_outlines_on_mr_images(written):
     _, path = written
     dump = subprocess.run([require_tool("dsrdump"), str(path)], capture_output=True, text=True, check=True).stdout
     assert dump.count('contains SCOORD:(,,"Image Region")=(POLYLINE') == 3  # two lesions, the cord
-    assert dump.count('inferred from SCOORD:(,,"Source")=(POLYLINE') == len(C.TOTAL_METRICS)  # the totals
-    assert dump.count('selected from IMAGE:(,,"Source")=(MR image') == 3 + len(C.TOTAL_METRICS)
+    inferred = len(C.TOTAL_METRICS) + 2  # each total, each lesion's Area
+    assert dump.count('inferred from SCOORD:(,,"Source")=(POLYLINE') == inferred
+    assert dump.count('selected from IMAGE:(,,"Source")=(MR image') == 3 + inferred
+
+
+def test_multiframe_source_outlines_name_their_frame(tmp_path):
+    """One enhanced multi-frame source stored in reverse: each outline names (instance, frame number)."""
+    import io
+
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+
+    from inference.volume import volume_from_datasets
+
+    require_tool("dciodvfy")
+    shared = require_shared("lesion-example")
+    case = make_case(shared.parent, tmp_path / "src", "axial")
+    multi = LegacyConvertedEnhancedMRImage(
+        [pydicom.dcmread(p) for p in case.paths][::-1], series_instance_uid=generate_uid(), series_number=98,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    buf = io.BytesIO()
+    multi.save_as(buf, enforce_file_format=True)
+    multi = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    volume = volume_from_datasets([multi])
+    mf_case = Case(source=[multi] * len(volume.frames), frames=list(volume.frames), image=volume.array,
+                   analysis=case.analysis, paths=[])
+    path = _write(mf_case, tmp_path)
+    check_result(path)
+    for group in sr_image_regions(path):
+        assert group.region.sop_instance_uid == str(multi.SOPInstanceUID)
+        assert group.region.frame_number is not None
+        _slice_of(mf_case, group)  # (instance, frame) is one slice of the volume
+    first = sr_image_regions(path)[0]
+    assert _slice_of(mf_case, first) == case.analysis.metrics.lesions[0].max_axial_area_slice
