@@ -50,6 +50,8 @@ class OhifUI:
         self.base_url = base_url.rstrip("/")
         self.artefacts = artefacts
         self.shots: list[Path] = []
+        self.timings: dict[str, float] = {}  # screenshot name -> seconds since the previous one
+        self._last = time.monotonic()
 
     # ---- pages --------------------------------------------------------------------------------
     def open_study_list(self, expect_text: str, timeout: float = 60.0) -> str:
@@ -76,6 +78,9 @@ class OhifUI:
             return None
         path = self.artefacts / f"{len(self.shots) + 1:02d}-{name}.png"
         self.shots.append(self.browser.screenshot(path))
+        now = time.monotonic()
+        self.timings[path.stem] = round(now - self._last, 2)
+        self._last = now
         return path
 
     # ---- loading a SEG or an SR from the study browser ----------------------------------------------

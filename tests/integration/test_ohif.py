@@ -97,6 +97,7 @@ def ohif(study: tuple[Study, LocalOrthanc], tmp_path_factory: pytest.TempPathFac
                 yield ui
             finally:
                 (ARTEFACTS / "browser-console.json").write_text(json.dumps(browser.log(), indent=1))
+                (ARTEFACTS / "step-seconds.json").write_text(json.dumps(ui.timings, indent=1))
     except BrowserMissing as exc:
         if IN_CI:
             pytest.fail(str(exc))
