@@ -150,6 +150,18 @@ class OhifUI:
         panel = self.driver.execute_script(_RIGHT_PANEL_TEXT, expect)
         return str(panel or text(self.driver))
 
+    def click_panel_row(self, text: str) -> bool:
+        """Click the right-hand panel's row showing `text` (a measurement: OHIF then shows its image)."""
+        from selenium.webdriver.common.by import By
+
+        width = self.driver.execute_script("return window.innerWidth")
+        rows = [e for e in self.driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
+                if e.is_displayed() and e.location["x"] > 0.7 * width]
+        if rows:
+            rows[0].click()
+            self.settle()
+        return bool(rows)
+
     # ---- the viewport -------------------------------------------------------------------------
     def viewport_state(self) -> dict[str, Any]:
         """The first viewport: id, type, current image id and index, image ids, canvas rectangle."""

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -276,6 +277,7 @@ def test_sr_measurements_shown_without_error(study: tuple[Study, LocalOrthanc], 
     ohif.settle()
     ohif.shot("sr-loaded")
     panel = ohif.panel_text(MEASUREMENTS_PANEL, "Measurements")
+    ohif.click_panel_row("Lesion")  # OHIF labels a tracked measurement with its Finding: shows its image
     ohif.shot("sr-measurements")
     (ARTEFACTS / "sr-measurements-panel.txt").write_text(panel)
     for roi in rois:
@@ -294,3 +296,13 @@ for (const c of document.querySelectorAll('canvas.cornerstone-canvas')) {
 }
 return false;
 """
+
+
+def test_a_viewer_tarball_that_is_not_the_pinned_one_is_refused(tmp_path: Path) -> None:
+    """`make ohif` unpacks only the tarball whose SHA-512 is pinned (npm checks the registry's hash; we check ours)."""
+    require_tool("npm")
+    wrong = "sha512-" + "A" * 86 + "=="
+    with pytest.raises(RuntimeError, match="is not the pinned"):
+        fetch(quiet=True, cache=tmp_path / "ohif", integrity=wrong)
+    assert not (tmp_path / "ohif" / "dist").exists() and not (tmp_path / "ohif" / ".fetched").exists()
+    assert not list(tmp_path.glob(".fetch-*")), "the download is not left behind"
