@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pydicom import dcmread
 from inference.volume import Volume
 from testbed.node_process import node_config, start_node
 from testbed.orthanc import LocalOrthanc
+from testbed.viewer import for_ohif
 
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / "dicom_node" / "sample"  # shipped with the node
 SAMPLES = {
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     with LocalOrthanc(workdir / "orthanc", dicomweb=True) as pacs:
         print(f"[demo] Orthanc (the PACS) up: DICOM {pacs.ae_title}@127.0.0.1:{pacs.dicom_port}, REST {pacs.url}, "
               f"DICOMweb {pacs.dicomweb_url}")
-        config = node_config(workdir, pacs, args.device)
+        config = for_ohif(node_config(workdir, pacs, args.device))  # the demo's PACS is read with OHIF
         node, port = start_node(config, workdir / "node.log")
         try:
             print(f"[demo] node up: SPINE_NODE@127.0.0.1:{port} (log {workdir / 'node.log'})")
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
 def show_in_viewer(pacs: LocalOrthanc, studies: dict[str, str], args: argparse.Namespace, workdir: Path) -> None:
     """The OHIF viewer on this Orthanc: print each study's link; with --keep, serve until Ctrl-C."""
     from testbed.ohif import OhifMissing
-    from testbed.viewer import ViewerServer
+    from testbed.viewer import ViewerServer, wait_for_interrupt
 
     viewer = ViewerServer(pacs, port=args.viewer_port or None, access_log=workdir / "viewer-access.log")
     try:
@@ -161,21 +161,6 @@ def show_in_viewer(pacs: LocalOrthanc, studies: dict[str, str], args: argparse.N
         print("\n[demo] stopping Orthanc and the viewer")
     finally:
         viewer.stop()
-
-
-def wait_for_interrupt() -> None:
-    """Sleep until Ctrl-C (SIGINT) or SIGTERM: `kill` stops a backgrounded --keep as cleanly as Ctrl-C."""
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def level_lines(m: dict[str, Any]) -> list[str]:

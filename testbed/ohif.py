@@ -57,35 +57,39 @@ def sri_of(path: Path) -> str:
     return "sha512-" + base64.b64encode(digest.digest()).decode()
 
 
-def fetch(quiet: bool = False) -> Path:
-    """`npm pack` the pinned viewer, check its integrity, unpack `package/dist`; a no-op once done."""
-    if STAMP.exists() and (CACHE / "dist" / "index.html").exists():
-        return CACHE / "dist"
+def fetch(quiet: bool = False, cache: Path = CACHE, integrity: str = OHIF_INTEGRITY) -> Path:
+    """`npm pack` the pinned viewer, check its integrity, unpack `package/dist` into `cache`; a no-op once done."""
+    stamp = cache / STAMP.name
+    if stamp.exists() and (cache / "dist" / "index.html").exists():
+        return cache / "dist"
     npm = shutil.which("npm")
     if npm is None:
         raise OhifMissing("npm is not installed (Debian package 'npm'), needed once to fetch the OHIF viewer")
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE.parent, prefix=".fetch-") as tmp:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache.parent, prefix=".fetch-") as tmp:
         spec = f"{OHIF_PACKAGE}@{OHIF_VERSION}"
         if not quiet:
-            print(f"[ohif] npm pack {spec} (about 50 MB) into {CACHE}", file=sys.stderr)
+            print(f"[ohif] npm pack {spec} (about 50 MB) into {cache}", file=sys.stderr)
         out = subprocess.run([npm, "pack", spec, "--json", "--pack-destination", tmp], capture_output=True,
                              text=True, timeout=900)
         if out.returncode != 0:
             raise RuntimeError(f"npm pack {spec} failed (is the npm registry reachable?):\n{out.stderr[-2000:]}")
         tarball = Path(tmp) / json.loads(out.stdout)[0]["filename"]
         got = sri_of(tarball)
-        if got != OHIF_INTEGRITY:
-            raise RuntimeError(f"{tarball.name}: integrity {got} is not the pinned {OHIF_INTEGRITY}; refusing it")
+        if got != integrity:
+            raise RuntimeError(f"{tarball.name}: integrity {got} is not the pinned {integrity}; refusing it")
         unpacked = Path(tmp) / "unpacked"
         with tarfile.open(tarball) as tar:
             members = [m for m in tar.getmembers() if m.name.startswith("package/dist/") and (m.isfile() or m.isdir())]
-            tar.extractall(unpacked, members=members, filter="data")
-        shutil.rmtree(CACHE, ignore_errors=True)
-        CACHE.mkdir(parents=True)
-        (unpacked / "package" / "dist").rename(CACHE / "dist")
-    STAMP.write_text(f"{OHIF_PACKAGE}@{OHIF_VERSION} {OHIF_INTEGRITY}\n")
-    return CACHE / "dist"
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: refuse links and paths out of the folder
+                tar.extractall(unpacked, members=members, filter="data")
+            else:
+                tar.extractall(unpacked, members=members)  # members: plain files and folders under package/dist
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        (unpacked / "package" / "dist").rename(cache / "dist")
+    stamp.write_text(f"{OHIF_PACKAGE}@{OHIF_VERSION} {integrity}\n")
+    return cache / "dist"
 
 
 def app_config() -> str:

@@ -35,9 +35,10 @@ class CanvasMap:
     dv: np.ndarray
 
     def image_index_of_screen(self, xy: np.ndarray) -> np.ndarray:
-        """(col, row) of the image pixel under each screen point (N x 2), as the nearest pixel centre."""
+        """(col, row) of the image pixel under each screen point (N x 2). Cornerstone's image coordinates
+        start at the top-left corner of the first pixel (not its centre): pixel i spans [i, i + 1)."""
         m = np.stack([self.du, self.dv], axis=1)
-        return np.rint(np.linalg.solve(m, (xy - self.origin).T).T).astype(int)
+        return np.floor(np.linalg.solve(m, (xy - self.origin).T).T).astype(int)
 
 
 class OhifUI:
@@ -49,6 +50,8 @@ class OhifUI:
         self.base_url = base_url.rstrip("/")
         self.artefacts = artefacts
         self.shots: list[Path] = []
+        self.timings: dict[str, float] = {}  # screenshot name -> seconds since the previous one
+        self._last = time.monotonic()
 
     # ---- pages --------------------------------------------------------------------------------
     def open_study_list(self, expect_text: str, timeout: float = 60.0) -> str:
@@ -75,6 +78,9 @@ class OhifUI:
             return None
         path = self.artefacts / f"{len(self.shots) + 1:02d}-{name}.png"
         self.shots.append(self.browser.screenshot(path))
+        now = time.monotonic()
+        self.timings[path.stem] = round(now - self._last, 2)
+        self._last = now
         return path
 
     # ---- loading a SEG or an SR from the study browser ----------------------------------------------
@@ -92,13 +98,22 @@ class OhifUI:
 
         ActionChains(self.driver).double_click(self._thumbnail(modality)).perform()
 
-    def accept_prompt(self, timeout: float, what: str) -> None:
-        """Wait for the viewport's "Do you want to ...?" prompt and answer Yes."""
+    def prompt(self, timeout: float) -> Any:
+        """The Yes button of the viewport's "Do you want to ...?" prompt once shown, or None after `timeout`."""
         from selenium.webdriver.common.by import By
 
-        button = self.browser.wait_for(
-            lambda d: next((b for b in d.find_elements(By.XPATH, PROMPT_YES) if b.is_displayed()), False),
-            timeout, f"the viewer's prompt to {what}")
+        try:
+            return self.browser.wait_for(
+                lambda d: next((b for b in d.find_elements(By.XPATH, PROMPT_YES) if b.is_displayed()), False),
+                timeout, "a prompt")
+        except TimeoutError:
+            return None
+
+    def accept_prompt(self, timeout: float, what: str) -> None:
+        """Wait for the viewport's "Do you want to ...?" prompt and answer Yes."""
+        button = self.prompt(timeout)
+        if button is None:
+            raise TimeoutError(f"the viewer's prompt to {what}: not within {timeout:.0f} s")
         button.click()
 
     def load_seg(self, timeout: float = 90.0) -> list[str]:
@@ -107,6 +122,19 @@ class OhifUI:
         self.accept_prompt(timeout, "open the segmentation")
         return list(self.browser.wait_for(lambda d: d.execute_script(_SEGMENT_LABELS) or False, timeout,
                                           "the SEG's segments loaded into the viewer"))
+
+    def load_button(self) -> Any:
+        """The viewport's LOAD button (a SEG or SR OHIF can load into its panels), or None when it offers none."""
+        from selenium.webdriver.common.by import By
+
+        found = [e for e in self.driver.find_elements(By.XPATH, "//*[normalize-space(text())='LOAD']")
+                 if e.is_displayed()]
+        return found[0] if found else None
+
+    def annotation_text(self) -> str:
+        """The text drawn over the image (cornerstone's SVG layer: measurement labels and values)."""
+        return str(self.driver.execute_script(
+            "return Array.from(document.querySelectorAll('svg text')).map(t => t.textContent).join('\\n');"))
 
     # ---- panels -------------------------------------------------------------------------------
     def panel_text(self, button_css: str, expect: str, timeout: float = 30.0) -> str:
@@ -121,6 +149,18 @@ class OhifUI:
         self.browser.wait_for(lambda d: expect in text(d), timeout, f"{expect!r} in the side panel")
         panel = self.driver.execute_script(_RIGHT_PANEL_TEXT, expect)
         return str(panel or text(self.driver))
+
+    def click_panel_row(self, text: str) -> bool:
+        """Click the right-hand panel's row showing `text` (a measurement: OHIF then shows its image)."""
+        from selenium.webdriver.common.by import By
+
+        width = self.driver.execute_script("return window.innerWidth")
+        rows = [e for e in self.driver.find_elements(By.XPATH, f"//*[normalize-space(text())='{text}']")
+                if e.is_displayed() and e.location["x"] > 0.7 * width]
+        if rows:
+            rows[0].click()
+            self.settle()
+        return bool(rows)
 
     # ---- the viewport -------------------------------------------------------------------------
     def viewport_state(self) -> dict[str, Any]:

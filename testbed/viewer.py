@@ -128,12 +128,14 @@ class _Server(ThreadingHTTPServer):
 class ViewerServer:
     """OHIF on http://127.0.0.1:PORT/ reading `orthanc` (started with dicomweb=True) through /dicom-web/."""
 
-    def __init__(self, orthanc: LocalOrthanc, port: int | None = None, access_log: Path | None = None) -> None:
+    def __init__(self, orthanc: LocalOrthanc, port: int | None = None, access_log: Path | None = None,
+                 dist: Path | None = None) -> None:
         if not orthanc.dicomweb:
             raise ValueError("the viewer reads Orthanc through DICOMweb: use LocalOrthanc(..., dicomweb=True)")
         self.orthanc = orthanc
         self.port = port or free_port()
         self.access_log_path = access_log
+        self.dist = dist  # the viewer's dist/ (default: the fetched OHIF)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -147,7 +149,7 @@ class ViewerServer:
 
     def start(self) -> None:
         server = _Server(("127.0.0.1", self.port), _Handler)
-        server.dist = dist_dir().resolve()
+        server.dist = (self.dist or dist_dir()).resolve()
         server.app_config = app_config().encode()
         server.orthanc_port = self.orthanc.http_port
         server.access_log = open(self.access_log_path, "a", buffering=1) if self.access_log_path else None
@@ -169,6 +171,34 @@ class ViewerServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def for_ohif(config: Path, destination: str = "pacs") -> Path:
+    """A node config whose `destination` is read with OHIF: the SEG profile OHIF reads right
+    (destinations.X.viewer: ohif, byte frames at any image size). Rewrites the file; returns it."""
+    import yaml
+
+    cfg = yaml.safe_load(config.read_text())
+    cfg["destinations"][destination]["viewer"] = "ohif"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return config
+
+
+def wait_for_interrupt() -> None:
+    """Sleep until Ctrl-C (SIGINT) or SIGTERM: `kill` stops a backgrounded server as cleanly as Ctrl-C."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def upload(orthanc: LocalOrthanc, paths: list[Path]) -> set[str]:
@@ -204,11 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             print(viewer.study_url(uid), flush=True)
         if args.screenshot is None:
             print("viewer and Orthanc running; Ctrl-C stops them", file=sys.stderr)
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                return 0
+            wait_for_interrupt()
+            return 0
         from testbed.browser import Chromium
 
         with Chromium(Path(tmp) / "chrome") as browser:
