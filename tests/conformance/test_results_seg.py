@@ -18,8 +18,9 @@ from dicom_node.results.readback import seg_masks_on_source
 from dicom_node.results.seg import ResultBuildError, build_seg
 from dicom_node.results.validate import check_result, validate_dicom, write_result
 from inference.measurements import Measurements
+from inference.volume import volume_from_datasets
 from tests.helpers.env import require_shared, require_tool
-from tests.helpers.results_cases import Case, frame_pixels, make_case
+from tests.helpers.results_cases import Case, frame_pixels, make_case, multiframe_case
 
 ORIENTATIONS = ["sagittal", "axial", "oblique"]
 
@@ -298,30 +299,17 @@ def test_secondary_capture_fallback_is_marked_and_conformant(case, tmp_path):
 
 def test_enhanced_multiframe_source_round_trips(tmp_path):
     """One multi-frame source instance: SEG frames reference (instance, frame number)."""
-    import io
-
-    from highdicom.legacy import LegacyConvertedEnhancedMRImage
-
-    from inference.volume import volume_from_datasets
-
     require_tool("dciodvfy")
     shared = require_shared("lesion-example")
     case = make_case(shared.parent, tmp_path / "src", "oblique")
-    multi = LegacyConvertedEnhancedMRImage(
-        [pydicom.dcmread(p) for p in case.paths][::-1], series_instance_uid=generate_uid(), series_number=98,
-        sop_instance_uid=generate_uid(), instance_number=1)
-    buf = io.BytesIO()
-    multi.save_as(buf, enforce_file_format=True)
-    multi = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    mf_case, multi = multiframe_case(case)
     volume = volume_from_datasets([multi])
     assert np.array_equal(volume.array, case.image) and np.allclose(volume.affine, case.analysis.affine, atol=1e-6)
-    numbers = [f.frame_number for f in volume.frames]
+    numbers = [f.frame_number for f in mf_case.frames]
     assert sorted(numbers) == list(range(1, len(numbers) + 1))
     assert numbers != sorted(numbers)  # frames stored in reverse: the frame-number mapping is exercised
-    mf_case = Case(source=[multi] * len(numbers), frames=list(volume.frames), image=volume.array,
-                   analysis=case.analysis, paths=[])
     for k in (0, len(numbers) // 2):
-        assert np.array_equal(frame_pixels(mf_case, k), volume.array[:, :, k].T)
+        assert np.array_equal(frame_pixels(mf_case, k), mf_case.image[:, :, k].T)
     for omit in (False, True):
         seg, path = _write_seg(mf_case, tmp_path / f"o{omit}", omit_empty_frames=omit)
         assert validate_dicom(path).errors == []

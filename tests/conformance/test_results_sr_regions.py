@@ -27,7 +27,7 @@ from dicom_node.results.sr import build_sr, outline_tracking_id
 from dicom_node.results.validate import check_result, validate_dicom, write_result
 from dicom_node.results.viewer_rules import ohif_sr_problems
 from tests.helpers.env import require_shared, require_tool
-from tests.helpers.results_cases import Case, make_case
+from tests.helpers.results_cases import Case, make_case, multiframe_case
 from tests.unit.test_outline import inside
 
 AREA = C.metric_key(C.AREA)
@@ -187,24 +187,10 @@ def test_dsrdump_shows_outlines_on_mr_images(written):
 
 def test_multiframe_source_outlines_name_their_frame(tmp_path):
     """One enhanced multi-frame source stored in reverse: each outline names (instance, frame number)."""
-    import io
-
-    from highdicom.legacy import LegacyConvertedEnhancedMRImage
-
-    from inference.volume import volume_from_datasets
-
     require_tool("dciodvfy")
     shared = require_shared("lesion-example")
     case = make_case(shared.parent, tmp_path / "src", "axial")
-    multi = LegacyConvertedEnhancedMRImage(
-        [pydicom.dcmread(p) for p in case.paths][::-1], series_instance_uid=generate_uid(), series_number=98,
-        sop_instance_uid=generate_uid(), instance_number=1)
-    buf = io.BytesIO()
-    multi.save_as(buf, enforce_file_format=True)
-    multi = pydicom.dcmread(io.BytesIO(buf.getvalue()))
-    volume = volume_from_datasets([multi])
-    mf_case = Case(source=[multi] * len(volume.frames), frames=list(volume.frames), image=volume.array,
-                   analysis=case.analysis, paths=[])
+    mf_case, multi = multiframe_case(case)
     path = _write(mf_case, tmp_path)
     check_result(path)
     for group in sr_image_regions(path):

@@ -140,3 +140,22 @@ def private_codes(ds: pydicom.Dataset, scheme: str = "99SPINE") -> set[str]:
 
     walk(ds)
     return used
+
+
+def multiframe_case(case: Case) -> tuple[Case, pydicom.Dataset]:
+    """``case`` as one enhanced multi-frame MR instance whose frames are stored in reverse, so that a
+    result must name (instance, frame number), not just the instance: the case on it, and the instance."""
+    import io
+
+    from highdicom.legacy import LegacyConvertedEnhancedMRImage
+    from pydicom.uid import generate_uid
+
+    multi = LegacyConvertedEnhancedMRImage(
+        [pydicom.dcmread(p) for p in case.paths][::-1], series_instance_uid=generate_uid(), series_number=98,
+        sop_instance_uid=generate_uid(), instance_number=1)
+    buf = io.BytesIO()
+    multi.save_as(buf, enforce_file_format=True)
+    multi = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    volume = volume_from_datasets([multi])
+    return Case(source=[multi] * len(volume.frames), frames=list(volume.frames), image=volume.array,
+                analysis=case.analysis, paths=[]), multi

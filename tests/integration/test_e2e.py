@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import pydicom
@@ -16,11 +15,10 @@ import pytest
 from dicom_node.cli import main as cli
 from dicom_node.config import load_config
 from dicom_node.results.readback import measurements_from_sr
-from dicom_node.service import Node
-from testbed.demo import wait_for_results
 from testbed.node_process import node_config
 from testbed.orthanc import LocalOrthanc
 from testbed.series import write_series
+from tests.helpers.e2e import store_and_wait
 from tests.helpers.env import require_shared, require_tool
 
 LESION_KEYS = ("volume_mm3", "length_mm", "width_mm", "max_equivalent_diameter_mm", "max_axial_damage_ratio")
@@ -28,7 +26,6 @@ LESION_KEYS = ("volume_mm3", "length_mm", "width_mm", "max_equivalent_diameter_m
 
 @pytest.mark.integration
 def test_spine_series_end_to_end_matches_offline_segment(tmp_path: Path) -> None:
-    storescu = require_tool("storescu")
     require_tool("Orthanc")
     require_tool("dciodvfy")
     nifti = require_shared("lesion-example/t2_fake_lesion.nii.gz")
@@ -37,16 +34,7 @@ def test_spine_series_end_to_end_matches_offline_segment(tmp_path: Path) -> None
 
     with LocalOrthanc(tmp_path / "pacs") as pacs:
         config = load_config(node_config(tmp_path, pacs, "cpu"))
-        node = Node(config)
-        node.start()
-        try:
-            sent = subprocess.run([storescu, "-aet", "TEST_MR", "-aec", config.node.ae_title, "+sd",
-                                   "127.0.0.1", str(node.port), str(tmp_path / "series")],
-                                  capture_output=True, text=True, timeout=120)
-            assert sent.returncode == 0, sent.stderr
-            results = wait_for_results(pacs, {first.StudyInstanceUID}, timeout=600)[first.StudyInstanceUID]
-        finally:
-            node.stop()
+        results = store_and_wait(config, pacs, tmp_path / "series", first.StudyInstanceUID)
         seg = pydicom.dcmread(io.BytesIO(pacs.instance_files(results["SEG"])[0]))
         sr = pydicom.dcmread(io.BytesIO(pacs.instance_files(results["SR"])[0]))
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from pathlib import Path
 
 import nibabel as nib
@@ -23,12 +22,11 @@ from dicom_node.cli import main as cli
 from dicom_node.config import load_config
 from dicom_node.results.readback import measurements_from_sr, seg_masks_on_source
 from dicom_node.results.validate import validate_dicom
-from dicom_node.service import Node
 from inference.api import volume_from_datasets
-from testbed.demo import wait_for_results
-from testbed.node_process import node_config
+from testbed.node_process import catalog_query, node_config
 from testbed.orthanc import LocalOrthanc
 from testbed.series import write_series
+from tests.helpers.e2e import store_and_wait
 from tests.helpers.env import require_shared, require_tool
 
 CROP = (slice(96, 224), slice(64, 192), slice(None))  # 88 x 88 mm around the cord, every slice
@@ -46,7 +44,6 @@ def _cropped_scan(tmp_path: Path) -> Path:
 
 @pytest.mark.integration
 def test_axial_t2_series_gets_sct_lesions_in_the_pacs(tmp_path: Path) -> None:
-    storescu = require_tool("storescu")
     require_tool("Orthanc")
     require_tool("dciodvfy")
     models = require_shared("sct-models")
@@ -61,20 +58,11 @@ def test_axial_t2_series_gets_sct_lesions_in_the_pacs(tmp_path: Path) -> None:
         path.write_text(yaml.safe_dump(raw, sort_keys=False))
         config = load_config(path)
         assert "ms_axial_t2" not in config.pipelines_off()
-        node = Node(config)
-        node.start()
-        try:
-            sent = subprocess.run([storescu, "-aet", "TEST_MR", "-aec", config.node.ae_title, "+sd",
-                                   "127.0.0.1", str(node.port), str(tmp_path / "series")],
-                                  capture_output=True, text=True, timeout=120)
-            assert sent.returncode == 0, sent.stderr
-            results = wait_for_results(pacs, {first.StudyInstanceUID}, timeout=600)[first.StudyInstanceUID]
-            job = node.catalog.query("SELECT pipeline, state FROM jobs")[0]
-        finally:
-            node.stop()
+        results = store_and_wait(config, pacs, tmp_path / "series", first.StudyInstanceUID)
+        job = catalog_query(config.catalog_path, "SELECT pipeline, state FROM jobs")[0]
         seg_bytes = pacs.instance_files(results["SEG"])[0]
         sr_bytes = pacs.instance_files(results["SR"])[0]
-    assert (job["pipeline"], job["state"]) == ("ms_axial_t2", "done")
+    assert tuple(job) == ("ms_axial_t2", "done")
     seg = pydicom.dcmread(io.BytesIO(seg_bytes))
     sr = pydicom.dcmread(io.BytesIO(sr_bytes))
 
