@@ -56,6 +56,7 @@ class Chromium:
         self.profile_dir.mkdir(parents=True, exist_ok=True)
         self.driver = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
         self.driver.set_page_load_timeout(60)
+        self.driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _REPORT_ERRORS})
 
     def stop(self) -> None:
         if self.driver is not None:
@@ -102,6 +103,15 @@ class Chromium:
                       f"a viewport canvas with an image at {url}")
         time.sleep(0.5)  # the overlays (orientation markers, annotations) settle after the first frame
 
+
+# An error thrown inside a promise nobody awaits (where OHIF's SR loader failed with issue 20's TypeError)
+# reaches Chromium's log only if the page reports it: every page reports such rejections and uncaught
+# errors as console errors, so console_errors() sees them.
+_REPORT_ERRORS = """
+window.addEventListener('unhandledrejection',
+                        e => console.error('unhandledrejection: ' + (e.reason && e.reason.stack || e.reason)));
+window.addEventListener('error', e => console.error('error: ' + e.message));
+"""
 
 # true once some viewport canvas has non-black pixels; WebGL canvases are read through a 2D copy
 _CANVAS_DRAWN = """
