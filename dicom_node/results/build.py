@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -100,9 +101,13 @@ class ResultFile:
 
 
 def _gated(ds: pydicom.Dataset, path: Path) -> Path:
-    write_result(ds, path)
+    return _checked(write_result(ds, path))
+
+
+def _checked(path: Path) -> Path:
+    """A written result through the gate: dciodvfy without errors, then highdicom read-back."""
     try:
-        check_result(path)  # dciodvfy without errors, then highdicom read-back
+        check_result(path)
     except ResultValidationError as exc:
         raise ResultRejected(str(exc)) from None
     return path
@@ -149,10 +154,16 @@ def _seg_sr_pair(source: Sequence[pydicom.Dataset], volume: Volume, analysis: An
         # (a job of an older release may lack this variant: then it sent no SR of it to supersede)
         old = variant_uids(previous_uids, variant)
         previous = {"series_uid": old["sr_series"], "sop_instance_uid": old["sr_sop"]}
-    sr = build_sr(source, analysis, seg, frames=volume.frames, series_uid=ids["sr_series"],
-                  sop_instance_uid=ids["sr_sop"], previous_sr=previous)
-    return [ResultFile("seg", _gated(seg, out_dir / f"seg{suffix}.dcm"), ids["seg_sop"]),
-            ResultFile("sr", _gated(sr, out_dir / f"sr{suffix}.dcm"), ids["sr_sop"])]
+    # the written SEG file goes through the gate (dciodvfy: another process, on the other core) while
+    # the SR is built; the gate reads the file only, never the dataset build_sr reads
+    seg_file = write_result(seg, out_dir / f"seg{suffix}.dcm")
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seg-gate") as pool:
+        seg_gate = pool.submit(_checked, seg_file)
+        sr = build_sr(source, analysis, seg, frames=volume.frames, series_uid=ids["sr_series"],
+                      sop_instance_uid=ids["sr_sop"], previous_sr=previous)
+        sr_path = _gated(sr, out_dir / f"sr{suffix}.dcm")
+        seg_path = seg_gate.result()
+    return [ResultFile("seg", seg_path, ids["seg_sop"]), ResultFile("sr", sr_path, ids["sr_sop"])]
 
 
 def write_thumbnail(volume: Volume, analysis: Analysis, path: Path) -> None:
