@@ -78,8 +78,6 @@ def run_segment(args: argparse.Namespace) -> int:
             cases = case_names(args.inputs)  # refuse clashing names before the model loads
         lesion_model, cord_spec = None, args.model
         if is_sct_spec(args.model):
-            if len(args.inputs) > 1:
-                raise ValueError(f"--model {args.model} segments one input at a time; run it once per input")
             progress("loading SCT model", 0, 1)
             lesion_model, cord_spec = load_sct_model(args.model, args.sct_data_dir), args.cord_model
         progress("loading model", 0, 1)
@@ -87,7 +85,8 @@ def run_segment(args: argparse.Namespace) -> int:
         if len(args.inputs) > 1:
             from inference.cohort import run_cohort
 
-            return run_cohort(cases, model, out, qc_png=args.qc_png, min_lesion_volume_mm3=args.min_lesion_volume)
+            return run_cohort(cases, model, out, qc_png=args.qc_png, min_lesion_volume_mm3=args.min_lesion_volume,
+                              lesion_model=lesion_model, sct_centerline=args.sct_centerline)
         progress("reading input", 0, 1)
         volume = load_volume(args.inputs[0])
         analysis = analyze(volume, model, progress=progress, min_lesion_volume_mm3=args.min_lesion_volume,

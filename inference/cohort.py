@@ -64,8 +64,9 @@ def case_names(sources: list[str]) -> list[tuple[str, Path]]:
 
 
 def run_cohort(cases: list[tuple[str, Path]], model: Any, out: Path, qc_png: bool,
-               min_lesion_volume_mm3: float) -> int:
-    """Measure every case with the loaded `model`; 0 when all are measured, 1 if any failed."""
+               min_lesion_volume_mm3: float, lesion_model: Any = None, sct_centerline: str = "cnn") -> int:
+    """Measure every case with the loaded `model` (and, if given, the lesions of the loaded SCT
+    `lesion_model` inside its cord, as ``pipeline.analyze``); 0 when all are measured, 1 if any failed."""
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     lesions: list[dict[str, Any]] = []
@@ -74,7 +75,7 @@ def run_cohort(cases: list[tuple[str, Path]], model: Any, out: Path, qc_png: boo
         for i, (name, source) in enumerate(cases, start=1):
             t0 = time.perf_counter()
             status, error, measurements = _case(f"case {i}/{len(cases)} {name}", out / name, source, model,
-                                                qc_png, min_lesion_volume_mm3)
+                                                qc_png, min_lesion_volume_mm3, lesion_model, sct_centerline)
             counts[status] += 1
             seconds = time.perf_counter() - t0 if status == "measured" else None
             rows.append(_case_row(name, source, status, error, measurements, seconds))
@@ -87,8 +88,8 @@ def run_cohort(cases: list[tuple[str, Path]], model: Any, out: Path, qc_png: boo
     return 1 if counts["failed"] else 0
 
 
-def _case(label: str, folder: Path, source: Path, model: Any, qc_png: bool, min_lesion_volume_mm3: float
-          ) -> tuple[str, str, dict[str, Any] | None]:
+def _case(label: str, folder: Path, source: Path, model: Any, qc_png: bool, min_lesion_volume_mm3: float,
+          lesion_model: Any = None, sct_centerline: str = "cnn") -> tuple[str, str, dict[str, Any] | None]:
     """(status, error, measurements) of one case: read back when whole already, else measured and
     written into a hidden folder that is renamed to `folder` when whole."""
     from inference.case_files import write_case
@@ -104,7 +105,8 @@ def _case(label: str, folder: Path, source: Path, model: Any, qc_png: bool, min_
                              "older version); move it away")
         _say(f"{label}: {source}")
         volume = load_volume(source)
-        analysis = analyze(volume, model, min_lesion_volume_mm3=min_lesion_volume_mm3)
+        analysis = analyze(volume, model, min_lesion_volume_mm3=min_lesion_volume_mm3, lesion_model=lesion_model,
+                           sct_centerline=sct_centerline)
         staging = folder.with_name(f".{folder.name}.partial")
         shutil.rmtree(staging, ignore_errors=True)  # left by a run stopped mid-case
         write_case(analysis, volume, staging, qc_png=qc_png, name=source.name)

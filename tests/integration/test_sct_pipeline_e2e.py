@@ -28,18 +28,7 @@ from testbed.orthanc import LocalOrthanc
 from testbed.series import write_series
 from tests.helpers.e2e import store_and_wait
 from tests.helpers.env import require_shared, require_tool
-
-CROP = (slice(96, 224), slice(64, 192), slice(None))  # 88 x 88 mm around the cord, every slice
-
-
-def _cropped_scan(tmp_path: Path) -> Path:
-    img = nib.load(require_shared("unlabelled/t2_ms_axial.nii.gz"))
-    data = np.asanyarray(img.dataobj)[CROP]
-    affine = img.affine.copy()
-    affine[:3, 3] = img.affine[:3, :3] @ np.array([CROP[0].start, CROP[1].start, 0]) + img.affine[:3, 3]
-    out = tmp_path / "t2_ms_axial_crop.nii.gz"
-    nib.save(nib.Nifti1Image(data, affine), str(out))
-    return out
+from tests.helpers.sct import cropped_ms_scan
 
 
 @pytest.mark.integration
@@ -47,8 +36,8 @@ def test_axial_t2_series_gets_sct_lesions_in_the_pacs(tmp_path: Path) -> None:
     require_tool("Orthanc")
     require_tool("dciodvfy")
     models = require_shared("sct-models")
-    files = write_series(_cropped_scan(tmp_path), tmp_path / "series", series_description="T2 TSE AX C-SPINE",
-                         uid_seed="sct-e2e")
+    scan = cropped_ms_scan(tmp_path / "t2_ms_axial_crop.nii.gz")
+    files = write_series(scan, tmp_path / "series", series_description="T2 TSE AX C-SPINE", uid_seed="sct-e2e")
     first = pydicom.dcmread(files[0], stop_before_pixels=True)
 
     with LocalOrthanc(tmp_path / "pacs") as pacs:
