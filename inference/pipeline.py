@@ -172,12 +172,22 @@ def analyze(volume: Volume, model: "str | LoadedModel" = DEFAULT_MODEL, device: 
 def _sct_lesions(volume: Volume, lesion_model: "SctLesionModel", cord: np.ndarray, centerline: str,
                  timings: dict[str, float], progress: "Progress | None") -> np.ndarray:
     """SCT's lesion mask inside ``cord`` (lesions are measured in the cord); logs what lay outside it."""
+    from inference.sct.centerline import CenterlineError
     from inference.sct.pipeline import segment_lesions
 
     if progress:
         progress("SCT lesions", 0, 1)
     t0 = time.perf_counter()
-    raw = segment_lesions(volume, lesion_model, cord_mask=cord if centerline == "cord" else None)
+    try:
+        raw = segment_lesions(volume, lesion_model, cord_mask=cord if centerline == "cord" else None)
+    except CenterlineError as exc:
+        if centerline == "cord" or not np.any(cord):
+            raise
+        # SCT's own alternative (-centerline file): the crop follows our cord, which the lesions are
+        # measured in anyway; better than failing a job whose cord is already segmented
+        log.warning("%s: SCT's centerline network failed (%s); its crop follows our cord's centres instead",
+                    lesion_model.identity.name, exc)
+        raw = segment_lesions(volume, lesion_model, cord_mask=cord)
     timings["sct lesions"] = time.perf_counter() - t0
     inside = (raw > 0) & (cord > 0)
     outside = int(np.count_nonzero(raw)) - int(np.count_nonzero(inside))

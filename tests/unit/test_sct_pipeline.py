@@ -148,3 +148,27 @@ def test_analyze_measures_scts_lesions_inside_our_cord_and_names_scts_model(tmp_
     assert result.metrics.lesion_count >= 1
     with pytest.raises(ValueError, match="cnn or cord"):
         pipeline.analyze(volume, model, lesion_model=_model(), sct_centerline="optic")
+
+
+def test_when_scts_centerline_network_finds_no_cord_our_cord_places_the_crop(tmp_path: Path, caplog) -> None:
+    """A job whose cord we segmented is not failed for SCT's centerline: SCT's -centerline file mode, logged."""
+    import dataclasses
+    import logging
+
+    from inference import pipeline
+    from testbed.tiny_model import pass_through_model
+    from tests.unit.test_engine import PSR, _phantom, _ras_spacing, _z_threshold
+
+    img, _ = _phantom(PSR, (56, 70, 14))
+    spacing = _ras_spacing(PSR)
+    cord_z = 1.0 / (1.0 + np.exp(-_z_threshold(img, PSR, spacing, 30.0)))
+    model = pass_through_model(tmp_path, spacing=spacing)
+    model = dataclasses.replace(model, meta=dataclasses.replace(model.meta, thresholds=(float(cord_z), 1.0)))
+    blind = dataclasses.replace(_model(), ctr_net=lambda x: np.zeros_like(x))  # sees no cord anywhere
+    volume = Volume(img, PSR)
+    with caplog.at_level(logging.WARNING, logger="inference.pipeline"):
+        result = pipeline.analyze(volume, model, lesion_model=blind)
+    assert "centerline network failed" in caplog.text and "our cord's centres" in caplog.text
+    via_cord = pipeline.analyze(volume, model, lesion_model=_model(), sct_centerline="cord")
+    np.testing.assert_array_equal(result.lesion_mask, via_cord.lesion_mask)
+    assert result.lesion_mask.any()
