@@ -6,6 +6,7 @@ references and must give back the cord and every lesion mask voxel for voxel.
 from __future__ import annotations
 
 import copy
+import subprocess
 from pathlib import Path
 
 import highdicom as hd
@@ -148,7 +149,7 @@ def test_byte_frames_round_trip_exact_at_odd_size(case, tmp_path, omit):
 
     The sagittal case is 99 x 99 (9,801 pixels, not a multiple of 8) with 29 slices: bit-packed
     frames start inside a byte there, and 8-bit frames would make the pixel data odd. Read back by
-    our reader and by highdicom it must be the masks voxel for voxel; every fragment must decode on
+    our reader, by highdicom and after dcmtk's RLE decoder it must be the masks voxel for voxel; every fragment must decode on
     its own to exactly Rows x Columns bytes of 0 or 255 (what OHIF hands to its per-frame decoder).
     """
     from pydicom.encaps import generate_fragmented_frames
@@ -173,6 +174,13 @@ def test_byte_frames_round_trip_exact_at_odd_size(case, tmp_path, omit):
     for fragment in fragments:
         frame = np.frombuffer(bytes(_rle_decode_frame(fragment, rows, cols, 1, 8)), np.uint8)
         assert frame.size == rows * cols and set(np.unique(frame)) <= {0, 255}
+
+    # dcmtk's RLE decoder (dcmdrle) agrees: its uncompressed copy reads back as the same masks
+    plain = tmp_path / "dcmtk-decoded.dcm"
+    subprocess.run([require_tool("dcmdrle"), str(path), str(plain)], check=True, capture_output=True, timeout=60)
+    assert pydicom.dcmread(plain).file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    _assert_exact(case, {n: m.astype(np.uint8) for n, m in
+                         seg_masks_on_source(plain, case.frames, case.analysis.cord_mask.shape).items()})
 
     hd_seg = hd.seg.segread(str(path))
     uids = [f.sop_instance_uid for f in case.frames]
