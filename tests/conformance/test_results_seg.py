@@ -149,8 +149,9 @@ def test_byte_frames_round_trip_exact_at_odd_size(case, tmp_path, omit):
 
     The sagittal case is 99 x 99 (9,801 pixels, not a multiple of 8) with 29 slices: bit-packed
     frames start inside a byte there, and 8-bit frames would make the pixel data odd. Read back by
-    our reader, by highdicom and after dcmtk's RLE decoder it must be the masks voxel for voxel; every fragment must decode on
-    its own to exactly Rows x Columns bytes of 0 or 255 (what OHIF hands to its per-frame decoder).
+    our reader, by highdicom and after dcmtk's RLE decoder it must be the masks voxel for voxel; every
+    fragment must decode on its own to exactly Rows x Columns bytes of 0 or 255 (what OHIF hands to its
+    per-frame decoder).
     """
     from pydicom.encaps import generate_fragmented_frames
     from pydicom.pixels.decoders.rle import _rle_decode_frame
