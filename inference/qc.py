@@ -35,6 +35,19 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def _axial_window(shape: tuple[int, ...], centre: tuple[float, float], spacing: tuple[float, float]
+                  ) -> tuple[slice, slice, tuple[int, int]]:
+    """The AX_FOV_MM square around ``centre`` of an axial slice (clipped to the image), and the pixel
+    size of its panel (the longer side AX_SIZE, square pixels)."""
+    (cx, cy), (sx, sy) = centre, spacing
+    hx, hy = AX_FOV_MM / 2 / sx, AX_FOV_MM / 2 / sy
+    xs = slice(max(0, int(cx - hx)), min(shape[0], int(cx + hx) + 1))
+    ys = slice(max(0, int(cy - hy)), min(shape[1], int(cy + hy) + 1))
+    w_mm, h_mm = (xs.stop - xs.start) * sx, (ys.stop - ys.start) * sy
+    s = AX_SIZE / max(w_mm, h_mm)
+    return xs, ys, (int(round(w_mm * s)), int(round(h_mm * s)))
+
+
 def _panel(gray: np.ndarray, cord: np.ndarray, lesion: np.ndarray, size: tuple[int, int]) -> Image.Image:
     """One 2D view (rows, cols already in display order) resized to `size` (w, h) with overlays."""
     w, h = max(1, size[0]), max(1, size[1])
@@ -97,13 +110,9 @@ def render_overlay(image: np.ndarray, cord: np.ndarray, lesion: np.ndarray, affi
             cx, cy = np.argwhere(cd[sl]).mean(0)
         else:
             cx, cy = img.shape[0] / 2, img.shape[1] / 2
-        hx, hy = AX_FOV_MM / 2 / sx, AX_FOV_MM / 2 / sy
-        xs = slice(max(0, int(cx - hx)), min(img.shape[0], int(cx + hx) + 1))
-        ys = slice(max(0, int(cy - hy)), min(img.shape[1], int(cy + hy) + 1))
+        xs, ys, size = _axial_window(img.shape, (cx, cy), (sx, sy))
         ax_gray, ax_cd, ax_ls = (a[xs, ys, z].T[::-1, ::-1] for a in (gray, cd, ls))  # rows = A->P, cols = R->L
-        w_mm, h_mm = (xs.stop - xs.start) * sx, (ys.stop - ys.start) * sy
-        s = AX_SIZE / max(w_mm, h_mm)
-        panel = _panel(ax_gray, ax_cd, ax_ls, (int(round(w_mm * s)), int(round(h_mm * s))))
+        panel = _panel(ax_gray, ax_cd, ax_ls, size)
         ImageDraw.Draw(panel).text((4, 2), f"axial {z}", fill=TEXT_RGB)
         axials.append(panel)
 
@@ -155,13 +164,8 @@ def render_comparison(image: np.ndarray, a: np.ndarray, b: np.ndarray, affine: n
     rows = []
     for z in sorted(zs, reverse=True):  # superior first
         cx, cy = np.argwhere(union[:, :, z]).mean(0)
-        hx, hy = AX_FOV_MM / 2 / sx, AX_FOV_MM / 2 / sy
-        xs = slice(max(0, int(cx - hx)), min(img.shape[0], int(cx + hx) + 1))
-        ys = slice(max(0, int(cy - hy)), min(img.shape[1], int(cy + hy) + 1))
+        xs, ys, size = _axial_window(img.shape, (cx, cy), (sx, sy))
         g, pa, pb = (m[xs, ys, z].T[::-1, ::-1] for m in (gray, ma, mb))  # rows = A->P, cols = R->L
-        w_mm, h_mm = (xs.stop - xs.start) * sx, (ys.stop - ys.start) * sy
-        s = AX_SIZE / max(w_mm, h_mm)
-        size = (int(round(w_mm * s)), int(round(h_mm * s)))
         plain = Image.fromarray(g).resize(size, Image.Resampling.BILINEAR).convert("RGB")
         rgb = np.asarray(plain, np.float32).copy()
         for mask, colour in ((pa, A_RGB), (pb, B_RGB)):
