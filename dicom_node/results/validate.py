@@ -100,8 +100,7 @@ def check_result(path: str | Path) -> ValidationReport:
     if sop_class == SEG_STORAGE:
         readback_seg(path)
     elif sop_class == COMPREHENSIVE_3D_SR_STORAGE:
-        readback_sr(path)
-        problems = ohif_sr_problems(path)
+        problems = ohif_sr_problems(readback_sr(path))  # the parsed SR: the file is read once here
         if problems:  # OHIF would blank the radiologist's viewport (issue 20): not sent
             raise ResultValidationError(f"{path.name}: viewers cannot show this SR: " + "; ".join(problems[:5]))
     elif sop_class == SECONDARY_CAPTURE_STORAGE:
