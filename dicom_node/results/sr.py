@@ -266,11 +266,12 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
         if key is None:
             raise ResultBuildError(f"lesion {label} has no measurements or no voxels in the label map: "
                                    "build the SR from the analysis that made the SEG")
+        sites = _lesion_sites(lesion)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=outline_tracking_id(label)),
             finding_category=C.ABNORMAL_STRUCTURE,
             finding_type=C.LESION,
-            finding_sites=_lesion_sites(lesion),
+            finding_sites=sites,
             algorithm_id=lesion_algo,
             measurements=[hd.sr.Measurement(name=C.AREA, value=key.area_mm2, unit=C.MM2,
                                             referenced_coordinates=[_coordinates(key)])],
@@ -280,7 +281,7 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
             referenced_region=_region(key),
             finding_category=C.ABNORMAL_STRUCTURE,
             finding_type=C.LESION,
-            finding_sites=_lesion_sites(lesion),
+            finding_sites=sites,
             algorithm_id=lesion_algo,
         ))
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -288,9 +289,9 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
             referenced_segment=segment_ref(number),
             finding_category=C.ABNORMAL_STRUCTURE,
             finding_type=C.LESION,
-            finding_sites=_lesion_sites(by_label.get(label)),
+            finding_sites=sites,
             algorithm_id=lesion_algo,
-            measurements=_measurements(by_label.get(label), C.LESION_METRICS),
+            measurements=_measurements(lesion, C.LESION_METRICS),
         ))
 
     cord_uid = _segment_tracking_uid(seg, CORD_SEGMENT, tracking_uid(study_uid, source_series, "cord"))
