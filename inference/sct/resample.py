@@ -31,12 +31,6 @@ def resample(array: np.ndarray, shape: tuple[int, ...], order: int = 1) -> np.nd
     return ndimage.affine_transform(array, scale, output_shape=tuple(shape), order=order, mode="nearest")
 
 
-def to_spacing(array: np.ndarray, spacing: tuple[float, ...], new_spacing: tuple[float, ...],
-               order: int = 1) -> np.ndarray:
-    """SCT's ``resample_nib(new_size=new_spacing, new_size_type='mm')`` on the array of a grid of ``spacing``."""
-    return resample(array, sct_shape(array.shape, spacing, new_spacing), order=order)
-
-
 def sampled_spacing(shape: tuple[int, ...], spacing: tuple[float, ...],
                     new_shape: tuple[int, ...]) -> tuple[float, ...]:
     """The voxel size SCT's grid really has: p * n / n_new (the requested size up to rounding of the shape)."""

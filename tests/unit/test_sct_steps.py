@@ -97,7 +97,7 @@ def test_resample_round_trip_to_the_native_grid_is_exact_on_a_linear_image() -> 
     last fine voxel lies past the image's end and takes the nearest value (mode 'nearest')."""
     i, j, k = np.meshgrid(np.arange(32), np.arange(25), np.arange(5), indexing="ij")
     image = (3.0 * i - 2.0 * j + 10.0 * k).astype(np.float32)
-    fine = resample.to_spacing(image, (0.6875, 0.6875, 7.5), (0.5, 0.5, 7.5))
+    fine = resample.resample(image, resample.sct_shape(image.shape, (0.6875, 0.6875, 7.5), (0.5, 0.5, 7.5)))
     assert fine.shape == (44, 34, 5)  # 25 * 0.6875 / 0.5 = 34.375
     back = resample.resample(fine, image.shape)
     assert back.shape == image.shape
