@@ -132,6 +132,7 @@ class KerasGraph(nn.Module):
         self.info = info
         self.layers = nn.ModuleDict(dict(layers))
         self._nodes = [(n.name, n.inputs) for n in nodes if n.name != input_name]
+        self._last_use = {src: name for name, inputs in self._nodes for src in inputs}  # output -> its last reader
         self._input = input_name
         self._output = output_name
 
@@ -146,12 +147,11 @@ class KerasGraph(nn.Module):
             raise ValueError(f"{self.info.name}: expected a {self.info.dims + 2}D tensor in {self.info.data_format} "
                              f"layout like {self.info.input_shape}, got shape {tuple(x.shape)}")
         values = {self._input: self._to_inner(x.to(torch.float32))}  # the weights are float32
-        last_use = {src: name for name, inputs in self._nodes for src in inputs}
         for name, inputs in self._nodes:
             values[name] = self.layers[name](*(values[i] for i in inputs))
             if not keep_all:  # drop each output after its last reader: a 48^3 patch keeps a few maps, not all
                 for src in inputs:
-                    if last_use.get(src) == name and src != self._output:
+                    if self._last_use.get(src) == name and src != self._output:
                         del values[src]
         return values
 
