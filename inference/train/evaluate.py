@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from inference import heap, preprocess
+from inference.lesion_agreement import lesion_f1 as lesion_f1  # re-exported: reports and tests read it here
 from inference.lesion_filter import label_lesions
 from inference.train.data import BY_KEY, load_labelled, load_split
 from inference.train.families import FAMILY_NAMES, check_families
@@ -232,16 +233,6 @@ def evaluate(model_spec: str, seeds: list[int], n_lesions: int, log=print,
             "families": list(families),
             **({"min_lesion_volume_mm3": min_lesion_volume_mm3} if min_lesion_volume_mm3 else {}),
             "rows": rows, "summary": summarize(rows)}
-
-
-def lesion_f1(found: int, n_true: int, right: int, n_pred: int) -> float:
-    """Harmonic mean of sensitivity found/n_true and PPV right/n_pred, from the counts.
-
-    Why from counts: 2*s*p/(s+p) in floats can land a hair under a round target (8/9 and 8/11
-    give 0.7999999999999999, not 0.8); the same value as one integer ratio is exact.
-    """
-    den = found * n_pred + right * n_true
-    return 0.0 if n_true == 0 or n_pred == 0 or den == 0 else 2 * found * right / den
 
 
 def lesion_summary(painted: list[dict[str, Any]]) -> dict[str, Any]:
