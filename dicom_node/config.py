@@ -288,7 +288,9 @@ class Config:
 def _folders(m: ModelSettings) -> list[str]:
     """A models entry's sct_data_dir as a list (one folder or several; [] when unset)."""
     value = m.sct_data_dir
-    return [value] if isinstance(value, str) and value else list(value) if isinstance(value, list) else []
+    if isinstance(value, list):
+        return list(value)
+    return [value] if value else []
 
 
 def _nnunet_options(m: ModelSettings) -> dict[str, Any]:
@@ -369,15 +371,7 @@ def _validate(cfg: Config) -> None:
         if cfg.models[p.model].path.startswith(SCT_PREFIX):
             raise ConfigError(f"pipelines.{name}.model: {p.model!r} is one of SCT's lesion models, which draw lesions "
                               "only: name it as lesion_model, and a cord model (e.g. default) as model")
-        if p.lesion_model and p.lesion_model not in cfg.models and default_pipelines().get(name) == p:
-            pass  # a shipped SCT pipeline under a file whose own `models` leaves SCT out: off (pipelines_off)
-        elif p.lesion_model:
-            if p.lesion_model not in cfg.models:
-                raise ConfigError(f"pipelines.{name}.lesion_model: {p.lesion_model!r} is not a key of models "
-                                  f"({', '.join(cfg.models)})")
-            if not cfg.models[p.lesion_model].path.startswith(SCT_PREFIX):
-                raise ConfigError(f"pipelines.{name}.lesion_model: {p.lesion_model!r} must be an SCT lesion model "
-                                  f"(path: {SCT_PREFIX}NAME, one of {', '.join(SCT_MODEL_NAMES)})")
+        _validate_lesion_model(cfg, name, p)
         try:
             check_min_volume(p.min_lesion_volume_mm3, f"pipelines.{name}.min_lesion_volume_mm3")
         except ValueError as exc:
@@ -477,6 +471,19 @@ def _validate_model(cfg: Config, name: str, m: ModelSettings) -> None:
         raise ConfigError(f"models.{name}.{exc.key}: {exc}") from None
     except ValueError as exc:  # ModelError: the folder itself is broken (bad JSON, unsupported plans)
         raise ConfigError(f"models.{name}.path: {exc}") from None
+
+
+def _validate_lesion_model(cfg: Config, name: str, p: PipelineSettings) -> None:
+    """A pipeline's lesion_model names an SCT model entry. A shipped SCT pipeline under a file whose
+    own `models` leaves SCT out is no error: it is off (Config.pipelines_off)."""
+    if not p.lesion_model or (p.lesion_model not in cfg.models and default_pipelines().get(name) == p):
+        return
+    if p.lesion_model not in cfg.models:
+        raise ConfigError(f"pipelines.{name}.lesion_model: {p.lesion_model!r} is not a key of models "
+                          f"({', '.join(cfg.models)})")
+    if not cfg.models[p.lesion_model].path.startswith(SCT_PREFIX):
+        raise ConfigError(f"pipelines.{name}.lesion_model: {p.lesion_model!r} must be an SCT lesion model "
+                          f"(path: {SCT_PREFIX}NAME, one of {', '.join(SCT_MODEL_NAMES)})")
 
 
 def _validate_sct_model(cfg: Config, name: str, m: ModelSettings) -> None:
