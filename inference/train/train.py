@@ -324,6 +324,7 @@ def _training_record(args: argparse.Namespace, state: dict[str, Any], device: st
         "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
                     "families": list(cfg.families),
                     "appearance": asdict(cfg.appearance) if cfg.appearance is not None else None,
+                    "mimics": asdict(cfg.mimics) if cfg.mimics is not None else None,
                     "augment": asdict(cfg.augment)},
         "lr": args.lr,
     }
