@@ -4,11 +4,13 @@ How: the image is straightened along the cord (inference.straighten) and compare
 PAM50 T2 template, straight by construction, whose disc positions are known
 (inference/reference/pam50_t2_straight.npz, built by scripts/make_reference.py).
 1. Anchor: the C2-C3 disc. Each disc-like row (local match to the template's C2-C3 disc) is
-   scored by three cues, equally weighted: how well the template's C2 to C4 region matches
-   around it (scale 0.85-1.15), how much it looks like the C2-C3 disc, and the absence of a
-   real disc one C2 height above it (C2 has none: its body runs up into the dens).
-   A candidate needs MIN_ANCHOR_SCORE and no better disc one C2 height above it; the best must
-   beat every other plausible one by ANCHOR_MARGIN, else the levels are unknown.
+   scored by four cues, equally weighted (each a correlation): how well the template's C2 to C4
+   region matches around it (scale 0.85-1.15), how much it looks like the C2-C3 disc, the absence
+   of a real disc one C2 height above it (C2 has none: its body runs up into the dens), and,
+   independent of intensity, how well the cord's CSA profile along its length matches the
+   normative profile placed there (inference.vertebrae_shape).
+   A candidate needs MIN_ANCHOR_SCORE from the image cues and no better disc one C2 height above
+   it; the best must beat every other plausible one by ANCHOR_MARGIN, else the levels are unknown.
 2. Counting: from the anchor down, each next disc is looked for where the template's spacing
    (scaled by the subject's own spacing so far) puts it, matched to that disc's template patch.
 3. Levels: SCT's numbering (disc 3 = C2-C3, level 3 = C3 between discs 3 and 4); each cord
@@ -28,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from inference.straighten import Straightened, StraightenError, straighten
+from inference.vertebrae_shape import cord_profile, shape_match
 
 MAX_SI_SPACING_MM = 2.0  # discs are 4-6 mm thick: slices further apart along the cord cannot show them
 MIN_CORD_LENGTH_MM = 60.0  # C2 body + two discs below it, at the smallest scale
@@ -40,7 +43,7 @@ DISC_COLUMNS_MM = (4.0, 25.0)  # disc patches: in front of the cord, across the 
 DEPTH_SHIFTS_MM = tuple(range(-6, 9))  # the column sits nearer or further from the cord than the template's
 MIN_DISC_MATCH = 0.5  # a row is a disc candidate from this local correlation up
 ANCHOR_MARGIN = 0.1  # best anchor score minus the runner-up's, below which the anchor is ambiguous
-MIN_ANCHOR_SCORE = 0.45  # the C2-C3 discs found score 0.54-0.64; a crop without C2 scored 0.36
+MIN_ANCHOR_SCORE = 0.45  # on the image cues alone: the C2-C3 discs found score 0.54-0.64; a crop without C2 scored 0.36
 SEARCH_FRACTION = 0.3  # next disc searched within +-30 % of the expected spacing
 MIN_FOUND_MATCH = 0.3  # a disc match below this is not a disc: counting stops there
 PRIOR_WEIGHT = 0.1  # match units lost at the edge of the search window
@@ -273,8 +276,8 @@ def _local_maxima(values: np.ndarray, threshold: float, min_distance: int) -> li
     return sorted(picked)
 
 
-def _find_anchor(m: _Matcher) -> tuple[int | None, float, str, list[dict[str, float]]]:
-    """Row of the C2-C3 disc and the scale, or None with the reason."""
+def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, list[dict[str, float]]]:
+    """Row of the C2-C3 disc and the scale, or None with the reason (csa: the cord's CSA per row)."""
     t = m.template
     coarse = np.full(m.rows, -1.0)
     scales = np.full(m.rows, math.nan)
@@ -297,17 +300,19 @@ def _find_anchor(m: _Matcher) -> tuple[int | None, float, str, list[dict[str, fl
         lo, hi = int(math.floor(above - 0.25 * gap_c2 * scale)), int(math.ceil(above + 0.25 * gap_c2 * scale))
         seg = all_disc[max(lo, 0):min(hi, m.rows - 1) + 1]
         disc_above = float(seg.max()) if seg.size else 0.0
-        score = float(coarse[r]) + float(disc[r]) - max(disc_above, 0.0)
+        image = float(coarse[r]) + float(disc[r]) - max(disc_above, 0.0)
+        shape = shape_match(csa, r, SCALES)
         evidence.append({"row": float(r), "coarse": float(coarse[r]), "disc": float(disc[r]),
-                         "disc_above": disc_above, "scale": scale, "score": score})
+                         "disc_above": disc_above, "shape": shape, "scale": scale, "image": image,
+                         "score": image + shape})
     evidence.sort(key=lambda e: -e["score"])
     # C2 has no disc above it within one C2 height (its body runs up into the dens): a candidate with a
     # better disc there than itself is a lower disc; and a weak overall match is no anchor at all
-    plausible = [e for e in evidence if e["score"] >= MIN_ANCHOR_SCORE and e["disc"] >= e["disc_above"]]
+    plausible = [e for e in evidence if e["image"] >= MIN_ANCHOR_SCORE and e["disc"] >= e["disc_above"]]
     if not plausible:
         top = evidence[0]
         return None, math.nan, (f"no C2-C3 disc: the best candidate ({top['row']:.0f} mm along the cord) scores "
-                                f"{top['score']:.2f} (needs {MIN_ANCHOR_SCORE}) and has a disc "
+                                f"{top['image']:.2f} on the image (needs {MIN_ANCHOR_SCORE}) and has a disc "
                                 f"{'as' if top['disc_above'] <= top['disc'] else 'more'} disc-like one C2 height "
                                 "above it: is C2 in the field of view?"), evidence
     best = plausible[0]
@@ -374,7 +379,7 @@ def label_levels(image: np.ndarray, cord: np.ndarray, affine: np.ndarray,
         if length < MIN_CORD_LENGTH_MM:
             return VertebralLevels(False, f"{length:.0f} mm of cord in the field of view: too few discs to count "
                                           f"(needs {MIN_CORD_LENGTH_MM:.0f} mm including C2)", straight=straight)
-        anchor, scale0, reason, evidence = _find_anchor(m)
+        anchor, scale0, reason, evidence = _find_anchor(m, cord_profile(straight, straight.frame.to_rpi(cord) > 0.5))
         if anchor is None:
             return VertebralLevels(False, reason, straight=straight, evidence=evidence)
         discs, scale = _count_down(m, anchor, scale0)

@@ -156,12 +156,55 @@ def build_csa(data: Path) -> Path:
     return out
 
 
+PAM50_DISCS = "pam50/template/PAM50_label_disc.nii.gz"
+PROFILE_MIN_FRACTION = 0.5  # a profile bin needs CSA from at least half the cohort (fewer at the FOV ends)
+
+
+def build_csa_profile(data: Path) -> Path:
+    """Mean CSA per 1 mm of PAM50 cord, offsets in mm from the C2-C3 disc (positive = superior)."""
+    import nibabel as nib
+
+    disc_img = nib.Nifti1Image.from_filename(str(data / PAM50_DISCS))
+    if nib.aff2axcodes(disc_img.affine)[2] != "S":
+        raise SystemExit(f"expected PAM50 slices inferior to superior, got {nib.aff2axcodes(disc_img.affine)}")
+    slice_mm = float(disc_img.header.get_zooms()[2])
+    discs = np.asanyarray(disc_img.dataobj)
+    c2c3_slice = float(np.argwhere(np.rint(discs) == 3)[:, 2].mean())
+    per_bin: dict[int, list[float]] = defaultdict(list)
+    folder = data / METRICS_DIR
+    subjects = sorted(folder.glob("*_T2w_PAM50.csv"))
+    for path in subjects:
+        bins: dict[int, list[float]] = defaultdict(list)
+        with path.open(newline="") as fh:
+            for row in csv.DictReader(fh):
+                area = row.get("MEAN(area)", "")
+                if area and math.isfinite(float(area)):
+                    offset = (int(row["Slice (I->S)"]) - c2c3_slice) * slice_mm
+                    bins[int(math.floor(offset + 0.5))].append(float(area))
+        for key, values in bins.items():  # one value per subject and bin: each adult counts once
+            per_bin[key].append(float(np.mean(values)))
+    keep = sorted(k for k, v in per_bin.items() if len(v) >= PROFILE_MIN_FRACTION * len(subjects))
+    offsets = np.arange(keep[0], keep[-1] + 1)
+    if len(offsets) != len(keep):
+        raise SystemExit("the CSA profile has gaps inside its range")
+    out = OUT / "pam50_csa_profile.npz"
+    np.savez_compressed(
+        out,
+        offset_mm=offsets.astype(np.float32),
+        csa_mm2=np.array([np.mean(per_bin[int(k)]) for k in offsets], dtype=np.float32),
+        n=np.array([len(per_bin[int(k)]) for k in offsets], dtype=np.int16),
+        source=np.array(f"{METRICS_DIR} ({len(subjects)} csv), "
+                        f"C2-C3 disc at PAM50 slice {c2c3_slice:g} of {PAM50_DISCS}"),
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    for path in (build_template(args.data), build_csa(args.data)):
+    for path in (build_template(args.data), build_csa(args.data), build_csa_profile(args.data)):
         print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size} bytes)")
 
 
