@@ -12,7 +12,10 @@ PAM50 T2 template, straight by construction, whose disc positions are known
    A candidate needs MIN_ANCHOR_SCORE from the image cues and no better disc one C2 height above
    it; the best must beat every other plausible one by ANCHOR_MARGIN, else the levels are unknown.
 2. Counting: from the anchor down, each next disc is looked for where the template's spacing
-   (scaled by the subject's own spacing so far) puts it, matched to that disc's template patch.
+   (scaled by the subject's own spacing so far) puts it, matched to that disc's template patch;
+   then, the same way, the C1-C2 junction above the anchor (the top of the C2 level), as
+   sct_label_vertebrae does. A C2-C3 disc given by the caller (as SCT's -initz) is refined to the
+   best disc match within one disc half-height (SCT searches around its -initz too).
 3. Levels: SCT's numbering (disc 3 = C2-C3, level 3 = C3 between discs 3 and 4); each cord
    voxel takes the level of its nearest centreline point, as sct_label_vertebrae projects
    discs onto the cord.
@@ -324,32 +327,52 @@ def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, 
     return int(best["row"]), float(best["scale"]), f"C2-C3 found automatically (margin {margin:.2f})", evidence
 
 
-def _count_down(m: _Matcher, anchor_row: int, scale: float) -> tuple[list[Disc], float]:
+def _search_disc(m: _Matcher, label: int, expect: float, half: float, scale: float) -> Disc | None:
+    """Best match to the template's disc `label` within +-half mm of `expect`, or None if no disc is there."""
+    lo, hi = int(math.ceil(expect - half)), int(math.floor(expect + half))
+    rows = np.arange(max(lo, 0), min(hi, m.rows - 1) + 1)
+    if rows.size == 0:
+        return None  # the disc lies outside the field of view
+    matches = np.array([m.disc_match(int(r), label, scale) for r in rows])
+    # a mild pull towards the expected place: a clear disc a few mm off still wins
+    penalty = PRIOR_WEIGHT * ((rows - expect) / half) ** 2
+    pick = int(np.argmax(matches - penalty))
+    if matches[pick] < MIN_FOUND_MATCH:
+        return None
+    return Disc(label, float(rows[pick]), float(matches[pick]))
+
+
+def _count_down(m: _Matcher, anchor: Disc, scale: float) -> tuple[list[Disc], float]:
     """Discs below C2-C3, each where the template's spacing (at the subject's running scale) expects it."""
     t = m.template
-    found = [Disc(3, float(anchor_row), m.disc_match(anchor_row, 3, scale))]
+    found = [anchor]
     ratios: list[float] = []
     running = scale
-    label = 4
+    label = anchor.label + 1
     while label in t.disc_mm:
         prev = found[-1]
         gap = t.gap(label - 1, label) * running
-        expect = prev.arc_mm - gap
-        lo, hi = int(math.ceil(expect - SEARCH_FRACTION * gap)), int(math.floor(expect + SEARCH_FRACTION * gap))
-        rows = np.arange(max(lo, 0), hi + 1)
-        if rows.size == 0 or rows[0] > hi:
-            break  # the next disc lies below the field of view
-        matches = np.array([m.disc_match(int(r), label, running) for r in rows])
-        # a mild pull towards the expected place: a clear disc a few mm off still wins
-        penalty = PRIOR_WEIGHT * ((rows - expect) / (SEARCH_FRACTION * gap)) ** 2
-        pick = int(np.argmax(matches - penalty))
-        if matches[pick] < MIN_FOUND_MATCH:
+        disc = _search_disc(m, label, prev.arc_mm - gap, SEARCH_FRACTION * gap, running)
+        if disc is None:
             break
-        found.append(Disc(label, float(rows[pick]), float(matches[pick])))
-        ratios.append((prev.arc_mm - rows[pick]) / t.gap(label - 1, label))
+        found.append(disc)
+        ratios.append((prev.arc_mm - disc.arc_mm) / t.gap(label - 1, label))
         running = float(np.median(ratios))
         label += 1
     return found, running
+
+
+def _count_up(m: _Matcher, anchor: Disc, scale: float) -> Disc | None:
+    """The C1-C2 junction above the C2-C3 disc (the top of the C2 level), or None if not found."""
+    gap = m.template.gap(2, 3) * scale
+    return _search_disc(m, 2, anchor.arc_mm + gap, SEARCH_FRACTION * gap, scale)
+
+
+def _count(m: _Matcher, anchor: Disc, scale: float) -> tuple[list[Disc], float]:
+    """All discs from C1-C2 down, and the subject's spacing scale measured below the anchor."""
+    below, running = _count_down(m, anchor, scale)
+    top = _count_up(m, anchor, running)
+    return ([top] if top is not None else []) + below, running
 
 
 def label_levels(image: np.ndarray, cord: np.ndarray, affine: np.ndarray,
@@ -372,7 +395,8 @@ def label_levels(image: np.ndarray, cord: np.ndarray, affine: np.ndarray,
     m = _Matcher(straight, load_template())
     if c2c3_slice is not None:
         row = int(round(straight.arc_of_slice(c2c3_slice)))
-        discs, scale = _count_down(m, row, 1.0)
+        given = _search_disc(m, 3, float(row), DISC_HALF_MM, 1.0) or Disc(3, float(row), m.disc_match(row, 3, 1.0))
+        discs, scale = _count(m, given, 1.0)
         reason = f"C2-C3 given at axial slice {c2c3_slice:g}"
         evidence: list[dict[str, float]] = []
     else:
@@ -382,8 +406,8 @@ def label_levels(image: np.ndarray, cord: np.ndarray, affine: np.ndarray,
         anchor, scale0, reason, evidence = _find_anchor(m, cord_profile(straight, straight.frame.to_rpi(cord) > 0.5))
         if anchor is None:
             return VertebralLevels(False, reason, straight=straight, evidence=evidence)
-        discs, scale = _count_down(m, anchor, scale0)
-    if len(discs) < 2:
+        discs, scale = _count(m, Disc(3, float(anchor), m.disc_match(anchor, 3, scale0)), scale0)
+    if sum(d.label >= 3 for d in discs) < 2:
         return VertebralLevels(False, f"{reason}, but no disc found below it: too few discs to count",
                                straight=straight, evidence=evidence)
     return VertebralLevels(True, reason, tuple(discs), scale, straight, evidence)

@@ -67,6 +67,14 @@ def test_landmarks_fall_in_their_levels_or_the_answer_is_unknown(landmark_result
     assert labelled >= 1, "no landmark subject could be labelled"
 
 
+def test_anchor_candidates_carry_the_image_and_the_shape_cue(landmark_results):
+    for name, (levels, _) in landmark_results.items():
+        assert levels.evidence, name
+        for e in levels.evidence:
+            assert e["score"] == pytest.approx(e["image"] + e["shape"]), name
+            assert -1.0 <= e["shape"] <= 1.0
+
+
 def test_unknown_when_c2c3_is_ambiguous_names_both_places(landmark_results):
     for name, (levels, _) in landmark_results.items():
         if not levels.known and "ambiguous" in levels.reason:
@@ -81,15 +89,18 @@ def test_sct_testing_crop_is_too_short_to_count_but_agrees_with_sct_from_its_anc
     assert not auto.known and "too few discs" in auto.reason
 
     given = label_levels(image, cord, affine, c2c3_slice=SCT_INITZ_C2C3)
-    assert given.known and [d.label for d in given.discs][:2] == [3, 4]
+    assert given.known and [d.label for d in given.discs][:3] == [2, 3, 4]
+    c1c2, c2c3 = given.disc_arc(2), given.disc_arc(3)
+    assert c1c2 is not None and c2c3 is not None and 10 < c1c2 - c2c3 < 20  # the C2 level: found, not assumed
     ours = given.label_cord(cord)
     inside = cord > 0
     ref = np.rint(reference[inside]).astype(int)
     mine = ours[inside]
-    assert (mine == ref).mean() >= 0.75  # over every cord voxel: 78.8 % measured (the top of C2 stays unlabelled)
+    # over every cord voxel: 90.1 % measured; the rest lies at the crop's two ends (SCT's C1-C2 2-3 mm higher,
+    # its C4-C5 disc 2 mm lower at the bottom edge, and two bottom slices SCT leaves unlabelled)
+    assert (mine == ref).mean() >= 0.88
     both = mine > 0
-    # where we give a level: 87.8 % measured (our boundary planes sit 1-3 mm from SCT's)
-    assert (mine[both] == ref[both]).mean() >= 0.85
+    assert (mine[both] == ref[both]).mean() >= 0.91  # where we give a level: 93.3 % measured
 
 
 def test_axial_slab_is_unknown():
