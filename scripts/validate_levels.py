@@ -3,7 +3,9 @@
     python scripts/validate_levels.py [--data ../shared/data] [--node-model]
 
 - SCT's landmarks (errsm_11/18/21: C2 and T2 body centres, projected on the cord): the level each
-  landmark falls in and its distance to the centre of the predicted body of that level;
+  landmark falls in and its distance to the centre of the predicted body of that level; where the anchor
+  is ambiguous (levels unknown), what each of the two tied C2-C3 candidates would have given, to show
+  whether the refusal was needed (a diagnostic: the node itself answers "unknown");
 - SCT's labelled crop (sct-testing/t2): agreement with sct_label_vertebrae's levels on cord voxels,
   from SCT's own C2-C3 initialisation (the crop is too short for an automatic count);
 - with --node-model: the shipped model's cord mask labelled the same way, and its C2-C3 CSA against the
@@ -14,8 +16,12 @@ from __future__ import annotations
 import argparse
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from inference.vertebrae import VertebralLevels
 
 REPO = Path(__file__).resolve().parents[1]
 SCT_INITZ_C2C3 = 34  # sct_testing_data t2/init_label_vertebrae.txt: "-initz 34,3"
@@ -52,6 +58,26 @@ def _landmarks(levels, marks: np.ndarray) -> str:  # type: ignore[no-untyped-def
     return "; ".join(out)
 
 
+def _tied_candidates(levels: VertebralLevels, image: np.ndarray, mask: np.ndarray, affine: np.ndarray,
+                     marks: np.ndarray) -> str:
+    """For an ambiguous anchor: the landmark outcome had each of the two best candidates been taken."""
+    from inference.vertebrae import label_levels, load_template
+
+    if levels.straight is None or "ambiguous" not in levels.reason:
+        return ""
+    best = levels.evidence[0]
+    apart = 0.5 * load_template().gap(2, 3) * best["scale"]  # as the anchor rule: another disc, not the same one
+    rivals = [e for e in levels.evidence[1:] if abs(e["row"] - best["row"]) >= apart]
+    out = ""
+    for which, e in (("best", best), ("runner-up", rivals[0] if rivals else None)):
+        if e is None:
+            continue
+        forced = label_levels(image, mask, affine, c2c3_slice=levels.straight.slice_of_arc(e["row"]))
+        out += (f"\n    if the {which} candidate ({e['row']:.0f} mm, score {e['score']:.2f}) were taken: "
+                + (_landmarks(forced, marks) if forced.known else f"unknown ({forced.reason})"))
+    return out
+
+
 def _slice_levels_from_labels(labelled: np.ndarray, affine: np.ndarray) -> list[int]:
     from inference.rpi import RpiFrame
 
@@ -81,9 +107,12 @@ def main() -> None:
         mask = (_load(args.data / mask_rel)[0] > 0.5).astype(np.uint8)
         levels = label_levels(image, mask, affine)
         line = f"{name}: levels {'known' if levels.known else 'unknown'} ({levels.reason})"
-        if levels.known and name.startswith("errsm"):
+        if name.startswith("errsm"):
             marks, _ = _load(args.data / f"landmarks/{name}_t2_landmarks_C2_T2_center.nii.gz")
-            line += "\n    " + _landmarks(levels, marks)
+            if levels.known:
+                line += "\n    " + _landmarks(levels, marks)
+            else:
+                line += _tied_candidates(levels, image, mask, affine, marks)
         if name == "sct-testing/t2":
             ref, _ = _load(args.data / "sct-testing/t2/t2_seg-manual_labeled.nii.gz")
             given = label_levels(image, mask, affine, c2c3_slice=SCT_INITZ_C2C3)
