@@ -4,13 +4,15 @@ How: the image is straightened along the cord (inference.straighten) and compare
 PAM50 T2 template, straight by construction, whose disc positions are known
 (inference/reference/pam50_t2_straight.npz, built by scripts/make_reference.py).
 1. Anchor: the C2-C3 disc. Each disc-like row (local match to the template's C2-C3 disc) is
-   scored by four cues, equally weighted (each a correlation): how well the template's C2 to C4
-   region matches around it (scale 0.85-1.15), how much it looks like the C2-C3 disc, the absence
-   of a real disc one C2 height above it (C2 has none: its body runs up into the dens), and,
-   independent of intensity, how well the cord's CSA profile along its length matches the
-   normative profile placed there (inference.vertebrae_shape).
-   A candidate needs MIN_ANCHOR_SCORE from the image cues and no better disc one C2 height above
-   it; the best must beat every other plausible one by ANCHOR_MARGIN, else the levels are unknown.
+   plausible if the image says so: the template's C2 to C4 region matches around it (scale
+   0.85-1.15), it looks like the C2-C3 disc, and no better disc lies one C2 height above it (C2
+   has none: its body runs up into the dens); together at least MIN_ANCHOR_SCORE. Plausible ones
+   are ranked by four cues, equally weighted (each a correlation): the region match, the disc's
+   horizontal band (the band-only match, which unlike the whole patch does not find every row
+   disc-like), the absence of such a band one C2 height above, and, independent of intensity, how
+   well the cord's CSA profile along its length matches the normative one placed there
+   (inference.vertebrae_shape). The best must beat every other plausible one by ANCHOR_MARGIN,
+   else the levels are unknown.
 2. Counting: from the anchor down, each next disc is looked for where the template's spacing
    (scaled by the subject's own spacing so far) puts it, matched to that disc's template patch;
    then, the same way, the C1-C2 junction above the anchor (the top of the C2 level), as
@@ -249,8 +251,13 @@ class _Matcher:
                 best, best_scale = value, scale
         return best, best_scale
 
-    def disc_match(self, row: int, label: int, scale: float) -> float:
-        """Correlation of the template's disc `label` with the subject around `row`, best over column shifts."""
+    def disc_match(self, row: int, label: int, scale: float, bands_only: bool = False) -> float:
+        """Correlation of the template's disc `label` with the subject around `row`, best over column shifts.
+
+        bands_only: each column's mean over the patch is removed first, so only what changes from row to
+        row (a disc's horizontal band) is compared, not the columns' own profile (cord, CSF, the front of
+        the vertebral bodies), which every row shares and which makes any row look 0.6-0.9 disc-like.
+        """
         half = int(round(DISC_HALF_MM))
         offsets = np.arange(-half, half + 1)
         got = self.partial_window(row, offsets)
@@ -259,12 +266,15 @@ class _Matcher:
         cols = np.nonzero((self.depth >= DISC_COLUMNS_MM[0]) & (self.depth <= DISC_COLUMNS_MM[1]))[0]
         rows, keep = got
         tmpl = self.template_rows(self.template.disc_mm[label], offsets.astype(np.float64), scale)[keep][:, cols]
+        if bands_only:
+            tmpl = tmpl - tmpl.mean(axis=0)
         best = -1.0
         for shift in DEPTH_SHIFTS_MM:
             c = cols + shift
             if c[0] < 0 or c[-1] >= rows.shape[1]:
                 continue
-            best = max(best, _ncc(rows[:, c], tmpl))
+            patch = rows[:, c] - rows[:, c].mean(axis=0) if bands_only else rows[:, c]
+            best = max(best, _ncc(patch, tmpl))
         return best
 
 
@@ -279,8 +289,21 @@ def _local_maxima(values: np.ndarray, threshold: float, min_distance: int) -> li
     return sorted(picked)
 
 
+def _max_above(values: np.ndarray, row: int, gap: float) -> float:
+    """Best value one C2 height (`gap`, +-25 %) above `row`: where C2, which has no disc, should be."""
+    lo, hi = int(math.floor(row + 0.75 * gap)), int(math.ceil(row + 1.25 * gap))
+    seg = values[max(lo, 0):min(hi, values.size - 1) + 1]
+    return float(seg.max()) if seg.size else 0.0
+
+
 def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, list[dict[str, float]]]:
-    """Row of the C2-C3 disc and the scale, or None with the reason (csa: the cord's CSA per row)."""
+    """Row of the C2-C3 disc and the scale, or None with the reason (csa: the cord's CSA per row).
+
+    Whether there is a C2-C3 disc at all is judged on the whole-patch disc match (the rule and
+    thresholds as calibrated); which candidate it is, on the band-only match (inference of the disc
+    from its horizontal band alone, far more specific: non-disc rows score about 0.1-0.3 instead of
+    0.6-0.9), the region match and the cord's shape.
+    """
     t = m.template
     coarse = np.full(m.rows, -1.0)
     scales = np.full(m.rows, math.nan)
@@ -291,6 +314,7 @@ def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, 
                                 f"({m.rows} mm of cord; C2-C3 is found only with "
                                 f"{-COARSE_WINDOW_MM[0]:.0f} mm below and {COARSE_WINDOW_MM[1]:.0f} mm above it)"), []
     all_disc = np.array([m.disc_match(r, 3, 1.0) for r in range(m.rows)])
+    all_band = np.array([m.disc_match(r, 3, 1.0, bands_only=True) for r in range(m.rows)])
     disc = np.where(np.isfinite(scales), all_disc, -1.0)
     candidates = _local_maxima(disc, MIN_DISC_MATCH, min_distance=5)
     if not candidates:
@@ -299,21 +323,20 @@ def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, 
     gap_c2 = t.gap(2, 3)
     for r in candidates:
         scale = float(scales[r])
-        above = r + gap_c2 * scale
-        lo, hi = int(math.floor(above - 0.25 * gap_c2 * scale)), int(math.ceil(above + 0.25 * gap_c2 * scale))
-        seg = all_disc[max(lo, 0):min(hi, m.rows - 1) + 1]
-        disc_above = float(seg.max()) if seg.size else 0.0
-        image = float(coarse[r]) + float(disc[r]) - max(disc_above, 0.0)
+        disc_above = _max_above(all_disc, r, gap_c2 * scale)
+        band_above = _max_above(all_band, r, gap_c2 * scale)
         shape = shape_match(csa, r, SCALES)
         evidence.append({"row": float(r), "coarse": float(coarse[r]), "disc": float(disc[r]),
-                         "disc_above": disc_above, "shape": shape, "scale": scale, "image": image,
-                         "score": image + shape})
+                         "disc_above": disc_above, "band": float(all_band[r]), "band_above": band_above,
+                         "shape": shape, "scale": scale,
+                         "image": float(coarse[r]) + float(disc[r]) - max(disc_above, 0.0),
+                         "score": float(coarse[r]) + float(all_band[r]) - max(band_above, 0.0) + shape})
     evidence.sort(key=lambda e: -e["score"])
     # C2 has no disc above it within one C2 height (its body runs up into the dens): a candidate with a
     # better disc there than itself is a lower disc; and a weak overall match is no anchor at all
     plausible = [e for e in evidence if e["image"] >= MIN_ANCHOR_SCORE and e["disc"] >= e["disc_above"]]
     if not plausible:
-        top = evidence[0]
+        top = max(evidence, key=lambda e: e["image"])
         return None, math.nan, (f"no C2-C3 disc: the best candidate ({top['row']:.0f} mm along the cord) scores "
                                 f"{top['image']:.2f} on the image (needs {MIN_ANCHOR_SCORE}) and has a disc "
                                 f"{'as' if top['disc_above'] <= top['disc'] else 'more'} disc-like one C2 height "

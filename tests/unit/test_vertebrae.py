@@ -67,12 +67,28 @@ def test_landmarks_fall_in_their_levels_or_the_answer_is_unknown(landmark_result
     assert labelled >= 1, "no landmark subject could be labelled"
 
 
-def test_anchor_candidates_carry_the_image_and_the_shape_cue(landmark_results):
+def test_anchor_candidates_are_ranked_on_band_region_and_shape(landmark_results):
     for name, (levels, _) in landmark_results.items():
         assert levels.evidence, name
         for e in levels.evidence:
-            assert e["score"] == pytest.approx(e["image"] + e["shape"]), name
+            ranked = e["coarse"] + e["band"] - max(e["band_above"], 0.0) + e["shape"]
+            assert e["score"] == pytest.approx(ranked), name
             assert -1.0 <= e["shape"] <= 1.0
+
+
+def test_band_only_disc_match_tells_a_disc_from_a_vertebral_body():
+    """errsm_18: the whole-patch match finds every row 0.7-0.9 disc-like, C2's body included; the band-only
+    match keeps the C2-C3 disc (185 mm along the cord) and drops the C2 body above it."""
+    from inference.straighten import straighten
+    from inference.vertebrae import _Matcher
+
+    image, affine = _load("spine-t2-sag/errsm_18/t2.nii.gz")
+    cord, _ = _load("spine-t2-sag/errsm_18/t2_seg-manual.nii.gz")
+    m = _Matcher(straighten(image.astype(np.float32), cord, affine), load_template())
+    body = range(196, 203)  # C2's body (SCT's C2 centre landmark is at 195 mm on this cord)
+    assert min(m.disc_match(r, 3, 1.0) for r in body) > 0.65
+    assert max(m.disc_match(r, 3, 1.0, bands_only=True) for r in body) < 0.35
+    assert m.disc_match(185, 3, 1.0, bands_only=True) > 0.6
 
 
 def test_unknown_when_c2c3_is_ambiguous_names_both_places(landmark_results):
