@@ -8,6 +8,9 @@
   whether the refusal was needed (a diagnostic: the node itself answers "unknown");
 - SCT's labelled crop (sct-testing/t2): agreement with sct_label_vertebrae's levels on cord voxels,
   from SCT's own C2-C3 initialisation (the crop is too short for an automatic count);
+- with --crops: each landmark scan cut to nine fields of view along its length (top, bottom or both cut
+  away), each labelled afresh and judged by the landmarks left in it (a safety check: a field of view
+  without C2 must come out unknown, not counted from a lower disc);
 - with --node-model: the shipped model's cord mask labelled the same way, and its C2-C3 CSA against the
   manual mask's on the same slices (slow: one segmentation per scan).
 """
@@ -78,6 +81,40 @@ def _tied_candidates(levels: VertebralLevels, image: np.ndarray, mask: np.ndarra
     return out
 
 
+CROPS_CUT_MM = ((0, 0), (80, None), (120, None), (0, 30), (0, 45), (40, 20), (0, 10), (0, 20), (20, 5))
+
+
+def _crop_verdicts(image: np.ndarray, mask: np.ndarray, affine: np.ndarray, marks: np.ndarray) -> tuple[str, dict]:
+    """Label crops along axis 1 (inferior-superior in these PSR volumes) and judge each by its landmarks.
+
+    A crop (keep, cut_top): keep the top `keep` slices if cut_top is None, else cut `keep` slices from
+    the bottom and `cut_top` from the top.
+    """
+    from inference.vertebrae import label_levels
+
+    n = image.shape[1]
+    verdicts, tally = [], {"right": 0, "WRONG": 0, "unknown": 0, "unchecked": 0}
+    for a, b in CROPS_CUT_MM:
+        lo, hi = (n - a, n) if b is None else (a, n - b)
+        crop_affine = affine.copy()
+        crop_affine[:3, 3] = affine[:3, 3] + affine[:3, 1] * lo
+        levels = label_levels(image[:, lo:hi], mask[:, lo:hi], crop_affine)
+        crop_marks = marks[:, lo:hi]
+        if not levels.known or levels.straight is None:
+            verdict = "unknown"
+        else:
+            straight, hits = levels.straight, []
+            for value in (2, 9):
+                found = np.argwhere(crop_marks == value)
+                if found.size:
+                    rpi = np.array(straight.frame.rpi_index_of_input(found[0])) * np.array(straight.frame.spacing)
+                    hits.append(int(levels.level_at_arc(straight.arc_of_points(rpi[None]))[0]) == value)
+            verdict = "unchecked" if not hits else ("right" if all(hits) else "WRONG")
+        tally[verdict] += 1
+        verdicts.append(f"S{lo}-{hi}: {verdict}")
+    return ", ".join(verdicts), tally
+
+
 def _slice_levels_from_labels(labelled: np.ndarray, affine: np.ndarray) -> list[int]:
     from inference.rpi import RpiFrame
 
@@ -101,7 +138,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--node-model", action="store_true", help="also segment with the shipped model")
+    parser.add_argument("--crops", action="store_true", help="also label nine crops of each landmark scan")
     args = parser.parse_args()
+    totals: dict[str, int] = {}
     for name, (image_rel, mask_rel) in SUBJECTS.items():
         image, affine = _load(args.data / image_rel)
         mask = (_load(args.data / mask_rel)[0] > 0.5).astype(np.uint8)
@@ -113,6 +152,10 @@ def main() -> None:
                 line += "\n    " + _landmarks(levels, marks)
             else:
                 line += _tied_candidates(levels, image, mask, affine, marks)
+            if args.crops:
+                verdicts, tally = _crop_verdicts(image, mask, affine, marks)
+                line += f"\n    crops: {verdicts}"
+                totals = {k: totals.get(k, 0) + v for k, v in tally.items()}
         if name == "sct-testing/t2":
             ref, _ = _load(args.data / "sct-testing/t2/t2_seg-manual_labeled.nii.gz")
             given = label_levels(image, mask, affine, c2c3_slice=SCT_INITZ_C2C3)
@@ -141,6 +184,8 @@ def main() -> None:
                 line += (f"\n    C2-C3 CSA ({source}): manual {manual:.1f} mm2, node {ours:.1f} mm2, "
                          f"{(ours - manual) / manual * 100:+.1f} %")
         print(line, flush=True)
+    if totals:
+        print("crops, all landmark scans: " + ", ".join(f"{v} {k}" for k, v in totals.items()))
 
 
 if __name__ == "__main__":
