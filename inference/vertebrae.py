@@ -11,8 +11,9 @@ PAM50 T2 template, straight by construction, whose disc positions are known
    horizontal band (the band-only match, which unlike the whole patch does not find every row
    disc-like), the absence of such a band one C2 height above, and, independent of intensity, how
    well the cord's CSA profile along its length matches the normative one placed there
-   (inference.vertebrae_shape). The best must beat every other plausible one by ANCHOR_MARGIN,
-   else the levels are unknown.
+   (inference.vertebrae_shape). The best must beat every other candidate by ANCHOR_MARGIN, the
+   implausible ones too (a candidate the gate rejects on a near tie but the ranking prefers makes
+   the anchor unsure), else the levels are unknown.
 2. Counting: from the anchor down, each next disc is looked for where the template's spacing
    (scaled by the subject's own spacing so far) puts it, matched to that disc's template patch;
    then, the same way, the C1-C2 junction above the anchor (the top of the C2 level), as
@@ -342,7 +343,9 @@ def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, 
                                 f"{'as' if top['disc_above'] <= top['disc'] else 'more'} disc-like one C2 height "
                                 "above it: is C2 in the field of view?"), evidence
     best = plausible[0]
-    rivals = [e for e in plausible[1:] if abs(e["row"] - best["row"]) >= 0.5 * gap_c2 * best["scale"]]
+    # rivals: every other disc, not only the plausible ones: a candidate the gate rejected (often on a
+    # near tie of disc and disc_above) but the ranking prefers means the image cues disagree
+    rivals = [e for e in evidence if e is not best and abs(e["row"] - best["row"]) >= 0.5 * gap_c2 * best["scale"]]
     if rivals and best["score"] - rivals[0]["score"] < ANCHOR_MARGIN:
         return None, math.nan, (f"C2-C3 disc ambiguous: {best['score']:.2f} at {best['row']:.0f} mm vs "
                                 f"{rivals[0]['score']:.2f} at {rivals[0]['row']:.0f} mm along the cord"), evidence

@@ -147,3 +147,14 @@ def test_crop_without_c2_is_unknown_not_counted_from_a_lower_disc():
     levels = label_levels(image, cord, affine)
     assert not levels.known and "no C2-C3 disc" in levels.reason
     assert levels.evidence  # the candidates that were weighed are kept for the log / a reader
+
+
+def test_a_rejected_candidate_that_outranks_the_anchor_makes_it_unknown():
+    """errsm_18 without its top 10 slices: the gate rejects the real C2-C3 on a near tie (whole-patch disc
+    0.83 vs 0.84 above it), leaving C3-C4 alone; since the ranking prefers the rejected one, the answer is
+    unknown rather than one level off."""
+    image, affine = _load("spine-t2-sag/errsm_18/t2.nii.gz")
+    cord, _ = _load("spine-t2-sag/errsm_18/t2_seg-manual.nii.gz")
+    top = image.shape[1] - 10  # axis 1 runs inferior-superior in these PSR volumes
+    levels = label_levels(image[:, :top], cord[:, :top], affine)
+    assert not levels.known and "ambiguous" in levels.reason
