@@ -172,6 +172,9 @@ def main() -> None:
             node = analyze(Volume(image.astype(np.float32), affine)).cord_mask
             node_levels = label_levels(image, node, affine)
             line += f"\n    node mask: levels {'known' if node_levels.known else 'unknown'} ({node_levels.reason})"
+            if node_levels.known and name.startswith("errsm"):
+                marks, _ = _load(args.data / f"landmarks/{name}_t2_landmarks_C2_T2_center.nii.gz")
+                line += "\n    node mask: " + _landmarks(node_levels, marks)
             if name == "sct-testing/t2":
                 ref, _ = _load(args.data / "sct-testing/t2/t2_seg-manual_labeled.nii.gz")
                 slices, source = _slice_levels_from_labels(ref, affine), "SCT's levels"
