@@ -7,13 +7,15 @@ PAM50 T2 template, straight by construction, whose disc positions are known
    plausible if the image says so: the template's C2 to C4 region matches around it (scale
    0.85-1.15), it looks like the C2-C3 disc, and no better disc lies one C2 height above it (C2
    has none: its body runs up into the dens); together at least MIN_ANCHOR_SCORE. Plausible ones
-   are ranked by four cues, equally weighted (each a correlation): the region match, the disc's
+   are ranked by three cues, equally weighted (each a correlation): the region match, the disc's
    horizontal band (the band-only match, which unlike the whole patch does not find every row
-   disc-like), the absence of such a band one C2 height above, and, independent of intensity, how
-   well the cord's CSA profile along its length matches the normative one placed there
-   (inference.vertebrae_shape). The best must beat every other candidate by ANCHOR_MARGIN, the
-   implausible ones too (a candidate the gate rejects on a near tie but the ranking prefers makes
-   the anchor unsure), else the levels are unknown.
+   disc-like), and the absence of such a band one C2 height above. The best must beat every other
+   candidate by ANCHOR_MARGIN, the implausible ones too (a candidate the gate rejects on a near tie
+   but the ranking prefers makes the anchor unsure), else the levels are unknown.
+   The cord's CSA profile against the normative one (inference.vertebrae_shape) is recorded with
+   each candidate but not scored: it scores neighbouring discs alike (within 0.01 on every full
+   scan), so it cannot tell C2-C3 from C3-C4, and on crops of the landmark scans adding it to the
+   score turned one unknown into a wrong level.
 2. Counting: from the anchor down, each next disc is looked for where the template's spacing
    (scaled by the subject's own spacing so far) puts it, matched to that disc's template patch;
    then, the same way, the C1-C2 junction above the anchor (the top of the C2 level), as
@@ -303,7 +305,7 @@ def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, 
     Whether there is a C2-C3 disc at all is judged on the whole-patch disc match (the rule and
     thresholds as calibrated); which candidate it is, on the band-only match (inference of the disc
     from its horizontal band alone, far more specific: non-disc rows score about 0.1-0.3 instead of
-    0.6-0.9), the region match and the cord's shape.
+    0.6-0.9) and the region match. The cord's shape is recorded, not scored (module docstring).
     """
     t = m.template
     coarse = np.full(m.rows, -1.0)
@@ -331,7 +333,7 @@ def _find_anchor(m: _Matcher, csa: np.ndarray) -> tuple[int | None, float, str, 
                          "disc_above": disc_above, "band": float(all_band[r]), "band_above": band_above,
                          "shape": shape, "scale": scale,
                          "image": float(coarse[r]) + float(disc[r]) - max(disc_above, 0.0),
-                         "score": float(coarse[r]) + float(all_band[r]) - max(band_above, 0.0) + shape})
+                         "score": float(coarse[r]) + float(all_band[r]) - max(band_above, 0.0)})
     evidence.sort(key=lambda e: -e["score"])
     # C2 has no disc above it within one C2 height (its body runs up into the dens): a candidate with a
     # better disc there than itself is a lower disc; and a weak overall match is no anchor at all
