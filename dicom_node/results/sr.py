@@ -334,6 +334,33 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
     return groups
 
 
+def _document(report: hd.sr.MeasurementReport, evidence: Sequence[pydicom.Dataset],
+              **header: Any) -> hd.sr.Comprehensive3DSR:
+    """The SR document of ``report``: highdicom's header modules (patient, study, evidence, flags)
+    around the very content items of ``report``, typed where they lie.
+
+    Why not ``Comprehensive3DSR(content=report)``: its constructor deep-copies the whole content
+    tree to type the copy as ``.content`` (the document keeps the originals), and searches the tree
+    for IMAGE and COMPOSITE references to check that each is in ``evidence``: about a second for a
+    sagittal series (issue 21), for a copy and a check we do not need. What it writes into the
+    header depends on ``evidence`` alone (highdicom 0.28 ``collect_evidence`` groups every given
+    instance by study, referenced or not), and every reference is in ``evidence`` by construction:
+    key images are ``source`` images (key_images checks it), segments and the image library are
+    ``seg``'s and ``source``'s. So highdicom is given the report's root without its items, the
+    items are put in place, and ``from_dataset(copy=False)`` types the tree in place, as ``srread``
+    does. tests/conformance/test_results_reference.py holds the result to the constructor's.
+    """
+    root = report[0]
+    bare = pydicom.Dataset()  # the root's own elements (the same objects), no items
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            bare.add(elem)
+    bare.ContentSequence = pydicom.Sequence()
+    document = hd.sr.Comprehensive3DSR(evidence=evidence, content=bare, **header)
+    document["ContentSequence"] = root["ContentSequence"]
+    return hd.sr.Comprehensive3DSR.from_dataset(document, copy=False)
+
+
 def build_sr(
     source: Sequence[pydicom.Dataset],
     analysis: Analysis,
@@ -387,9 +414,9 @@ def build_sr(
     previous = None
     if previous_sr is not None:
         previous = [_predecessor_dataset(_as_previous(previous_sr), study_uid)]
-    sr = hd.sr.Comprehensive3DSR(
+    sr = _document(
+        report,
         evidence=[*source, seg],
-        content=report,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,

@@ -17,9 +17,11 @@ import io
 import sys
 from pathlib import Path
 
+import highdicom as hd
 import pydicom
 import pytest
 
+from dicom_node.results import sr as sr_module
 from dicom_node.results.seg import build_seg
 from dicom_node.results.sr import build_sr
 from tests.helpers.env import require_shared
@@ -100,6 +102,43 @@ def test_seg_and_sr_equal_the_stored_reference(tmp_path):
         f"{lines[first_diff] if first_diff is not None else ''!r} != "
         f"{expected[first_diff] if first_diff is not None else ''!r}")
 
+
+
+def _constructor_document(report, evidence, **header):
+    """How build_sr made the document before issue 21: highdicom's constructor, given the whole report."""
+    return hd.sr.Comprehensive3DSR(evidence=evidence, content=report, **header)
+
+
+def test_sr_document_equals_highdicoms_constructor(tmp_path, monkeypatch):
+    """The same SR, element for element, as highdicom's constructor with the whole content makes it."""
+    lines = build_reference_case(tmp_path / "new")
+    monkeypatch.setattr(sr_module, "_document", _constructor_document)
+    assert build_reference_case(tmp_path / "old") == lines
+
+
+def _references(items: pydicom.Sequence) -> set[str]:
+    """SOP Instance UIDs of every IMAGE and COMPOSITE content item below ``items``."""
+    found: set[str] = set()
+    for item in items:
+        if item.ValueType in ("IMAGE", "COMPOSITE"):
+            found.add(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        found |= _references(item.get("ContentSequence", []))
+    return found
+
+
+def test_every_sr_reference_is_evidence(tmp_path):
+    """What highdicom's constructor checked, and _document leaves to construction: every instance
+    the content references is listed in the Current Requested Procedure Evidence."""
+    case = make_case(require_shared("lesion-example").parent, tmp_path / "src", "oblique")
+    seg = build_seg(case.source, case.frames, case.analysis, series_uid=FIXED_UIDS["seg_series"],
+                    sop_instance_uid=FIXED_UIDS["seg_sop"])
+    sr = _as_sent(build_sr(case.source, case.analysis, seg, frames=case.frames,
+                           series_uid=FIXED_UIDS["sr_series"], sop_instance_uid=FIXED_UIDS["sr_sop"]))
+    evidence = {str(ref.ReferencedSOPInstanceUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    referenced = _references(sr.ContentSequence)
+    assert FIXED_UIDS["seg_sop"] in referenced and len(referenced) > 2
+    assert referenced <= evidence
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
