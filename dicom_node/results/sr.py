@@ -335,20 +335,22 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
 
 
 def _document(report: hd.sr.MeasurementReport, evidence: Sequence[pydicom.Dataset],
-              **header: Any) -> hd.sr.Comprehensive3DSR:
+              **header: Any) -> pydicom.Dataset:
     """The SR document of ``report``: highdicom's header modules (patient, study, evidence, flags)
-    around the very content items of ``report``, typed where they lie.
+    around the very content items of ``report``, as a plain pydicom Dataset.
 
     Why not ``Comprehensive3DSR(content=report)``: its constructor deep-copies the whole content
-    tree to type the copy as ``.content`` (the document keeps the originals), and searches the tree
-    for IMAGE and COMPOSITE references to check that each is in ``evidence``: about a second for a
-    sagittal series (issue 21), for a copy and a check we do not need. What it writes into the
-    header depends on ``evidence`` alone (highdicom 0.28 ``collect_evidence`` groups every given
-    instance by study, referenced or not), and every reference is in ``evidence`` by construction:
-    key images are ``source`` images (key_images checks it), segments and the image library are
-    ``seg``'s and ``source``'s. So highdicom is given the report's root without its items, the
-    items are put in place, and ``from_dataset(copy=False)`` types the tree in place, as ``srread``
-    does. tests/conformance/test_results_reference.py holds the result to the constructor's.
+    tree and types the copy for its ``.content`` (the document keeps the originals), and searches
+    the tree for IMAGE and COMPOSITE references to check that each is in ``evidence``: over a
+    second for a sagittal series (issue 21), for a copy nothing here reads and a check that holds
+    by construction. What it writes into the header depends on ``evidence`` alone (highdicom 0.28
+    ``collect_evidence`` groups every given instance by study, referenced or not), and every
+    reference is in ``evidence``: key images are ``source`` images (key_images checks it), segments
+    and the image library are ``seg``'s and ``source``'s. So highdicom is given the report's root
+    without its items, and the items are put in place. The result is returned untyped, the same
+    elements in a plain Dataset: a highdicom document would promise a ``.content`` it does not
+    hold. The gate reads the written file back with highdicom (``srread``), which types it there.
+    tests/conformance/test_results_reference.py holds the result to the constructor's.
     """
     root = report[0]
     bare = pydicom.Dataset()  # the root's own elements (the same objects), no items
@@ -356,9 +358,12 @@ def _document(report: hd.sr.MeasurementReport, evidence: Sequence[pydicom.Datase
         if elem.keyword != "ContentSequence":
             bare.add(elem)
     bare.ContentSequence = pydicom.Sequence()
-    document = hd.sr.Comprehensive3DSR(evidence=evidence, content=bare, **header)
+    header_only = hd.sr.Comprehensive3DSR(evidence=evidence, content=bare, **header)
+    document = pydicom.Dataset(header_only)  # shares its elements
+    document.file_meta = header_only.file_meta
+    document.preamble = header_only.preamble
     document["ContentSequence"] = root["ContentSequence"]
-    return hd.sr.Comprehensive3DSR.from_dataset(document, copy=False)
+    return document
 
 
 def build_sr(
