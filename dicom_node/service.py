@@ -81,6 +81,7 @@ class Node:
         self.scp.start()
         if self.analyzer is None:  # Ray actors load theirs at start; here too, not when the first job asks
             threading.Thread(target=self._load_models, name="model-load", daemon=True).start()
+        threading.Thread(target=self._preload_encoders, name="encoder-preload", daemon=True).start()
         self._count_refusals()
         workers = self.analyzer.size if self.analyzer is not None else 1  # one loop per actor
         loops: list[tuple[str, Callable[[], object], float]] = [
@@ -138,6 +139,21 @@ class Node:
                 log.error("model %s not loaded at start: %s", spec, exc)
                 continue
             log.info("model %s %s loaded on %s in %.1f s", model.name, model.version, device, time.monotonic() - t0)
+
+    @staticmethod
+    def _preload_encoders() -> None:
+        """What highdicom reads on the first object it makes, read at start (results.build.preload_encoders):
+        the first case after a (re)start then does not pay it in its encoding. A failure is only
+        logged: the first job meets it again and reports it."""
+        from dicom_node.results.build import preload_encoders
+
+        t0 = time.monotonic()
+        try:
+            preload_encoders()
+        except Exception as exc:
+            log.warning("result encoders not preloaded: %s", exc)
+            return
+        log.info("result encoders preloaded in %.1f s", time.monotonic() - t0)
 
     def alive(self) -> dict[str, bool]:
         """Liveness of the listener and of each loop thread (for /health)."""

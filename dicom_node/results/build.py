@@ -26,7 +26,7 @@ from dicom_node.results.readback import ResultValidationError
 from dicom_node.results.secondary_capture import build_secondary_captures, render_seg_png
 from dicom_node.results.seg import build_seg
 from dicom_node.results.sr import build_sr
-from dicom_node.results.validate import check_result, write_result
+from dicom_node.results.validate import SEG_STORAGE, check_result, write_result
 from inference.api import Analysis, Volume, atomic_write
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,16 @@ def _seg_sr_pair(source: Sequence[pydicom.Dataset], volume: Volume, analysis: An
         sr_path = _gated(sr, out_dir / f"sr{suffix}.dcm")
         seg_path = seg_gate.result()
     return [ResultFile("seg", seg_path, ids["seg_sop"]), ResultFile("sr", sr_path, ids["sr_sop"])]
+
+
+def preload_encoders() -> None:
+    """Have highdicom read its tables of the standard (the modules of each IOD, the attributes of
+    each module: about 0.3 s of JSON) now. It reads them, once per process, when the first object
+    is made, so the first case after a (re)start paid them in its encoding (issue 21)."""
+    import highdicom as hd
+
+    hd.base.SOPClass(study_instance_uid=generate_uid(), series_instance_uid=generate_uid(), series_number=1,
+                     sop_instance_uid=generate_uid(), sop_class_uid=SEG_STORAGE, instance_number=1, modality="SEG")
 
 
 def write_thumbnail(volume: Volume, analysis: Analysis, path: Path) -> None:

@@ -334,6 +334,38 @@ def _measurement_groups(analysis: Analysis, seg: pydicom.Dataset, labels: list[i
     return groups
 
 
+def _document(report: hd.sr.MeasurementReport, evidence: Sequence[pydicom.Dataset],
+              **header: Any) -> pydicom.Dataset:
+    """The SR document of ``report``: highdicom's header modules (patient, study, evidence, flags)
+    around the very content items of ``report``, as a plain pydicom Dataset.
+
+    Why not ``Comprehensive3DSR(content=report)``: its constructor deep-copies the whole content
+    tree and types the copy for its ``.content`` (the document keeps the originals), and searches
+    the tree for IMAGE and COMPOSITE references to check that each is in ``evidence``: over a
+    second for a sagittal series (issue 21), for a copy nothing here reads and a check that holds
+    by construction. What it writes into the header depends on ``evidence`` alone (highdicom 0.28
+    ``collect_evidence`` groups every given instance by study, referenced or not), and every
+    reference is in ``evidence``: key images are ``source`` images (key_images checks it), segments
+    and the image library are ``seg``'s and ``source``'s. So highdicom is given the report's root
+    without its items, and the items are put in place. The result is returned untyped, the same
+    elements in a plain Dataset: a highdicom document would promise a ``.content`` it does not
+    hold. The gate reads the written file back with highdicom (``srread``), which types it there.
+    tests/conformance/test_results_reference.py holds the result to the constructor's.
+    """
+    root = report[0]
+    bare = pydicom.Dataset()  # the root's own elements (the same objects), no items
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            bare.add(elem)
+    bare.ContentSequence = pydicom.Sequence()
+    header_only = hd.sr.Comprehensive3DSR(evidence=evidence, content=bare, **header)
+    document = pydicom.Dataset(header_only)  # shares its elements
+    document.file_meta = header_only.file_meta
+    document.preamble = header_only.preamble
+    document["ContentSequence"] = root["ContentSequence"]
+    return document
+
+
 def build_sr(
     source: Sequence[pydicom.Dataset],
     analysis: Analysis,
@@ -387,9 +419,9 @@ def build_sr(
     previous = None
     if previous_sr is not None:
         previous = [_predecessor_dataset(_as_previous(previous_sr), study_uid)]
-    sr = hd.sr.Comprehensive3DSR(
+    sr = _document(
+        report,
         evidence=[*source, seg],
-        content=report,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_instance_uid,

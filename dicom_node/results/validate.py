@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,14 +89,35 @@ def check_result(path: str | Path) -> ValidationReport:
     """The full gate for one written SEG or SR: dciodvfy without errors, then highdicom read-back
     (and for an SR, what OHIF's loader needs: ``viewer_rules``).
 
+    dciodvfy is another process: it runs (once) on the other core while this one reads the file
+    back (issue 21). Its errors still come first, as if it had run first: a file it rejects is
+    named for its dciodvfy errors, whatever the read-back says.
+
     Raises ResultValidationError naming the first errors; returns the report (warnings) if fine.
     """
     path = Path(path)
-    report = validate_dicom(path)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dciodvfy") as pool:
+        verdict = pool.submit(validate_dicom, path)
+        try:
+            read_back(path)
+        except Exception:
+            _raise_for_errors(path, verdict.result())
+            raise
+        report = verdict.result()
+    _raise_for_errors(path, report)
+    return report
+
+
+def _raise_for_errors(path: Path, report: ValidationReport) -> None:
     if report.errors:
         raise ResultValidationError(
             f"{path.name}: {len(report.errors)} dciodvfy error(s), not sent: " + "; ".join(report.errors[:5])
         )
+
+
+def read_back(path: Path) -> None:
+    """The file as a receiver reads it: highdicom parses a SEG or an SR (and OHIF's loader must be
+    able to show the SR), a Secondary Capture's pixels decode. Raises ResultValidationError if not."""
     sop_class = str(pydicom.dcmread(str(path), stop_before_pixels=True).SOPClassUID)
     if sop_class == SEG_STORAGE:
         readback_seg(path)
@@ -111,7 +133,6 @@ def check_result(path: str | Path) -> ValidationReport:
     else:
         raise ResultValidationError(
             f"{path.name}: SOP class {sop_class} is not SEG, Comprehensive 3D SR or Secondary Capture")
-    return report
 
 
 def write_result(ds: pydicom.Dataset, path: str | Path) -> Path:
