@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from inference.models.registry import ModelMeta, mirror_axes
-from inference.train.mimics import MimicConfig
 
 ATTRIBUTION = """\
 | folder | what | labels | source (licence) | used for |
@@ -189,12 +188,8 @@ def _families(tr: dict[str, Any]) -> str:
             f"{app.get('ratio')} (log-uniform) in {int(100 * app.get('p_rescale', 0))} % of lesions, a hypointense "
             f"part in {int(100 * app.get('p_hypo', 0))} %, partial-volume blur {app.get('blur_mm')} mm in "
             f"{int(100 * app.get('p_blur', 0))} %." if app else "")
-    mim = sampler.get("mimics") or {}
-    mimics = (f"\n  Lesion mimics, no label (`mimics.py`): in {int(100 * mim.get('p_stripe', 0))} % of cord patches a "
-              f"thin beaded stripe along the cord at {mim.get('ratio')} x the cord's signal, as the central grey "
-              f"matter and the truncation line look on T2." if mim else "")
     return ("- Lesion families in this stage (equal odds per patch; the label is what a reader outlines):"
-            f"{lines}{look}{mimics}\n")
+            f"{lines}{look}\n")
 
 
 def lineage(tr: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -248,10 +243,7 @@ def _one_command(out: str, tr: dict[str, Any], meta: ModelMeta) -> str:
             + (" --families painter --no-appearance" if families is None else
                "" if list(families) == list(FAMILY_TEXT) else " --families " + " ".join(families))
             + (" --no-appearance" if families is not None and not sampler.get("appearance") else
-               f" --appearance-ratio {ratio[0]:g} {ratio[1]:g}" if ratio and list(ratio) != [1.1, 3.0] else "")
-            # stages before the mimics ran without them
-            + ("" if (sampler.get("mimics") or {}).get("p_stripe") == MimicConfig.p_stripe else
-               f" --p-mimic {(sampler.get('mimics') or {}).get('p_stripe', 0):g}"))
+               f" --appearance-ratio {ratio[0]:g} {ratio[1]:g}" if ratio and list(ratio) != [1.1, 3.0] else ""))
 
 
 def _stages(tr: dict[str, Any]) -> str:

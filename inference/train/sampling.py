@@ -16,7 +16,6 @@ from inference.train.augment import AugmentConfig, as_acquired, intensity, mirro
 from inference.train.data import BY_KEY, CachedVolume
 from inference.train.families import FAMILY_NAMES, family, painter
 from inference.train.lesions import LesionConfig
-from inference.train.mimics import MimicConfig, central_stripe
 
 GROUP_WEIGHTS = {"sag_t2": 0.5, "ax_t2star": 0.3, "crop": 0.2}
 
@@ -34,8 +33,6 @@ class SamplerConfig:
     appearance: AppearanceConfig | None = field(default_factory=AppearanceConfig)  # None: families' own look
     # painted lesions seen through thick source slices (augment.as_acquired); off = sharp at model spacing
     lesions_as_acquired: bool = True
-    # unlabelled bright stripes along the cord (central grey matter, truncation line); None: off
-    mimics: MimicConfig | None = field(default_factory=MimicConfig)
 
 
 def paint_cached(vol: CachedVolume, img: np.ndarray, cord: np.ndarray, spacing: tuple[float, float, float],
@@ -99,11 +96,6 @@ class PatchSampler:
         lo = np.round(center - crop_shape / 2).astype(int)
         img, cord, les = (self._crop(a, lo, crop_shape, fill) for a, fill in
                           ((vol.image, vol.air), (vol.cord, 0), (vol.lesion, 0)))
-        if cfg.mimics is not None and cord.any() and rng.random() < cfg.mimics.p_stripe:
-            sign = BY_KEY[vol.key].lesion_sign if vol.key in BY_KEY else 1.0
-            striped = central_stripe(img, cord, cfg.spacing, rng, (vol.cord_level, vol.csf_level), vol.air,
-                                     sign=sign, cfg=cfg.mimics)
-            img = as_acquired(img, striped, vol.slab)
         if cord.any() and cfg.families and rng.random() >= cfg.lesions.p_lesion_free:
             inner_lo = np.round(center - lo - (patch - 1) / 2.0).astype(int)
             focus = tuple(slice(int(a), int(a + p)) for a, p in zip(inner_lo, patch))

@@ -29,7 +29,6 @@ from inference.train.appearance import AppearanceConfig
 from inference.train.data import CachedVolume, build_cache, load_split
 from inference.train.families import FAMILY_NAMES, check_families
 from inference.train.lesions import LesionConfig
-from inference.train.mimics import MimicConfig
 from inference.train.sampling import PatchSampler, SamplerConfig
 
 MODEL_NAME = "spinecord-t2"
@@ -218,8 +217,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="lesion / cord signal range of the appearance randomisation")
     p.add_argument("--no-appearance", action="store_true",
                    help="keep each family's own look (no appearance randomisation), as models before 1.3 trained")
-    p.add_argument("--p-mimic", type=float, default=MimicConfig.p_stripe,
-                   help="share of cord patches given an unlabelled bright stripe (inference.train.mimics); 0: off")
     p.add_argument("--exclude-family", default=None, metavar="FAMILY",
                    help="leave this family out (leave-one-family-out: evaluate the model on it with "
                         "`evaluate --families FAMILY`)")
@@ -284,10 +281,9 @@ def _restore(args: argparse.Namespace, arch: dict[str, Any], net: torch.nn.Modul
 def _sampler_config(args: argparse.Namespace, spacing: tuple[float, float, float],
                     families: tuple[str, ...]) -> SamplerConfig:
     appearance = None if args.no_appearance else replace(AppearanceConfig(), ratio=tuple(args.appearance_ratio))
-    mimics = replace(MimicConfig(), p_stripe=args.p_mimic) if args.p_mimic > 0 else None
     return SamplerConfig(patch=tuple(args.patch), spacing=spacing, p_foreground=args.p_foreground,
                          lesions=replace(LesionConfig(), p_lesion_free=args.p_lesion_free), families=families,
-                         appearance=appearance, mimics=mimics)
+                         appearance=appearance)
 
 
 def _step(net: torch.nn.Module, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -324,7 +320,6 @@ def _training_record(args: argparse.Namespace, state: dict[str, Any], device: st
         "sampler": {"p_foreground": cfg.p_foreground, "lesions": asdict(cfg.lesions),
                     "families": list(cfg.families),
                     "appearance": asdict(cfg.appearance) if cfg.appearance is not None else None,
-                    "mimics": asdict(cfg.mimics) if cfg.mimics is not None else None,
                     "augment": asdict(cfg.augment)},
         "lr": args.lr,
     }

@@ -3,18 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from inference.train import train as train_mod
 from inference.train.appearance import AppearanceConfig, randomize
-from inference.train.augment import AugmentConfig
 from inference.train.families import FAMILY_NAMES, Painted, check_families, contusion, cyst, demyelination, family
 from inference.train.families.cordframe import cord_frame, radial_warp, stretch_profile
-from inference.train.mimics import MimicConfig, central_stripe
 from inference.train.sampling import PatchSampler, SamplerConfig
 from tests.unit.test_train import fake_volume
 
-NO_AUGMENT = AugmentConfig(**{name: 0.0 for name in AugmentConfig.__dataclass_fields__ if name.startswith("p_")})
 LEVELS = (1.0, 3.0)  # cord, CSF (the phantom's)
 
 
@@ -149,39 +145,8 @@ def test_sampler_draws_only_the_families_it_is_given():
         assert not ((y[1] > 0) & (y[0] == 0)).any(), "cord label includes the lesion"
 
 
-def test_mimic_stripe_is_thin_faint_inside_the_cord_and_dark_on_t1():
-    img, cord = phantom(radius=5.0)
-    air = 0.0
-    for seed in range(8):
-        out = central_stripe(img, cord, (1.0, 1.0, 1.0), np.random.default_rng(seed), LEVELS, air)
-        change = out - img
-        assert not change[~cord].any(), "the stripe stays inside the cord: the cord label stays true"
-        assert change.min() >= 0.0 and 1.02 < 1.0 + change.max() <= MimicConfig.ratio[1] + 1e-6
-        marked = change > 0.5 * change.max()
-        assert marked.sum(axis=(0, 1)).max() <= 0.35 * cord[:, :, 0].sum(), "thin: a fraction of the cross-section"
-        assert z_extent_mm(marked) >= 3
-    dark = central_stripe(img, cord, (1.0, 1.0, 1.0), np.random.default_rng(0), LEVELS, air, sign=-1.0)
-    assert (dark - img).max() <= 0.0 < -(dark - img).min()
-    assert np.array_equal(central_stripe(img, cord & False, (1.0, 1.0, 1.0), np.random.default_rng(0), LEVELS, air),
-                          img)
-
-
-def test_sampler_paints_mimics_without_a_label():
-    """Lesion-free patches with a stripe: the image changes inside the cord, the lesion target stays empty."""
-    cfg = SamplerConfig(patch=(16, 16, 32), families=(), mimics=MimicConfig(p_stripe=1.0), augment=NO_AUGMENT)
-    plain = SamplerConfig(patch=(16, 16, 32), families=(), mimics=None, augment=NO_AUGMENT)
-    vol = fake_volume("a")
-    (x, y), (x0, y0) = PatchSampler([vol], cfg, seed=3).sample(), PatchSampler([vol], plain, seed=3).sample()
-    assert not y[1].any() and torch.equal(y, y0)
-    assert not torch.equal(x, x0)
-    assert not (x != x0)[0][y[0] == 0].any(), "outside the cord the patch is untouched"
-
-
 def test_training_families_leave_one_out():
     args = train_mod.parse_args(["--out", "x", "--minutes", "1", "--exclude-family", "cyst"])
-    assert train_mod._sampler_config(args, (1.0, 1.0, 1.0), ("cyst",)).mimics == MimicConfig()
-    off = train_mod.parse_args(["--out", "x", "--minutes", "1", "--p-mimic", "0"])
-    assert train_mod._sampler_config(off, (1.0, 1.0, 1.0), ("cyst",)).mimics is None
     assert train_mod.training_families(args) == ("painter", "contusion", "demyelination")
     with pytest.raises(SystemExit, match="--exclude-family: unknown lesion families"):
         train_mod.training_families(train_mod.parse_args(["--out", "x", "--minutes", "1", "--exclude-family", "x"]))
